@@ -1,1 +1,58 @@
-fn main() {}
+//! The `ccq` command line: parses flags, calls the `ccq` library, picks an exit code.
+//!
+//! Exit codes: 0 success; 1 a check failed (reserved for verification thresholds);
+//! 2 bad input or any other error, printed once as `ccq: error: ...` with its causes.
+
+mod inspect;
+mod synth;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Quantize Mixture-of-Experts checkpoints with CCQ (convolutional code quantization).
+#[derive(Parser)]
+#[command(name = "ccq", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a checkpoint holds: model, layers, experts, tensors by role and dtype
+    /// (reads headers only).
+    Inspect(inspect::InspectArgs),
+    /// Write a deterministic synthetic ERNIE 4.5 MoE checkpoint (for tests and benchmarks).
+    Synth(synth::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Synth(args) => synth::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Prints an error once, with its chain of causes, and returns exit code 2. A closed pipe
+/// (e.g. `ccq inspect ... | head`) is not an error.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let mut message = format!("ccq: error: {err}");
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!("\n  caused by: {text}"));
+        }
+    }
+    eprintln!("{message}");
+    ExitCode::from(2)
+}

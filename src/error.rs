@@ -1,0 +1,121 @@
+//! The library's error type: every failure names the file, and the tensor where there is one.
+
+use crate::checkpoint::HeaderError;
+use crate::Dtype;
+use std::path::PathBuf;
+
+/// Result with ccq's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ccq's library. Messages are lowercase, say what was wrong
+/// and where, and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A safetensors header failed validation.
+    #[error("{}: {kind}", file.display())]
+    Header {
+        /// The safetensors file.
+        file: PathBuf,
+        /// What is wrong with its header.
+        #[source]
+        kind: HeaderError,
+    },
+    /// A JSON file (config or index) is not what it should be.
+    #[error("{}: {problem}", file.display())]
+    Json {
+        /// The JSON file.
+        file: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The path holds no checkpoint ccq can read.
+    #[error("{}: {problem}", path.display())]
+    NotACheckpoint {
+        /// The path given.
+        path: PathBuf,
+        /// What is missing.
+        problem: String,
+    },
+    /// The shard index names a file that does not exist.
+    #[error("{}: tensor '{tensor}' is mapped to '{shard}', which does not exist", index.display())]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The first tensor mapped to the missing shard.
+        tensor: String,
+        /// The missing shard's file name.
+        shard: String,
+    },
+    /// The shard index maps a tensor to a shard that does not hold it.
+    #[error("{}: the index maps tensor '{tensor}' to this file, but its header has no such tensor", shard.display())]
+    NotInShard {
+        /// The shard file.
+        shard: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A tensor name appears in two shards.
+    #[error("tensor '{tensor}' appears in both {} and {}", first.display(), second.display())]
+    DuplicateTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// One shard holding it.
+        first: PathBuf,
+        /// The other shard holding it.
+        second: PathBuf,
+    },
+    /// No tensor of that name in the checkpoint.
+    #[error("{}: no tensor named '{tensor}'", checkpoint.display())]
+    TensorNotFound {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// The name asked for.
+        tensor: String,
+    },
+    /// A tensor's dtype cannot be converted to f32.
+    #[error("{}: tensor '{tensor}' has dtype {dtype}, which ccq does not convert to f32{hint}", file.display())]
+    NotConvertible {
+        /// The shard file.
+        file: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Its dtype.
+        dtype: Dtype,
+        /// Advice, starting with "; " (empty when there is none).
+        hint: &'static str,
+    },
+    /// A value that must be finite is NaN or infinite.
+    #[error("tensor '{tensor}': element {index} is {value}, expected a finite number")]
+    NonFinite {
+        /// The tensor's name.
+        tensor: String,
+        /// Flat index of the first bad element.
+        index: usize,
+        /// The bad value.
+        value: f32,
+    },
+    /// A tensor does not have the shape an operation needs.
+    #[error("tensor '{tensor}': {problem}")]
+    BadTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+}
