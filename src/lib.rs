@@ -2,3 +2,6 @@
 
 pub mod dtype;
 pub use dtype::Dtype;
+pub mod bench;
+pub mod scheme;
+pub use scheme::{Component, Packed, Scheme, SchemeError, SchemeKind};
