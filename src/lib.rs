@@ -3,18 +3,23 @@
 //! The crate is laid out by concept:
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
+//! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
 //! - [`inspect`]: a header-only summary of a checkpoint;
-//! - [`synth`]: deterministic synthetic checkpoints for tests and benchmarks.
+//! - [`bench`]: quality and speed measurements behind `ccq bench`;
+//! - [`synth`], [`rng`]: deterministic synthetic data for tests and benchmarks.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod inspect;
+pub mod layout;
+pub mod rng;
+pub mod scheme;
+pub mod synth;
 
 pub use checkpoint::{Checkpoint, ReadOptions, TensorEntry};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
-pub mod layout;
-pub mod inspect;
-pub mod rng;
-pub mod synth;
+pub use scheme::{Component, Packed, Scheme, SchemeError, SchemeKind};

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a check failed (reserved for verification thresholds);
 //! 2 bad input or any other error, printed once as `ccq: error: ...` with its causes.
 
+mod bench;
 mod inspect;
 mod synth;
 
@@ -24,6 +25,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a deterministic synthetic ERNIE 4.5 MoE checkpoint (for tests and benchmarks).
     Synth(synth::SynthArgs),
+    /// Measure the quality and speed of ccq's schemes and readers.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,320 @@
+//! The WINT2 encoder: per column, a code map, scales and bytes that minimise
+//! `sum_k h_k (W[k] - What[k])^2`, with `What` the decoder's real output.
+//!
+//! # Design
+//!
+//! Columns are independent, so they are encoded in parallel (rayon) and collected in
+//! column order; nothing inside a column depends on scheduling, so the output is
+//! byte-identical at any thread count.
+//!
+//! For one column the encoder fits, in turn:
+//!
+//! 1. **Code map.** The map decides which 256 points of `{-32..31}^4` the column may use.
+//!    Maps that quantise Gaussian 4-vectors well were found offline ([`super::maps`]), each
+//!    with its best scale-to-RMS ratio `alpha`. The effort level sets how many of them are
+//!    tried per column; the one with the lowest weighted error after fitting wins.
+//! 2. **Scales.** The target scale of 64-row group `g` starts at `alpha * rms_g`
+//!    (importance-weighted RMS). `super_scales = bf16(max_g s_g / 15)` and
+//!    `ls_g = round(s_g / super)` quantise the targets onto the format's grid.
+//! 3. **Bytes.** With scales fixed, each 4-row vector gets the exact best of its 256
+//!    bytes ([`Codebook::best_byte`]) measured on the decoded values, bf16 roundings
+//!    included ([`value_table`]).
+//! 4. **Alternation.** Given the bytes, the least-squares group scale
+//!    `s_g = sum h x q / sum h q^2` is re-quantised to `ls * super` and the bytes are
+//!    searched again; a pass is kept only if the total error falls.
+//! 5. **Local-scale search** (high effort): each group tries its neighbouring `ls` values
+//!    with its bytes re-searched, keeping the best.
+//!
+//! Figures (i.i.d. N(0, 1), [4096, 512], see `ccq bench wint2`) are in the crate's
+//! benchmark table; the module [`super::maps`] documents how the maps were found.
+
+use rayon::prelude::*;
+
+use super::codebook::Codebook;
+use super::decode::{bf16_rne, value_table};
+use super::maps::{CodeMap, MAPS};
+use super::{ColumnCode, Effort, Rounding, Wint2, GROUP_ROWS};
+use crate::scheme::{check_encode_input, Packed, Scheme, SchemeError};
+
+/// What each effort level does per column.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// How many maps of [`MAPS`] to try.
+    maps: usize,
+    /// Alternation passes (scale refit + byte search) per map.
+    passes: usize,
+    /// Whether to search neighbouring local scales per group at the end.
+    ls_search: bool,
+}
+
+impl Plan {
+    fn of(effort: Effort) -> Plan {
+        match effort {
+            Effort::Fast => Plan { maps: 1, passes: 1, ls_search: false },
+            Effort::Default => Plan { maps: 2, passes: 2, ls_search: false },
+            Effort::High => Plan { maps: MAPS.len(), passes: 4, ls_search: true },
+        }
+    }
+}
+
+/// Encodes `w` like [`Wint2::encode`](super::Wint2) but trying exactly the code maps given
+/// (with the default effort's alternation); for baselines and experiments. `maps` must not be
+/// empty.
+pub fn encode_with_maps(
+    scheme: &Wint2,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    importance: Option<&[f32]>,
+    maps: &[CodeMap],
+) -> Result<Packed, SchemeError> {
+    scheme.check_shape(k, n)?;
+    check_encode_input(w, k, n, importance)?;
+    let plan = Plan { maps: maps.len(), ..Plan::of(Effort::Default) };
+    let columns = encode_columns(w, k, n, importance, scheme.rounding, plan, maps);
+    Ok(Wint2::pack(k, n, &columns))
+}
+
+/// Encodes every column of the row-major `[k, n]` matrix `w` (inputs already validated).
+pub(crate) fn encode_columns_at(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    importance: Option<&[f32]>,
+    rounding: Rounding,
+    effort: Effort,
+) -> Vec<ColumnCode> {
+    encode_columns(w, k, n, importance, rounding, Plan::of(effort), MAPS)
+}
+
+/// Encodes every column with the first `plan.maps` of `maps`.
+fn encode_columns(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    importance: Option<&[f32]>,
+    rounding: Rounding,
+    plan: Plan,
+    maps: &[CodeMap],
+) -> Vec<ColumnCode> {
+    let ones;
+    let h = match importance {
+        Some(h) => h,
+        None => {
+            ones = vec![1.0f32; k];
+            &ones
+        }
+    };
+    let maps = &maps[..plan.maps.min(maps.len())];
+    (0..n)
+        .into_par_iter()
+        .map(|col| {
+            let x: Vec<f32> = (0..k).map(|row| w[row * n + col]).collect();
+            encode_column(&x, h, rounding, plan, maps)
+        })
+        .collect()
+}
+
+/// One column's encoding and its weighted squared error.
+struct Fit {
+    code: ColumnCode,
+    error: f64,
+}
+
+/// Encodes one column `x` (length K) under importance `h`: the best fit over the planned
+/// code maps.
+fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[CodeMap]) -> ColumnCode {
+    let rms = group_rms(x, h);
+    let mut best: Option<Fit> = None;
+    for map in maps {
+        let fit = fit_map(x, h, &rms, map, rounding, plan);
+        if best.as_ref().is_none_or(|b| fit.error < b.error) {
+            best = Some(fit);
+        }
+    }
+    // `maps` is never empty, so a fit always exists; fall back to an all-zero column anyway.
+    best.map(|f| f.code).unwrap_or_else(|| zero_column(x.len()))
+}
+
+/// A column that decodes to zeros (every scale zero).
+fn zero_column(k: usize) -> ColumnCode {
+    ColumnCode {
+        quant_weight: vec![0; k / 4],
+        local_scales: vec![0; k / GROUP_ROWS],
+        super_scale: half::bf16::ZERO,
+        code_scale: MAPS[0].code_scale,
+        code_zp: MAPS[0].code_zp,
+    }
+}
+
+/// Importance-weighted RMS of each 64-row group (plain RMS where the group's importance
+/// sums to zero, so its scale still fits the data).
+fn group_rms(x: &[f32], h: &[f32]) -> Vec<f32> {
+    x.chunks(GROUP_ROWS)
+        .zip(h.chunks(GROUP_ROWS))
+        .map(|(xs, hs)| {
+            let hsum: f64 = hs.iter().map(|&v| v as f64).sum();
+            let (num, den) = if hsum > 0.0 {
+                let num: f64 = xs.iter().zip(hs).map(|(&a, &b)| b as f64 * (a as f64).powi(2)).sum();
+                (num, hsum)
+            } else {
+                (xs.iter().map(|&a| (a as f64).powi(2)).sum(), xs.len() as f64)
+            };
+            (num / den).sqrt() as f32
+        })
+        .collect()
+}
+
+/// Quantises target group scales onto the format's grid: `super = bf16(max / 15)`,
+/// `ls_g = round(s_g / super)` in 0..=15.
+fn quantize_scales(targets: &[f32]) -> (f32, Vec<u8>) {
+    let max = targets.iter().copied().fold(0.0f32, f32::max);
+    let sup = bf16_rne(max / 15.0);
+    if !(sup > 0.0 && sup.is_finite()) {
+        return (0.0, vec![0; targets.len()]);
+    }
+    let ls = targets.iter().map(|&s| (s / sup).round().clamp(0.0, 15.0) as u8).collect();
+    (sup, ls)
+}
+
+/// The 4 values and importances of byte row `p`.
+#[inline]
+fn vector(v: &[f32], p: usize) -> [f32; 4] {
+    [v[4 * p], v[4 * p + 1], v[4 * p + 2], v[4 * p + 3]]
+}
+
+/// Best bytes of one 64-row group (16 vectors) under local scale `ls`; returns the error.
+fn assign_group(
+    cb: &Codebook,
+    x: &[f32],
+    h: &[f32],
+    ls: u8,
+    sup: f32,
+    rounding: Rounding,
+    bytes: &mut [u8],
+) -> f64 {
+    let vals = value_table(ls, sup, rounding);
+    let mut error = 0.0f64;
+    for (p, byte) in bytes.iter_mut().enumerate() {
+        let (b, e) = cb.best_byte(&vals, &vector(x, p), &vector(h, p));
+        *byte = b;
+        error += e as f64;
+    }
+    error
+}
+
+/// Best bytes of the whole column under the given scales; returns the total error.
+fn assign(cb: &Codebook, x: &[f32], h: &[f32], sup: f32, ls: &[u8], rounding: Rounding, bytes: &mut [u8]) -> f64 {
+    let per_group = GROUP_ROWS / 4;
+    let mut error = 0.0f64;
+    for (g, &l) in ls.iter().enumerate() {
+        let rows = g * GROUP_ROWS..(g + 1) * GROUP_ROWS;
+        let out = &mut bytes[g * per_group..(g + 1) * per_group];
+        error += assign_group(cb, &x[rows.clone()], &h[rows], l, sup, rounding, out);
+    }
+    error
+}
+
+/// Least-squares scale of each group for the window values its bytes select:
+/// `s_g = sum h x q / sum h q^2` (0 where the denominator vanishes).
+fn least_squares_scales(cb: &Codebook, x: &[f32], h: &[f32], bytes: &[u8]) -> Vec<f32> {
+    let per_group = GROUP_ROWS / 4;
+    bytes
+        .chunks(per_group)
+        .enumerate()
+        .map(|(g, group)| {
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (i, &b) in group.iter().enumerate() {
+                let row0 = g * GROUP_ROWS + 4 * i;
+                for j in 0..4 {
+                    let q = cb.q[b as usize][j] as f64 - 32.0;
+                    let hw = h[row0 + j] as f64;
+                    num += hw * x[row0 + j] as f64 * q;
+                    den += hw * q * q;
+                }
+            }
+            if den > 0.0 {
+                (num / den).max(0.0) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Fits scales and bytes for one code map.
+fn fit_map(x: &[f32], h: &[f32], rms: &[f32], map: &CodeMap, rounding: Rounding, plan: Plan) -> Fit {
+    let cb = Codebook::new(map.code_scale, map.code_zp);
+    let targets: Vec<f32> = rms.iter().map(|&r| r * map.alpha).collect();
+    let (mut sup, mut ls) = quantize_scales(&targets);
+    let mut bytes = vec![0u8; x.len() / 4];
+    let mut error = assign(&cb, x, h, sup, &ls, rounding, &mut bytes);
+    let mut trial = bytes.clone();
+    for _ in 0..plan.passes {
+        let (s2, ls2) = quantize_scales(&least_squares_scales(&cb, x, h, &bytes));
+        let e2 = assign(&cb, x, h, s2, &ls2, rounding, &mut trial);
+        if e2 >= error {
+            break;
+        }
+        (sup, ls, error) = (s2, ls2, e2);
+        bytes.copy_from_slice(&trial);
+    }
+    if plan.ls_search {
+        error = search_local_scales(&cb, x, h, sup, &mut ls, rounding, &mut bytes, error);
+    }
+    let code = ColumnCode {
+        quant_weight: bytes,
+        local_scales: ls,
+        super_scale: half::bf16::from_f32(sup),
+        code_scale: map.code_scale,
+        code_zp: map.code_zp,
+    };
+    Fit { code, error }
+}
+
+/// Per group, tries `ls - 1` and `ls + 1` (re-searching the group's bytes) and keeps the
+/// best; returns the new total error.
+#[allow(clippy::too_many_arguments)]
+fn search_local_scales(
+    cb: &Codebook,
+    x: &[f32],
+    h: &[f32],
+    sup: f32,
+    ls: &mut [u8],
+    rounding: Rounding,
+    bytes: &mut [u8],
+    mut error: f64,
+) -> f64 {
+    let per_group = GROUP_ROWS / 4;
+    let mut trial = [0u8; GROUP_ROWS / 4];
+    for g in 0..ls.len() {
+        let rows = g * GROUP_ROWS..(g + 1) * GROUP_ROWS;
+        let (xg, hg) = (&x[rows.clone()], &h[rows]);
+        let out = &mut bytes[g * per_group..(g + 1) * per_group];
+        let current = group_error(cb, xg, hg, ls[g], sup, rounding, out);
+        let mut best = current;
+        for cand in [ls[g].wrapping_sub(1), ls[g] + 1] {
+            if cand > 15 {
+                continue;
+            }
+            let e = assign_group(cb, xg, hg, cand, sup, rounding, &mut trial);
+            if e < best {
+                best = e;
+                ls[g] = cand;
+                out.copy_from_slice(&trial);
+            }
+        }
+        error += best - current;
+    }
+    error
+}
+
+/// Error of a group's current bytes.
+fn group_error(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: Rounding, bytes: &[u8]) -> f64 {
+    let vals = value_table(ls, sup, rounding);
+    bytes
+        .iter()
+        .enumerate()
+        .map(|(p, &b)| cb.error(b, &vals, &vector(x, p), &vector(h, p)) as f64)
+        .sum()
+}
