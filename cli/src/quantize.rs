@@ -1,0 +1,259 @@
+//! `ccq quantize`: plan, then stream a checkpoint into a quantized one.
+
+use anyhow::{bail, Context, Result};
+use ccq::convert::{self, fastdeploy, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset, Progress, Rule};
+use ccq::layout::{Family, ModelConfig, ModelLayout};
+use ccq::scheme::Effort;
+use ccq::{Checkpoint, ReadOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Flags of `ccq quantize`.
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// Source checkpoint (directory or .safetensors file).
+    source: PathBuf,
+    /// Output directory (written as OUT.ccq-partial, renamed into place when complete).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Scheme preset: fastdeploy-w4w2, wint2-experts, wint4 or wint8.
+    #[arg(long, default_value = "fastdeploy-w4w2")]
+    preset: String,
+    /// fastdeploy-w4w2: last layer whose experts are wint4 (written to quant_end_layer).
+    #[arg(long, default_value_t = Preset::DEFAULT_W4_END_LAYER)]
+    w4_end_layer: usize,
+    /// Override: REGEX=SCHEME (none, wint8, wint4, wint2), matched against output and source
+    /// tensor names; repeatable, the last match wins.
+    #[arg(long = "set", value_name = "REGEX=SCHEME")]
+    set: Vec<String>,
+    /// Policy file (JSON: {"preset", "w4_end_layer", "rules": [{"match", "scheme"}]}); its
+    /// rules come before --set ones.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Output layout: fastdeploy (ERNIE 4.5 only) or native; default fastdeploy for ERNIE 4.5,
+    /// native otherwise.
+    #[arg(long, value_parser = ["fastdeploy", "native"])]
+    layout: Option<String>,
+    /// Scheme for tensors whose shape the chosen scheme cannot take (otherwise an error).
+    #[arg(long)]
+    fallback: Option<String>,
+    /// Target shard size, e.g. 4GB, 500MB or a byte count.
+    #[arg(long, default_value = "4GB")]
+    shard_size: String,
+    /// WINT2 encoder effort: fast, default or high.
+    #[arg(long, default_value = "default")]
+    effort: String,
+    /// Worker threads (0: one per core). Output is byte-identical at any count.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+    /// Continue an interrupted run, re-using the shards it completed and verified.
+    #[arg(long)]
+    resume: bool,
+    /// No progress and no summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Read U16 tensors as bf16 payload (Paddle's converter stores bf16 weights as U16).
+    #[arg(long)]
+    u16_as_bf16: bool,
+}
+
+/// Runs `ccq quantize`.
+pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
+    let ckpt = Checkpoint::open_with(&args.source, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
+    let config = match ckpt.config() {
+        Some(json) => ModelConfig::from_json(json, &args.source.join("config.json"))?,
+        None => ModelConfig::default(),
+    };
+    let model = ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str()));
+    let layout = match args.layout.as_deref() {
+        Some("fastdeploy") => OutputLayout::FastDeploy,
+        Some(_) => OutputLayout::Native,
+        None if model.family == Family::Ernie45 => OutputLayout::FastDeploy,
+        None => OutputLayout::Native,
+    };
+    let policy = policy(args)?;
+    let fallback = args.fallback.as_deref().map(convert::policy::parse_choice).transpose().map_err(anyhow::Error::msg)?;
+    let effort = Effort::from_name(&args.effort).with_context(|| format!("unknown effort '{}'; choose fast, default or high", args.effort))?;
+    let shard_size = parse_size(&args.shard_size)?;
+    let options = PlanOptions { layout, policy: &policy, fallback, shard_size };
+    let plan = Plan::build(&ckpt, &model, &options).map_err(|refusals| {
+        let list: Vec<String> = refusals.iter().map(|r| format!("  {}: {}", r.tensor, r.reason)).collect();
+        anyhow::anyhow!("{} tensor(s) cannot be quantized as planned (use --fallback SCHEME or --set to change them):\n{}", refusals.len(), list.join("\n"))
+    })?;
+    let quant_config = match layout {
+        OutputLayout::FastDeploy => Some(fastdeploy::quantization_config(&plan).map_err(anyhow::Error::msg)?),
+        OutputLayout::Native => None,
+    };
+    if args.dry_run {
+        print!("{}", render_plan(&plan));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(output) = &args.output else { bail!("--output is required (or pass --dry-run)") };
+    if args.threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
+    }
+    let convert_options = ConvertOptions {
+        effort,
+        force: args.force,
+        resume: args.resume,
+        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort),
+    };
+    let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };
+    let extra = |work: &Path| -> ccq::Result<()> {
+        if let Some(dir) = &source_dir {
+            fastdeploy::copy_side_files(dir, work)?;
+        }
+        match &quant_config {
+            Some(q) => fastdeploy::write_config(ckpt.config(), q.clone(), work),
+            None => match ckpt.config() {
+                Some(c) => copy_config(c, work),
+                None => Ok(()),
+            },
+        }
+    };
+    let mut reporter = Reporter::new(args.quiet, plan.bytes_in());
+    let summary = convert::convert(&ckpt, &plan, output, &convert_options, &extra, &mut |p| reporter.update(p))?;
+    reporter.finish();
+    if !args.quiet {
+        eprintln!("{}", render_summary(&summary, output));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Native layout: the source config, unchanged.
+fn copy_config(config: &serde_json::Value, work: &Path) -> ccq::Result<()> {
+    let path = work.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("json") + "\n";
+    std::fs::write(&path, text).map_err(|e| ccq::Error::io(&path, e))
+}
+
+fn policy(args: &QuantizeArgs) -> Result<Policy> {
+    let preset = Preset::from_name(&args.preset, args.w4_end_layer).map_err(anyhow::Error::msg)?;
+    let mut policy = match &args.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
+            Policy::from_json(&text, preset).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Policy { preset, rules: Vec::new() },
+    };
+    for text in &args.set {
+        policy.rules.push(Rule::parse(text).map_err(anyhow::Error::msg)?);
+    }
+    Ok(policy)
+}
+
+/// Parses `4GB`, `500MB`, `64KiB` or a plain byte count.
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().with_context(|| format!("bad size '{text}'"))?;
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1048576.0,
+        "GIB" => 1073741824.0,
+        _ => bail!("bad size '{text}': use a byte count or a unit such as MB or GB"),
+    };
+    if value <= 0.0 {
+        bail!("bad size '{text}': must be positive");
+    }
+    Ok((value * scale) as u64)
+}
+
+fn render_plan(plan: &Plan) -> String {
+    let mut out = format!("{:<64} {:<7} {:>14} {:>14} {:>7}\n", "tensor", "scheme", "bytes before", "bytes after", "bpw");
+    for t in &plan.tensors {
+        let scheme = convert::policy::choice_name(t.choice);
+        let mark = if t.fell_back { " (fallback)" } else { "" };
+        let bpw = t.bytes_out() as f64 * 8.0 / t.numel().max(1) as f64;
+        out.push_str(&format!("{:<64} {:<7} {:>14} {:>14} {:>7.3}{mark}\n", t.name, scheme, t.bytes_in, t.bytes_out(), bpw));
+    }
+    let weights: u64 = plan.tensors.iter().map(|t| t.numel()).sum();
+    out.push_str(&format!(
+        "{:<64} {:<7} {:>14} {:>14} {:>7.3}\n{} tensors in {} shard(s), {} layout\n",
+        "total",
+        "",
+        plan.bytes_in(),
+        plan.bytes_out(),
+        plan.bytes_out() as f64 * 8.0 / weights.max(1) as f64,
+        plan.tensors.len(),
+        plan.shards.len(),
+        plan.layout.name()
+    ));
+    out
+}
+
+fn render_summary(s: &convert::Summary, output: &Path) -> String {
+    let schemes: Vec<String> = s.tensors_per_scheme.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let mut text = format!(
+        "wrote {}: {} tensors ({}), {} -> {} bytes, {:.3} bits per weight, {:.1} s, {:.2} M weights/s",
+        output.display(),
+        s.tensors_per_scheme.values().sum::<usize>(),
+        schemes.join(", "),
+        s.bytes_in,
+        s.bytes_out,
+        s.bits_per_weight,
+        s.seconds,
+        s.weights_per_second / 1e6
+    );
+    if s.shards_reused > 0 {
+        text.push_str(&format!("\nre-used {} verified shard(s) from the interrupted run", s.shards_reused));
+    }
+    if !s.fallbacks.is_empty() {
+        text.push_str(&format!("\n{} tensor(s) used the fallback scheme: {}", s.fallbacks.len(), s.fallbacks.join(", ")));
+    }
+    text
+}
+
+/// Progress: an indicatif bar on a terminal, a plain line every 10 s otherwise, nothing when
+/// quiet.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    last: Instant,
+}
+
+impl Reporter {
+    fn new(quiet: bool, total_bytes: u64) -> Reporter {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (!quiet && terminal).then(|| {
+            let bar = ProgressBar::new(total_bytes);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Reporter { bar, plain: !quiet && !terminal, last: Instant::now() }
+    }
+
+    fn update(&mut self, p: Progress) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!("tensors {}/{}", p.tensors_done, p.tensors_total));
+        } else if self.plain && (self.last.elapsed() >= Duration::from_secs(10) || p.tensors_done == p.tensors_total) {
+            self.last = Instant::now();
+            eprintln!("ccq: {}/{} tensors, {}/{} bytes read", p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The conversion plan: every output tensor, where its values come from, and what it becomes.
+//!
+//! Planning reads headers only. Each [`PlannedTensor`] names its source tensors (several when
+//! q|k|v or gate|up are fused), whether they are transposed from PyTorch's [out, in] to the
+//! logical [in, out], the scheme the [`Policy`] chose, and the exact component tensors
+//! (names, dtypes, shapes) that will be written. Since sizes are known before any encoding,
+//! shards can be laid out and the plan printed (`--dry-run`) before work starts, and every
+//! tensor a scheme cannot take is reported at once.
+
+use super::policy::{Choice, Policy};
+use crate::checkpoint::write::TensorSpec;
+use crate::checkpoint::Checkpoint;
+use crate::layout::{Family, ModelLayout, Naming, Part, Role, TensorRole};
+use crate::Dtype;
+
+/// How the output checkpoint names and orients its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputLayout {
+    /// What FastDeploy loads for ERNIE 4.5: Paddle names, [in, out], fused q|k|v and gate|up.
+    FastDeploy,
+    /// The source's own names and orientation; packed tensors as `NAME.<component>`.
+    Native,
+}
+
+impl OutputLayout {
+    /// The layout's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputLayout::FastDeploy => "fastdeploy",
+            OutputLayout::Native => "native",
+        }
+    }
+}
+
+/// One tensor of the output, before any data is read.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Output name: the full tensor name when unquantized, the prefix of the component names
+    /// when packed.
+    pub name: String,
+    /// Source tensors whose logical columns are concatenated, in order.
+    pub sources: Vec<String>,
+    /// What the tensor is.
+    pub class: TensorRole,
+    /// Whether the sources are stored [out, in] and must be transposed to [in, out] for
+    /// encoding (fastdeploy layout: also for writing).
+    pub transpose: bool,
+    /// Logical rows (inputs) K, for matrices; the stored shape's first dimension otherwise.
+    pub k: usize,
+    /// Logical columns (outputs) N.
+    pub n: usize,
+    /// The scheme, or `None` for unquantized.
+    pub choice: Choice,
+    /// Whether `choice` came from `--fallback` because the scheme asked for could not take
+    /// the shape.
+    pub fell_back: bool,
+    /// The stored tensors this produces.
+    pub outputs: Vec<TensorSpec>,
+    /// Bytes the sources occupy in the input.
+    pub bytes_in: u64,
+}
+
+impl PlannedTensor {
+    /// Bytes written.
+    pub fn bytes_out(&self) -> u64 {
+        self.outputs.iter().map(TensorSpec::nbytes).sum()
+    }
+
+    /// Logical weights.
+    pub fn numel(&self) -> u64 {
+        (self.k * self.n) as u64
+    }
+}
+
+/// The whole plan: output tensors in write order, and which go in which shard.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Output layout.
+    pub layout: OutputLayout,
+    /// Every output tensor, in write order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Indices into `tensors`, one list per shard file, in order.
+    pub shards: Vec<Vec<usize>>,
+}
+
+/// Everything planning needs besides the checkpoint.
+#[derive(Debug, Clone)]
+pub struct PlanOptions<'a> {
+    /// Output layout.
+    pub layout: OutputLayout,
+    /// Which scheme each tensor gets.
+    pub policy: &'a Policy,
+    /// Scheme for tensors whose shape the chosen scheme cannot take (`None`: such tensors are
+    /// an error).
+    pub fallback: Option<Choice>,
+    /// Target bytes per shard file.
+    pub shard_size: u64,
+}
+
+/// A tensor the plan cannot take, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Output tensor name.
+    pub tensor: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Plan {
+    /// Plans the conversion of `ckpt`. Every tensor whose shape its scheme cannot take is
+    /// collected, so that all of them are reported at once.
+    pub fn build(ckpt: &Checkpoint, model: &ModelLayout, options: &PlanOptions) -> Result<Plan, Vec<Refusal>> {
+        if options.layout == OutputLayout::FastDeploy && model.family != Family::Ernie45 {
+            return Err(vec![Refusal {
+                tensor: ckpt.path().display().to_string(),
+                reason: "the fastdeploy layout is for ERNIE 4.5 checkpoints; use --layout native for other models".to_string(),
+            }]);
+        }
+        let mut tensors = Vec::new();
+        let mut refusals = Vec::new();
+        for group in group_sources(ckpt, model, options.layout) {
+            match plan_group(ckpt, &group, options) {
+                Ok(t) => tensors.push(t),
+                Err(reason) => refusals.push(Refusal { tensor: group.name.clone(), reason }),
+            }
+        }
+        if !refusals.is_empty() {
+            return Err(refusals);
+        }
+        let shards = assign_shards(&tensors, options.shard_size);
+        Ok(Plan { layout: options.layout, tensors, shards })
+    }
+
+    /// Total bytes read.
+    pub fn bytes_in(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes_in).sum()
+    }
+
+    /// Total bytes written (tensor data).
+    pub fn bytes_out(&self) -> u64 {
+        self.tensors.iter().map(PlannedTensor::bytes_out).sum()
+    }
+
+    /// The shard file name of shard `i`.
+    pub fn shard_name(&self, i: usize) -> String {
+        match self.shards.len() {
+            1 => crate::checkpoint::SINGLE_FILE.to_string(),
+            n => format!("model-{:05}-of-{:05}.safetensors", i + 1, n),
+        }
+    }
+}
+
+/// Splits tensors, in order, into shards of at most `shard_size` bytes (a tensor larger than
+/// that gets a shard of its own).
+fn assign_shards(tensors: &[PlannedTensor], shard_size: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        let bytes = t.bytes_out();
+        let current = shards.last_mut().expect("one shard");
+        if !current.is_empty() && size + bytes > shard_size {
+            shards.push(vec![i]);
+            size = bytes;
+        } else {
+            current.push(i);
+            size += bytes;
+        }
+    }
+    shards
+}
+
+/// Plans one output tensor: logical shape, scheme (with fallback) and stored components.
+fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result<PlannedTensor, String> {
+    let entries: Vec<_> = group.sources.iter().map(|(_, s)| ckpt.get(s).expect("source from this checkpoint")).collect();
+    let first = entries[0];
+    let bytes_in = entries.iter().map(|e| e.nbytes()).sum();
+    let sources: Vec<String> = group.sources.iter().map(|(_, s)| s.clone()).collect();
+    let (k, n) = logical_shape(&entries, group.transpose)?;
+    let mut choice = options.policy.choose(&group.class, &group.name, &sources);
+    let mut fell_back = false;
+    if let Some(kind) = choice {
+        if first.shape.len() != 2 || ckpt.conversion(first).is_err() {
+            return Err(format!("{kind} needs a float matrix, but this tensor is {} {:?}", first.dtype, first.shape));
+        }
+        if let Err(e) = super::scheme_for(kind).check_shape(k, n) {
+            match options.fallback {
+                Some(fallback) => {
+                    if let Some(f) = fallback {
+                        super::scheme_for(f).check_shape(k, n).map_err(|e2| format!("{e}; fallback: {e2}"))?;
+                    }
+                    choice = fallback;
+                    fell_back = true;
+                }
+                None => return Err(e.to_string()),
+            }
+        }
+    }
+    let outputs = match choice {
+        Some(kind) => {
+            let base = match options.layout {
+                OutputLayout::FastDeploy => group.name.strip_suffix(".weight").unwrap_or(&group.name).to_string(),
+                OutputLayout::Native => group.name.clone(),
+            };
+            super::scheme_for(kind)
+                .component_layout(k, n)
+                .into_iter()
+                .map(|(suffix, dtype, shape)| TensorSpec::new(format!("{base}.{suffix}"), dtype, shape))
+                .collect()
+        }
+        None => vec![unquantized_spec(group, first, options.layout, k, n)],
+    };
+    Ok(PlannedTensor {
+        name: group.name.clone(),
+        sources,
+        class: group.class,
+        transpose: group.transpose,
+        k,
+        n,
+        choice,
+        fell_back,
+        outputs,
+        bytes_in,
+    })
+}
+
+/// Logical [K, N] of a group: sources share K; their N are concatenated.
+fn logical_shape(entries: &[&crate::TensorEntry], transpose: bool) -> Result<(usize, usize), String> {
+    let first = entries[0];
+    if first.shape.len() != 2 {
+        if entries.len() > 1 {
+            return Err("only matrices can be fused".to_string());
+        }
+        return Ok((first.numel(), 1));
+    }
+    let kn = |e: &crate::TensorEntry| if transpose { (e.shape[1], e.shape[0]) } else { (e.shape[0], e.shape[1]) };
+    let (k, _) = kn(first);
+    let mut n = 0;
+    for e in entries {
+        if e.shape.len() != 2 || kn(e).0 != k {
+            return Err(format!("cannot fuse '{}' {:?} with '{}' {:?}: input sizes differ", first.name, first.shape, e.name, e.shape));
+        }
+        n += kn(e).1;
+    }
+    Ok((k, n))
+}
+
+/// The stored tensor of an unquantized output. Native: the source as it is. FastDeploy:
+/// router and bias f32, everything else bf16, matrices [in, out] once fused or transposed.
+fn unquantized_spec(group: &Group, first: &crate::TensorEntry, layout: OutputLayout, k: usize, n: usize) -> TensorSpec {
+    match layout {
+        OutputLayout::Native => TensorSpec::new(&group.name, first.dtype, first.shape.clone()),
+        OutputLayout::FastDeploy => {
+            let dtype = match group.class.role {
+                Role::Router | Role::RouterBias => Dtype::F32,
+                _ => Dtype::BF16,
+            };
+            let reshaped = group.transpose || group.sources.len() > 1;
+            let shape = if reshaped { vec![k, n] } else { first.shape.clone() };
+            TensorSpec::new(&group.name, dtype, shape)
+        }
+    }
+}
+
+/// A group of source tensors that becomes one output tensor.
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) sources: Vec<(Part, String)>,
+    pub(crate) class: TensorRole,
+    pub(crate) transpose: bool,
+}
+
+/// Groups the source tensors into output tensors for `layout`.
+pub(crate) fn group_sources(ckpt: &Checkpoint, model: &ModelLayout, layout: OutputLayout) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for t in ckpt.tensors() {
+        let class = model.classify(&t.name);
+        let (name, transpose) = match layout {
+            OutputLayout::Native => (t.name.clone(), is_linear(&t.name, &class, t.shape.len()) && model.naming == Naming::Pytorch),
+            OutputLayout::FastDeploy => fastdeploy_name(&t.name, &class, t.shape.len(), model.naming),
+        };
+        let part = class.part.unwrap_or(Part::O);
+        match index.get(&name) {
+            Some(&i) => groups[i].sources.push((part, t.name.clone())),
+            None => {
+                index.insert(name.clone(), groups.len());
+                let mut class = class;
+                class.part = fused_part(class.part, &name);
+                groups.push(Group { name, sources: vec![(part, t.name.clone())], class, transpose });
+            }
+        }
+    }
+    for g in &mut groups {
+        g.sources.sort_by_key(|(part, _)| fuse_order(*part));
+    }
+    groups
+}
+
+/// Whether a tensor is a linear layer's weight matrix (the only tensors ccq transposes).
+fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
+    rank == 2 && name.ends_with(".weight") && !matches!(class.role, Role::Embedding | Role::Norm | Role::RouterBias)
+}
+
+/// The FastDeploy output name and whether the source must be transposed. PyTorch names are
+/// renamed (`model.` -> `ernie.`), q/k/v fused into `qkv_proj`, gate/up into `up_gate_proj`.
+fn fastdeploy_name(name: &str, class: &TensorRole, rank: usize, naming: Naming) -> (String, bool) {
+    if naming == Naming::Paddle {
+        return (name.to_string(), false);
+    }
+    let mut out = match name.strip_prefix("model.") {
+        Some(rest) => format!("ernie.{rest}"),
+        None => name.to_string(),
+    };
+    for (from, to) in [
+        ("self_attn.q_proj.", "self_attn.qkv_proj."),
+        ("self_attn.k_proj.", "self_attn.qkv_proj."),
+        ("self_attn.v_proj.", "self_attn.qkv_proj."),
+        ("gate_proj.", "up_gate_proj."),
+        ("up_proj.", "up_gate_proj."),
+    ] {
+        if let Some(pos) = out.rfind(from) {
+            out.replace_range(pos..pos + from.len(), to);
+            break;
+        }
+    }
+    (out, is_linear(name, class, rank))
+}
+
+/// The part a fused output carries.
+fn fused_part(part: Option<Part>, output_name: &str) -> Option<Part> {
+    if output_name.contains("qkv_proj") {
+        Some(Part::Qkv)
+    } else if output_name.contains("up_gate_proj") {
+        Some(Part::UpGate)
+    } else {
+        part
+    }
+}
+
+/// Column order inside a fused tensor: [q | k | v], [gate | up].
+fn fuse_order(part: Part) -> u8 {
+    match part {
+        Part::Q | Part::Gate => 0,
+        Part::K | Part::Up => 1,
+        Part::V => 2,
+        _ => 3,
+    }
+}

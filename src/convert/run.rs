@@ -1,0 +1,394 @@
+//! Executing a plan: read -> convert -> encode -> write, one tensor at a time.
+//!
+//! Output goes to `OUT.ccq-partial/`, each shard under a temporary name until complete. When
+//! a shard is complete its size and checksum are recorded in `ccq-progress.json` there, with a
+//! fingerprint of the source headers and options; `resume` re-uses shards whose fingerprint,
+//! size and checksum still match and redoes the rest. Only when every file is written is the
+//! directory renamed to `OUT`: an interrupted run never leaves anything that looks finished,
+//! and the input is only ever read. Peak memory is one output tensor's f32 matrix, its packed
+//! bytes and the encoder's per-column work, whatever the model's size.
+
+use super::plan::{OutputLayout, Plan, PlannedTensor};
+use super::scheme_with_effort;
+use crate::checkpoint::write::SafetensorsWriter;
+use crate::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::error::{Error, Result};
+use crate::scheme::Effort;
+use crate::{Dtype, SchemeKind};
+use half::bf16;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// File recording the completed shards of an unfinished run.
+pub const PROGRESS_FILE: &str = "ccq-progress.json";
+
+/// Options of [`convert`] beyond the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// WINT2 encoder effort.
+    pub effort: Effort,
+    /// Replace an existing output directory.
+    pub force: bool,
+    /// Continue an interrupted run, re-using its verified shards.
+    pub resume: bool,
+    /// Extra text mixed into the resume fingerprint (e.g. the command-line options).
+    pub fingerprint_extra: String,
+}
+
+/// Progress reported after each tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Tensors done (including re-used ones).
+    pub tensors_done: usize,
+    /// Tensors in the plan.
+    pub tensors_total: usize,
+    /// Source bytes done.
+    pub bytes_done: u64,
+    /// Source bytes in the plan.
+    pub bytes_total: u64,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Output tensors per scheme name (`none` for unquantized).
+    pub tensors_per_scheme: BTreeMap<String, usize>,
+    /// Bytes of source tensors.
+    pub bytes_in: u64,
+    /// Bytes of output tensor data.
+    pub bytes_out: u64,
+    /// Average stored bits per weight over all output tensors.
+    pub bits_per_weight: f64,
+    /// Shards re-used from an interrupted run.
+    pub shards_reused: usize,
+    /// Tensors quantized with the fallback scheme.
+    pub fallbacks: Vec<String>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Logical weights processed per second.
+    pub weights_per_second: f64,
+}
+
+/// Converts `ckpt` by `plan` into the directory `out`.
+pub fn convert(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    out: &Path,
+    options: &ConvertOptions,
+    extra_files: &dyn Fn(&Path) -> Result<()>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary> {
+    let start = Instant::now();
+    if out.exists() && !options.force {
+        return Err(Error::NotACheckpoint {
+            path: out.to_path_buf(),
+            problem: "output already exists; pass --force to replace it".to_string(),
+        });
+    }
+    let work = partial_dir(out);
+    let fingerprint = fingerprint(ckpt, plan, &options.fingerprint_extra);
+    let mut record = prepare_work_dir(&work, &fingerprint, options.resume)?;
+    let mut state = Progress {
+        tensors_done: 0,
+        tensors_total: plan.tensors.len(),
+        bytes_done: 0,
+        bytes_total: plan.bytes_in(),
+    };
+    let mut reused = 0;
+    for (i, shard) in plan.shards.iter().enumerate() {
+        let name = plan.shard_name(i);
+        let path = work.join(&name);
+        if record_matches(&record, &name, &path)? {
+            reused += 1;
+        } else {
+            write_shard(ckpt, plan, shard, &path, options.effort, &mut state, progress)?;
+            record_shard(&mut record, &name, &path)?;
+            write_json(&work.join(PROGRESS_FILE), &record)?;
+            continue;
+        }
+        for &t in shard {
+            state.tensors_done += 1;
+            state.bytes_done += plan.tensors[t].bytes_in;
+        }
+        progress(state);
+    }
+    if plan.shards.len() > 1 {
+        write_index(plan, &work)?;
+    }
+    extra_files(&work)?;
+    std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(&work, e))?;
+    move_into_place(&work, out)?;
+    Ok(summarize(plan, reused, start.elapsed().as_secs_f64()))
+}
+
+/// `OUT.ccq-partial`: where an unfinished conversion lives.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{name}.ccq-partial"))
+}
+
+fn prepare_work_dir(work: &Path, fingerprint: &str, resume: bool) -> Result<Value> {
+    let fresh = json!({"fingerprint": fingerprint, "shards": {}});
+    if resume {
+        if let Ok(text) = std::fs::read_to_string(work.join(PROGRESS_FILE)) {
+            if let Ok(record) = serde_json::from_str::<Value>(&text) {
+                if record["fingerprint"] == fingerprint {
+                    return Ok(record);
+                }
+            }
+        }
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(work).map_err(|e| Error::io(work, e))?;
+    }
+    std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
+    write_json(&work.join(PROGRESS_FILE), &fresh)?;
+    Ok(fresh)
+}
+
+/// Whether `path` is the shard recorded as complete: same size and checksum.
+fn record_matches(record: &Value, name: &str, path: &Path) -> Result<bool> {
+    let Some(entry) = record["shards"].get(name) else { return Ok(false) };
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(false) };
+    if Some(meta.len()) != entry["bytes"].as_u64() {
+        return Ok(false);
+    }
+    Ok(entry["checksum"].as_str() == Some(&file_checksum(path)?))
+}
+
+fn record_shard(record: &mut Value, name: &str, path: &Path) -> Result<()> {
+    let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    record["shards"][name] = json!({"bytes": bytes, "checksum": file_checksum(path)?});
+    Ok(())
+}
+
+fn write_shard(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    shard: &[usize],
+    path: &Path,
+    effort: Effort,
+    state: &mut Progress,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let specs: Vec<_> = shard.iter().flat_map(|&t| plan.tensors[t].outputs.iter().cloned()).collect();
+    let mut metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    if plan.layout == OutputLayout::Native {
+        metadata.extend(shard.iter().filter_map(|&t| native_metadata(&plan.tensors[t])));
+    }
+    let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
+    for &t in shard {
+        let tensor = &plan.tensors[t];
+        for bytes in produce(ckpt, tensor, plan.layout, effort)? {
+            writer.write(&bytes)?;
+        }
+        state.tensors_done += 1;
+        state.bytes_done += tensor.bytes_in;
+        progress(*state);
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// The native layout records, per packed tensor, `ccq.tensor.NAME` = its scheme and shapes.
+fn native_metadata(t: &PlannedTensor) -> Option<(String, String)> {
+    let kind = t.choice?;
+    let value = json!({
+        "scheme": kind.name(),
+        "k": t.k,
+        "n": t.n,
+        "transposed": t.transpose,
+        "components": t.outputs.iter().map(|o| o.name.rsplit('.').next().unwrap_or("")).collect::<Vec<_>>(),
+        "params": scheme_params(kind),
+    });
+    Some((format!("ccq.tensor.{}", t.name), value.to_string()))
+}
+
+/// Scheme parameters a decoder needs beyond the components.
+fn scheme_params(kind: SchemeKind) -> Value {
+    match kind {
+        SchemeKind::Wint2 => json!({"group_size": 64, "rounding": "fused"}),
+        SchemeKind::Wint4 | SchemeKind::Wint8 => json!({"granularity": "per_channel", "layout": "cutlass_interleaved"}),
+    }
+}
+
+/// The stored bytes of one planned tensor, component by component.
+fn produce(ckpt: &Checkpoint, t: &PlannedTensor, layout: OutputLayout, effort: Effort) -> Result<Vec<Vec<u8>>> {
+    let source = ckpt.get(&t.sources[0])?;
+    let raw_copy = t.choice.is_none()
+        && t.sources.len() == 1
+        && (layout == OutputLayout::Native || (!t.transpose && source.dtype == t.outputs[0].dtype));
+    if raw_copy {
+        return Ok(vec![ckpt.raw_bytes(source)?.to_vec()]);
+    }
+    let w = logical_matrix(ckpt, t)?;
+    let Some(kind) = t.choice else {
+        return Ok(vec![float_bytes(&w, t.outputs[0].dtype)]);
+    };
+    let packed = scheme_with_effort(kind, effort)
+        .encode(&w, t.k, t.n, None)
+        .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
+    Ok(packed.components.into_iter().map(|c| c.bytes).collect())
+}
+
+/// Reads the sources as f32 and assembles the logical `[K, N]` row-major matrix:
+/// `W[k][off_i + j] = S_i[j][k]` for transposed ([out, in]) sources, `S_i[k][j]` otherwise.
+fn logical_matrix(ckpt: &Checkpoint, t: &PlannedTensor) -> Result<Vec<f32>> {
+    let (k, n) = (t.k, t.n);
+    let mut w = vec![0.0f32; k * n];
+    let mut offset = 0;
+    for name in &t.sources {
+        let s = ckpt.read_f32(name)?;
+        if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { tensor: name.clone(), index: i, value: s[i] });
+        }
+        let width = s.len() / k.max(1);
+        for row in 0..k {
+            let dst = &mut w[row * n + offset..row * n + offset + width];
+            if t.transpose {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = s[j * k + row];
+                }
+            } else {
+                dst.copy_from_slice(&s[row * width..(row + 1) * width]);
+            }
+        }
+        offset += width;
+    }
+    Ok(w)
+}
+
+fn float_bytes(w: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        _ => w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+    }
+}
+
+fn write_index(plan: &Plan, work: &Path) -> Result<()> {
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in plan.shards.iter().enumerate() {
+        for &t in shard {
+            for spec in &plan.tensors[t].outputs {
+                weight_map.insert(spec.name.clone(), json!(plan.shard_name(i)));
+            }
+        }
+    }
+    let index = json!({"metadata": {"total_size": plan.bytes_out()}, "weight_map": weight_map});
+    write_json(&work.join(INDEX_FILE), &index)
+}
+
+/// Writes pretty JSON through a temporary name.
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let partial = crate::checkpoint::write::partial_name(path);
+    let text = serde_json::to_string_pretty(value).expect("json value serializes") + "\n";
+    std::fs::write(&partial, text).map_err(|e| Error::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+}
+
+/// Renames the finished work directory to `out`, replacing an old `out` only after the new
+/// one is complete.
+fn move_into_place(work: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = out.with_file_name(format!(
+            "{}.ccq-old",
+            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(work, out).map_err(|e| Error::io(out, e))?;
+        return std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e));
+    }
+    std::fs::rename(work, out).map_err(|e| Error::io(out, e))
+}
+
+fn summarize(plan: &Plan, reused: usize, seconds: f64) -> Summary {
+    let mut per_scheme = BTreeMap::new();
+    for t in &plan.tensors {
+        *per_scheme.entry(super::policy::choice_name(t.choice).to_string()).or_insert(0) += 1;
+    }
+    let weights: u64 = plan.tensors.iter().map(PlannedTensor::numel).sum();
+    Summary {
+        tensors_per_scheme: per_scheme,
+        bytes_in: plan.bytes_in(),
+        bytes_out: plan.bytes_out(),
+        bits_per_weight: plan.bytes_out() as f64 * 8.0 / weights.max(1) as f64,
+        shards_reused: reused,
+        fallbacks: plan.tensors.iter().filter(|t| t.fell_back).map(|t| t.name.clone()).collect(),
+        seconds,
+        weights_per_second: weights as f64 / seconds.max(1e-9),
+    }
+}
+
+/// A fingerprint of what a run will write: the source headers, the plan and the options.
+fn fingerprint(ckpt: &Checkpoint, plan: &Plan, extra: &str) -> String {
+    let mut h = Checksum::default();
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(extra.as_bytes());
+    for t in ckpt.tensors() {
+        h.update(format!("{}|{}|{:?}|{:?}", t.name, t.dtype, t.shape, t.byte_range).as_bytes());
+    }
+    for s in ckpt.shards() {
+        h.update(&s.file_len.to_le_bytes());
+    }
+    for t in &plan.tensors {
+        h.update(format!("{}|{:?}|{}", t.name, t.choice.map(SchemeKind::name), t.outputs.len()).as_bytes());
+    }
+    h.hex()
+}
+
+/// Checksum of a whole file, read in 8 MiB pieces.
+fn file_checksum(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut h = Checksum::default();
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(h.hex());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// A fast non-cryptographic 128-bit checksum (two FNV-1a-style lanes over 8-byte words),
+/// enough to detect a truncated or altered shard; not a defence against tampering.
+#[derive(Debug, Clone)]
+struct Checksum {
+    a: u64,
+    b: u64,
+    len: u64,
+    tail: Vec<u8>,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum { a: 0xcbf2_9ce4_8422_2325, b: 0x8422_2325_cbf2_9ce4, len: 0, tail: Vec::new() }
+    }
+}
+
+impl Checksum {
+    fn update(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        self.tail.extend_from_slice(bytes);
+        let whole = self.tail.len() / 8 * 8;
+        for w in self.tail[..whole].chunks_exact(8) {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            self.a = (self.a ^ v).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+            self.b = (self.b ^ v.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+        }
+        self.tail.drain(..whole);
+    }
+
+    fn hex(&self) -> String {
+        let mut c = self.clone();
+        let mut last = c.tail.clone();
+        last.resize(8, 0);
+        c.tail.clear();
+        c.update(&last);
+        c.update(&self.len.to_le_bytes());
+        format!("{:016x}{:016x}", c.a, c.b)
+    }
+}
