@@ -50,8 +50,8 @@ struct Plan {
 impl Plan {
     fn of(effort: Effort) -> Plan {
         match effort {
-            Effort::Fast => Plan { maps: 1, passes: 1, ls_search: false },
-            Effort::Default => Plan { maps: 2, passes: 2, ls_search: false },
+            Effort::Fast => Plan { maps: 1, passes: 0, ls_search: false },
+            Effort::Default => Plan { maps: 1, passes: 1, ls_search: false },
             Effort::High => Plan { maps: MAPS.len(), passes: 4, ls_search: true },
         }
     }
