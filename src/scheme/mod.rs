@@ -261,7 +261,7 @@ pub(crate) fn check_encode_input(
     n: usize,
     importance: Option<&[f32]>,
 ) -> Result<(), SchemeError> {
-    let expected = k.checked_mul(n).unwrap_or(usize::MAX);
+    let expected = k.saturating_mul(n);
     if w.len() != expected {
         return Err(SchemeError::WeightLength { expected, found: w.len() });
     }

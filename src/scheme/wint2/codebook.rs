@@ -18,14 +18,35 @@
 
 use super::decode::{code, windows};
 
+/// A run of bytes sharing the top window, with the range of each lower window inside it.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    /// `q_0 + 32` of every byte in the run.
+    q0: u8,
+    /// Smallest `q_j + 32` in the run, j = 1..3.
+    lo: [u8; 3],
+    /// Largest `q_j + 32` in the run, j = 1..3.
+    hi: [u8; 3],
+    /// First byte.
+    start: u16,
+    /// One past the last byte.
+    end: u16,
+}
+
 /// The window vectors of the 256 bytes under one code map.
 #[derive(Debug, Clone)]
 pub struct Codebook {
     /// `q[b] = [q_0 + 32, q_1 + 32, q_2 + 32, q_3 + 32]`: indices into a value table.
     pub q: [[u8; 4]; 256],
-    /// Runs of bytes sharing `q_0`, ordered by `q_0`: `(q_0 + 32, first byte, end byte)`.
-    /// Empty when `q_0` is not monotone in `b` (the search is then brute force).
-    levels: Vec<(u8, u16, u16)>,
+    /// Runs of bytes sharing `q_0`, ordered by `q_0`. Empty when `q_0` is not monotone in
+    /// `b` (the search is then brute force).
+    levels: Vec<Level>,
+}
+
+/// Distance from `x` to the interval `[a, b]`.
+#[inline]
+fn gap(x: f32, a: f32, b: f32) -> f32 {
+    (a - x).max(x - b).max(0.0)
 }
 
 impl Codebook {
@@ -42,14 +63,16 @@ impl Codebook {
             let mut start = 0usize;
             for b in 1..=256 {
                 if b == 256 || q[b][0] != q[start][0] {
-                    levels.push((q[start][0], start as u16, b as u16));
+                    let run = &q[start..b];
+                    let lo = std::array::from_fn(|j| run.iter().map(|r| r[j + 1]).min().unwrap_or(0));
+                    let hi = std::array::from_fn(|j| run.iter().map(|r| r[j + 1]).max().unwrap_or(63));
+                    levels.push(Level { q0: q[start][0], lo, hi, start: start as u16, end: b as u16 });
                     start = b;
                 }
             }
         }
         Codebook { q, levels }
     }
-
     /// Whether the pruned search applies (`q_0` monotone in `b`).
     pub fn is_monotone(&self) -> bool {
         !self.levels.is_empty()
@@ -97,40 +120,79 @@ impl Codebook {
             return self.best_byte_brute(vals, x, h);
         }
         let levels = &self.levels;
-        // The level whose decoded top value is nearest x_0.
-        let up = levels.partition_point(|l| vals[l.0 as usize] < x[0]);
-        let start = if up == levels.len() {
-            up - 1
-        } else if up > 0 && x[0] - vals[levels[up - 1].0 as usize] < vals[levels[up].0 as usize] - x[0] {
-            up - 1
-        } else {
-            up
+        // The first level whose decoded top value is >= x_0; walk up from it and down from
+        // the one before, always taking the side with the smaller top-window bound.
+        let mut up = levels.partition_point(|l| vals[l.q0 as usize] < x[0]);
+        let mut down = up;
+        let top_bound = |l: &Level| {
+            let r = x[0] - vals[l.q0 as usize];
+            // The same rounding as the first term of `error_below`, so never above it.
+            h[0] * (r * r)
         };
         let mut best = (0u8, f32::INFINITY);
-        let scan = |level: &(u8, u16, u16), best: &mut (u8, f32)| -> bool {
-            let r = x[0] - vals[level.0 as usize];
-            // The same rounding as the first term of `error_below`, so never above it.
-            if h[0] * (r * r) > best.1 {
-                return false;
+        while up < levels.len() || down > 0 {
+            let up_bound = levels.get(up).map_or(f32::INFINITY, top_bound);
+            let down_bound = if down > 0 { top_bound(&levels[down - 1]) } else { f32::INFINITY };
+            let (level, bound) = if up < levels.len() && up_bound <= down_bound {
+                if up_bound > best.1 {
+                    break;
+                }
+                up += 1;
+                (&levels[up - 1], up_bound)
+            } else {
+                if down_bound > best.1 {
+                    break;
+                }
+                down -= 1;
+                (&levels[down], down_bound)
+            };
+            // Skip the level if even its lower windows' ranges cannot beat the best. The
+            // bound is rounded differently from `error_below`, hence the relative margin.
+            let mut lower = bound;
+            for j in 0..3 {
+                let g = gap(x[j + 1], vals[level.lo[j] as usize], vals[level.hi[j] as usize]);
+                lower += h[j + 1] * g * g;
             }
-            for b in level.1 as usize..level.2 as usize {
+            if lower > best.1 * (1.0 + 1e-5) {
+                continue;
+            }
+            for b in level.start as usize..level.end as usize {
                 let e = self.error_below(b, vals, x, h, best.1);
                 if e < best.1 || (e == best.1 && (b as u8) < best.0) {
-                    *best = (b as u8, e);
+                    best = (b as u8, e);
                 }
-            }
-            true
-        };
-        for level in &levels[start..] {
-            if !scan(level, &mut best) {
-                break;
-            }
-        }
-        for level in levels[..start].iter().rev() {
-            if !scan(level, &mut best) {
-                break;
             }
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::rng::Rng;
+    use crate::scheme::wint2::decode::value_table;
+    use crate::scheme::wint2::maps::{MAPS, NAIVE};
+    use crate::scheme::Rounding;
+
+    #[test]
+    fn pruned_search_equals_brute_force() {
+        let mut rng = Rng::new(3);
+        let maps = MAPS.iter().chain([&NAIVE]);
+        for (i, map) in maps.enumerate() {
+            let cb = Codebook::new(map.code_scale, map.code_zp);
+            assert!(cb.is_monotone());
+            let vals = value_table(13 + (i % 3) as u8, 0.005 * (1 + i) as f32, Rounding::Fused);
+            for t in 0..2000 {
+                let x: [f32; 4] = std::array::from_fn(|_| rng.normal() as f32);
+                // Mix unit, skewed and zero importances.
+                let h: [f32; 4] = std::array::from_fn(|j| match t % 3 {
+                    0 => 1.0,
+                    1 => (rng.normal() * 1.5).exp() as f32,
+                    _ => if j == t % 4 { 0.0 } else { 1.0 },
+                });
+                assert_eq!(cb.best_byte(&vals, &x, &h), cb.best_byte_brute(&vals, &x, &h));
+            }
+        }
     }
 }
