@@ -3,7 +3,7 @@
 //!
 //! This file owns the arithmetic: the per-column scale (plain absmax or a searched one),
 //! the rounding of each weight to an integer, and the decode `q * scale`, plus the
-//! [`Scheme`] plumbing both formats use. Each format's file owns only its byte layout
+//! [`Scheme`](super::Scheme) plumbing both formats use. Each format's file owns only its byte layout
 //! (the CUTLASS interleave) through the crate-private `Layout` trait.
 //!
 //! # Formulas

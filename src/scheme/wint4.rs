@@ -10,7 +10,7 @@
 //!
 //! Decode: `What[k][n] = q[k][n] * weight_scale[n]`, `q` in -8..=7 (the encoder writes
 //! -7..=7). The quantization itself (scale rules, rounding) lives in
-//! [`per_channel`](super::per_channel); this file owns the nibble layout.
+//! [`per_channel`]; this file owns the nibble layout.
 //!
 //! # Nibble layout
 //!

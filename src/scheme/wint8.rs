@@ -10,7 +10,7 @@
 //!
 //! Decode: `What[k][n] = q[k][n] * weight_scale[n]`, `q` in -128..=127 (the encoder writes
 //! -127..=127). The quantization itself (scale rules, rounding) lives in
-//! [`per_channel`](super::per_channel); this file owns the byte layout.
+//! [`per_channel`]; this file owns the byte layout.
 //!
 //! # Byte layout
 //!
