@@ -1,6 +1,6 @@
 //! Weight schemes: the packed formats a logical expert matrix can be written in.
 //!
-//! Every format (today [`Wint2`]; later wint4, wint8 and the 2.5/2.75-bit CCQ hybrids)
+//! Every format (today [`Wint2`], [`Wint8`], [`Wint4`]; later the 2.5/2.75-bit CCQ hybrids)
 //! implements one object-safe trait, [`Scheme`]: it encodes a logical `[K = in, N = out]`
 //! f32 matrix, with optional per-input-row importance weights, into named [`Component`]
 //! tensors exactly as they are stored in a checkpoint (dtype, shape, little-endian bytes),
@@ -11,13 +11,19 @@
 //! checked against the shapes the scheme expects. Nothing here panics on bad input or
 //! prints; every failure is a [`SchemeError`] naming the problem.
 
+pub mod per_channel;
 pub mod wint2;
+pub mod wint4;
+pub mod wint8;
 
 use std::fmt;
 
 use crate::Dtype;
 
+pub use per_channel::ScaleRule;
 pub use wint2::{Effort, Rounding, Wint2};
+pub use wint4::Wint4;
+pub use wint8::Wint8;
 
 /// Which packed format a [`Packed`] holds; a runtime tag over the [`Scheme`] implementors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,16 +31,22 @@ pub use wint2::{Effort, Rounding, Wint2};
 pub enum SchemeKind {
     /// CCQ 2-bit: 4 weights per byte through a per-column code map (see [`wint2`]).
     Wint2,
+    /// Per-output-channel symmetric int8, CUTLASS-interleaved (see [`wint8`]).
+    Wint8,
+    /// Per-output-channel symmetric int4, CUTLASS-interleaved (see [`wint4`]).
+    Wint4,
 }
 
 impl SchemeKind {
     /// Every kind ccq implements.
-    pub const ALL: [SchemeKind; 1] = [SchemeKind::Wint2];
+    pub const ALL: [SchemeKind; 3] = [SchemeKind::Wint2, SchemeKind::Wint8, SchemeKind::Wint4];
 
     /// The name FastDeploy's `quant_type` uses, e.g. `"wint2"`.
     pub fn name(self) -> &'static str {
         match self {
             SchemeKind::Wint2 => "wint2",
+            SchemeKind::Wint8 => "wint8",
+            SchemeKind::Wint4 => "wint4",
         }
     }
 
@@ -277,4 +289,23 @@ pub(crate) fn check_encode_input(
         }
     }
     Ok(())
+}
+
+/// Reads little-endian bf16 values of a component as f32, rejecting NaN and infinities.
+pub(crate) fn finite_bf16s(c: &Component) -> Result<Vec<f32>, SchemeError> {
+    let values: Vec<f32> = c
+        .bytes
+        .chunks_exact(2)
+        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    check_finite(c.name, values)
+}
+
+/// Passes `values` through, or names the first NaN or infinity as a
+/// [`SchemeError::NonFiniteParameter`] of component `name`.
+pub(crate) fn check_finite(name: &'static str, values: Vec<f32>) -> Result<Vec<f32>, SchemeError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(SchemeError::NonFiniteParameter { name, index, value: values[index] }),
+        None => Ok(values),
+    }
 }

@@ -19,7 +19,10 @@ pub mod decode;
 pub mod encode;
 pub mod maps;
 
-use super::{check_encode_input, Component, Packed, Scheme, SchemeError, SchemeKind};
+use super::{
+    check_encode_input, check_finite, finite_bf16s, Component, Packed, Scheme, SchemeError,
+    SchemeKind,
+};
 use crate::Dtype;
 
 /// Rows per local-scale group.
@@ -171,22 +174,6 @@ fn finite_f32s(c: &Component) -> Result<Vec<f32>, SchemeError> {
     check_finite(c.name, values)
 }
 
-/// Reads little-endian bf16 values of a component as f32, rejecting NaN and infinities.
-fn finite_bf16s(c: &Component) -> Result<Vec<f32>, SchemeError> {
-    let values: Vec<f32> = c
-        .bytes
-        .chunks_exact(2)
-        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect();
-    check_finite(c.name, values)
-}
-
-fn check_finite(name: &'static str, values: Vec<f32>) -> Result<Vec<f32>, SchemeError> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(SchemeError::NonFiniteParameter { name, index, value: values[index] }),
-        None => Ok(values),
-    }
-}
 
 impl Scheme for Wint2 {
     fn kind(&self) -> SchemeKind {

@@ -1,0 +1,796 @@
+//! Per-output-channel symmetric quantization: what [`Wint8`](super::Wint8) and
+//! [`Wint4`](super::Wint4) share (`fastdeploy-layout.md`, "wint8 and wint4").
+//!
+//! This file owns the arithmetic: the per-column scale (plain absmax or a searched one),
+//! the rounding of each weight to an integer, and the decode `q * scale`, plus the
+//! [`Scheme`](super::Scheme) plumbing both formats use. Each format's file owns only its byte layout
+//! (the CUTLASS interleave) through the crate-private `Layout` trait.
+//!
+//! # Formulas
+//!
+//! For a logical `[K, N]` matrix `W` and `qmax` = 127 (int8) or 7 (int4):
+//!
+//! ```text
+//! absmax scale:  scale[n] = bf16_rne( f32( max_k |W[k][n]| ) / qmax )      (division in f32)
+//! quantize:      q[k][n]  = clamp( round_half_away_from_zero( W[k][n] / f32(scale[n]) ),
+//!                                  -qmax, qmax )                            (division in f32)
+//!                q[k][n]  = 0 when scale[n] == 0 (an all-zero column)
+//! decode:        What[k][n] = f32(q[k][n]) * f32(scale[n])                  (exact in f32)
+//! ```
+//!
+//! The division uses the **bf16-rounded** scale. That is what Paddle's `weight_quantize`
+//! does: its CPU kernel stores `max / bound` into the bf16 scale tensor first and then
+//! quantizes each weight with that stored value read back as f32. So for a bf16 source
+//! matrix, [`ScaleRule::Absmax`] reproduces Paddle's integers exactly, with one deliberate
+//! exception: for an all-zero column Paddle divides 0 by 0 and its clamp turns the NaN into
+//! an arbitrary code (127 for int8); ccq writes `q = 0`. Both decode to 0.
+//!
+//! The decode `q * scale` is exact in f32 (an 8-bit integer times an 8-bit-mantissa bf16
+//! fits in f32's 24 bits), so the product is the real value of the stored pair.
+//!
+//! # The searched scale
+//!
+//! [`ScaleRule::Search`] keeps the decode formula and changes only which bf16 scale is
+//! stored. Per column it tries every bf16 value from one step above the absmax scale down
+//! to [`SEARCH_MIN_RATIO`] of it, quantizes the column with each (the formula above,
+//! clamping included) and keeps the one with the least `sum_k h_k (W[k][n] - What[k][n])^2`
+//! (ties go to the larger scale). The absmax scale is one of the candidates, so the searched
+//! error is never larger. Trying the bf16 grid itself, not a ratio grid rounded to bf16, means
+//! no candidate is tried twice and none between the tried ones exists.
+//!
+//! Columns are independent; they are processed in parallel (rayon) and collected in column
+//! order, and nothing inside a column depends on scheduling, so the output is byte-identical
+//! at any thread count.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::{check_encode_input, finite_bf16s, Component, Packed, SchemeError, SchemeKind};
+use crate::Dtype;
+
+/// K must be a multiple of this: the CUTLASS interleave works on 64-row tiles.
+pub const K_MULTIPLE: usize = 64;
+
+/// The lowest fraction of the absmax scale that [`ScaleRule::Search`] tries.
+pub const SEARCH_MIN_RATIO: f32 = 0.70;
+
+/// Component names, in the order the encoders write them.
+pub const COMPONENTS: [&str; 2] = ["quant_weight", "weight_scale"];
+
+/// How the per-column scale is chosen. Decoding is `q * scale` under either rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScaleRule {
+    /// `scale = bf16(max |W| / qmax)`: Paddle's `weight_quantize`, bit for bit.
+    Absmax,
+    /// The bf16 scale in `[0.70, 1.00]` of the absmax scale (one step above included) with
+    /// the least importance-weighted squared error.
+    Search,
+}
+
+impl ScaleRule {
+    /// Every rule, Paddle's first.
+    pub const ALL: [ScaleRule; 2] = [ScaleRule::Absmax, ScaleRule::Search];
+
+    /// Lowercase name, as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleRule::Absmax => "absmax",
+            ScaleRule::Search => "search",
+        }
+    }
+
+    /// Parses a name written by [`ScaleRule::name`].
+    pub fn from_name(name: &str) -> Option<ScaleRule> {
+        ScaleRule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Rounds to the nearest integer, halves away from zero (C's `round`, which Paddle uses).
+/// Rust's [`f32::round`] has exactly these semantics; the name states the contract.
+pub fn round_half_away_from_zero(x: f32) -> f32 {
+    x.round()
+}
+
+/// The absmax scale `bf16_rne(absmax / qmax)`, the division done in f32 as Paddle does.
+pub fn absmax_scale(absmax: f32, qmax: i32) -> bf16 {
+    bf16::from_f32(absmax / qmax as f32)
+}
+
+/// The integer code of weight `w` under `scale` (already bf16-rounded, given as f32):
+/// `clamp(round_half_away_from_zero(w / scale), -qmax, qmax)`, or 0 when `scale == 0`.
+pub fn quantize_value(w: f32, scale: f32, qmax: i32) -> i32 {
+    if scale == 0.0 {
+        return 0;
+    }
+    let limit = qmax as f32;
+    // `w / scale` may overflow to +-inf for a subnormal scale; the clamp absorbs that, and
+    // with `w` and `scale` finite and `scale != 0` it is never NaN.
+    round_half_away_from_zero(w / scale).clamp(-limit, limit) as i32
+}
+
+/// `sum_k h_k (col[k] - q_k * scale)^2` for the codes [`quantize_value`] gives, in f64,
+/// summed in row order. `h` = all ones when `None`.
+pub fn column_error(col: &[f32], h: Option<&[f32]>, scale: f32, qmax: i32) -> f64 {
+    let err = |w: f32| {
+        let what = quantize_value(w, scale, qmax) as f32 * scale;
+        let d = f64::from(w) - f64::from(what);
+        d * d
+    };
+    match h {
+        None => col.iter().map(|&w| err(w)).sum(),
+        Some(h) => col.iter().zip(h).map(|(&w, &hk)| f64::from(hk) * err(w)).sum(),
+    }
+}
+
+/// The scale [`ScaleRule::Search`] picks for one column (see the module docs).
+pub fn search_scale(col: &[f32], h: Option<&[f32]>, qmax: i32) -> bf16 {
+    let top = absmax_scale(col_absmax(col), qmax);
+    if top.to_f32() <= 0.0 {
+        return top;
+    }
+    let lowest = top.to_f32() * SEARCH_MIN_RATIO;
+    // One bf16 step above the absmax scale (it can help when rounding put the scale below
+    // absmax / qmax and the largest weight gets clamped), then down the grid.
+    let above = bf16::from_bits(top.to_bits() + 1);
+    let mut best = if above.is_finite() {
+        (column_error(col, h, above.to_f32(), qmax), above)
+    } else {
+        (f64::INFINITY, top)
+    };
+    let mut s = top;
+    // Positive bf16 values are ordered like their bit patterns, so `bits - 1` is the next
+    // value down; the loop ends at `lowest` or at zero.
+    while s.to_bits() > 0 && s.to_f32() >= lowest {
+        let e = column_error(col, h, s.to_f32(), qmax);
+        if e < best.0 {
+            best = (e, s);
+        }
+        s = bf16::from_bits(s.to_bits() - 1);
+    }
+    best.1
+}
+
+fn col_absmax(col: &[f32]) -> f32 {
+    col.iter().fold(0.0f32, |m, &w| m.max(w.abs()))
+}
+
+/// The scale of one column under `rule`.
+pub fn column_scale(col: &[f32], h: Option<&[f32]>, qmax: i32, rule: ScaleRule) -> bf16 {
+    match rule {
+        ScaleRule::Absmax => absmax_scale(col_absmax(col), qmax),
+        ScaleRule::Search => search_scale(col, h, qmax),
+    }
+}
+
+/// Quantizes a validated row-major `[k, n]` matrix: the codes `q` (row-major `[k, n]`, each
+/// in `-qmax..=qmax`) and one bf16 scale per column.
+pub fn quantize_matrix(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    h: Option<&[f32]>,
+    qmax: i32,
+    rule: ScaleRule,
+) -> (Vec<i8>, Vec<bf16>) {
+    let scales: Vec<bf16> = (0..n)
+        .into_par_iter()
+        .map(|c| {
+            let col: Vec<f32> = (0..k).map(|r| w[r * n + c]).collect();
+            column_scale(&col, h, qmax, rule)
+        })
+        .collect();
+    let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    let mut q = vec![0i8; k * n];
+    if n > 0 {
+        q.par_chunks_mut(n).zip(w.par_chunks(n)).for_each(|(qr, wr)| {
+            for ((qv, &wv), &s) in qr.iter_mut().zip(wr).zip(&sf) {
+                // |code| <= qmax <= 127, so the cast is lossless.
+                *qv = quantize_value(wv, s, qmax) as i8;
+            }
+        });
+    }
+    (q, scales)
+}
+
+/// A CUTLASS-interleaved byte layout of per-column codes: what each format's file supplies.
+pub(crate) trait Layout {
+    /// The scheme this layout belongs to.
+    const KIND: SchemeKind;
+    /// Largest code magnitude written: 127 or 7.
+    const QMAX: i32;
+    /// Bits per stored code: 8 or 4.
+    const BITS: usize;
+    /// N must be a multiple of this.
+    const N_MULTIPLE: usize;
+    /// The shape rule, in words, for [`SchemeError::BadShape`].
+    const REQUIREMENT: &'static str;
+
+    /// Where the code of element (`row`, `col`) of a `[k, n]` matrix is stored, counted in
+    /// codes from the start of `quant_weight`: the byte for int8, the nibble for int4. The
+    /// map is a bijection onto `0..k * n`.
+    fn code_address(k: usize, row: usize, col: usize) -> usize;
+
+    /// Lays the row-major `[k, n]` codes out as `quant_weight` bytes.
+    fn interleave(q: &[i8], k: usize, n: usize) -> Vec<u8>;
+
+    /// The code of element (`row`, `col`) of a `[k, n]` matrix stored in `bytes` (which
+    /// hold exactly `k * n * BITS / 8` bytes).
+    fn read_code(bytes: &[u8], k: usize, row: usize, col: usize) -> i32;
+}
+
+/// `quant_weight` shape `[N * BITS / 8, K]`: `[N, K]` for int8, `[N/2, K]` for int4.
+pub(crate) fn quant_weight_shape<L: Layout>(k: usize, n: usize) -> [usize; 2] {
+    [n * L::BITS / 8, k]
+}
+
+/// Shape check shared by both formats.
+pub(crate) fn check_shape<L: Layout>(k: usize, n: usize) -> Result<(), SchemeError> {
+    if k == 0 || k % K_MULTIPLE != 0 || n == 0 || n % L::N_MULTIPLE != 0 {
+        return Err(SchemeError::BadShape { scheme: L::KIND, k, n, requirement: L::REQUIREMENT });
+    }
+    Ok(())
+}
+
+/// Encodes `w` into `quant_weight` (`I8`) and `weight_scale` (`BF16`, `[N]`).
+pub(crate) fn encode<L: Layout>(
+    rule: ScaleRule,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    importance: Option<&[f32]>,
+) -> Result<Packed, SchemeError> {
+    check_shape::<L>(k, n)?;
+    check_encode_input(w, k, n, importance)?;
+    let (q, scales) = quantize_matrix(w, k, n, importance, L::QMAX, rule);
+    let quant_weight = Component {
+        name: COMPONENTS[0],
+        dtype: Dtype::I8,
+        shape: quant_weight_shape::<L>(k, n).to_vec(),
+        bytes: L::interleave(&q, k, n),
+    };
+    let weight_scale = Component {
+        name: COMPONENTS[1],
+        dtype: Dtype::BF16,
+        shape: vec![n],
+        bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+    };
+    Ok(Packed { kind: L::KIND, k, n, components: vec![quant_weight, weight_scale] })
+}
+
+/// Decodes components written by [`encode`]: `What[k][n] = q * scale[n]`, row-major.
+pub(crate) fn decode<L: Layout>(packed: &Packed) -> Result<Vec<f32>, SchemeError> {
+    if packed.kind != L::KIND {
+        return Err(SchemeError::WrongKind { expected: L::KIND, found: packed.kind });
+    }
+    let (k, n) = (packed.k, packed.n);
+    check_shape::<L>(k, n)?;
+    let qw = packed.expect_component(COMPONENTS[0], Dtype::I8, &quant_weight_shape::<L>(k, n))?;
+    let ws = packed.expect_component(COMPONENTS[1], Dtype::BF16, &[n])?;
+    let scales = finite_bf16s(ws)?;
+    let mut out = vec![0f32; k * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(row, out_row)| {
+        for (col, (o, &s)) in out_row.iter_mut().zip(&scales).enumerate() {
+            *o = L::read_code(&qw.bytes, k, row, col) as f32 * s;
+        }
+    });
+    Ok(out)
+}
+
+/// Bits per weight: `BITS` per code plus 16 per column for the bf16 scale.
+pub(crate) fn bits_per_weight<L: Layout>(k: usize, n: usize) -> f64 {
+    if k == 0 || n == 0 {
+        return 0.0;
+    }
+    L::BITS as f64 + 16.0 / k as f64
+}
+
+/// Paddle's `weight_quantize` byte pipeline (sm75..sm90, per channel), re-expressed step
+/// by step over code arrays, as an independent oracle for the closed-form index formulas of
+/// the layout doc that [`super::wint8`] and [`super::wint4`] implement.
+#[cfg(test)]
+pub(crate) mod paddle_reference {
+    /// The `quant_weight` bytes Paddle writes for row-major `[k, n]` codes `q` with `bits`
+    /// = 8 or 4. Paddle moves 32-bit words, so this needs `n` a multiple of `32 / bits`
+    /// (and `k` of 64).
+    pub(crate) fn quant_weight(q: &[i8], k: usize, n: usize, bits: usize) -> Vec<u8> {
+        let per_word = 32 / bits; // codes per 32-bit register
+        let mask = ((1u16 << bits) - 1) as u8; // 0xFF or 0x0F
+
+        // 1. Rows (K) permuted inside tiles of 8 * 16 / bits rows: row `base + t` of the
+        //    result takes row `base + 8 * ((t % per_word) / 2) + t % 2 + 2 * (t / per_word)`.
+        let tile = 8 * 16 / bits;
+        let mut permuted = vec![0i8; k * n];
+        for row in 0..k {
+            let (base, t) = (row - row % tile, row % tile);
+            let src = base + 8 * ((t % per_word) / 2) + t % 2 + 2 * (t / per_word);
+            permuted[row * n..(row + 1) * n].copy_from_slice(&q[src * n..(src + 1) * n]);
+        }
+
+        // 2. Transposed to [n, k] (column-major codes).
+        let mut transposed = vec![0i8; k * n];
+        for row in 0..k {
+            for col in 0..n {
+                transposed[col * k + row] = permuted[row * n + col];
+            }
+        }
+
+        // 3. Columns interleaved: `il` = 16 / bits consecutive columns share one output
+        //    column; inside each 64-row tile their words follow one another.
+        let il = 16 / bits;
+        let words_per_col = k / per_word;
+        let words_per_tile = 64 / per_word;
+        let mut interleaved = vec![0i8; k * n];
+        for col in 0..n {
+            for wr in 0..words_per_col {
+                let tile_start = wr - wr % words_per_tile;
+                let dst_word = (col / il) * words_per_col * il
+                    + il * tile_start
+                    + words_per_tile * (col % il)
+                    + wr % words_per_tile;
+                let src = (col * words_per_col + wr) * per_word;
+                let dst = dst_word * per_word;
+                interleaved[dst..dst + per_word].copy_from_slice(&transposed[src..src + per_word]);
+            }
+        }
+
+        // 4. Biased to unsigned (+128 / +8), then shuffled inside each register: int8 swaps
+        //    bytes 1 and 2 of every 4; int4 puts source code 2d (d < 4) or 2(d - 4) + 1
+        //    (d >= 4) in nibble d.
+        let bias = 1i16 << (bits - 1);
+        let biased: Vec<u8> =
+            interleaved.iter().map(|&c| ((c as i16 + bias) as u8) & mask).collect();
+        let mut codes = biased.clone();
+        for (reg, out) in biased.chunks(per_word).zip(codes.chunks_mut(per_word)) {
+            for (d, o) in out.iter_mut().enumerate() {
+                *o = if bits == 8 {
+                    reg[[0, 2, 1, 3][d]]
+                } else {
+                    reg[if d < 4 { 2 * d } else { 2 * (d - 4) + 1 }]
+                };
+            }
+        }
+
+        // Codes to bytes, little-endian: for int4 the even code is the low nibble.
+        if bits == 8 {
+            codes
+        } else {
+            codes.chunks(2).map(|p| p[0] | (p[1] << 4)).collect()
+        }
+    }
+}
+
+/// Checks shared by the wint8 and wint4 tests, generic over the layout.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use half::bf16;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    use super::{column_error, paddle_reference, Layout, ScaleRule};
+    use crate::bench::rng::Rng;
+    use crate::scheme::{Packed, Scheme, SchemeError};
+    use crate::Dtype;
+
+    /// Row-major `[k, n]` random codes in `-qmax..=qmax`.
+    pub(crate) fn random_codes(k: usize, n: usize, qmax: i32, seed: u64) -> Vec<i8> {
+        let mut rng = Rng::new(seed);
+        let span = (2 * qmax + 1) as u64;
+        (0..k * n).map(|_| ((rng.next_u64() % span) as i32 - qmax) as i8).collect()
+    }
+
+    /// Every element gets its own address, and together they cover `0..k * n`; reading
+    /// back the bytes [`Layout::interleave`] wrote gives every code back.
+    pub(crate) fn assert_bijection<L: Layout>(k: usize, n: usize) {
+        let mut seen = vec![false; k * n];
+        for row in 0..k {
+            for col in 0..n {
+                let a = L::code_address(k, row, col);
+                assert!(a < k * n, "[{k}, {n}] ({row}, {col}) -> {a} out of range");
+                assert!(!seen[a], "[{k}, {n}] ({row}, {col}) -> {a} taken twice");
+                seen[a] = true;
+            }
+        }
+        let q = random_codes(k, n, L::QMAX, 11);
+        let bytes = L::interleave(&q, k, n);
+        assert_eq!(bytes.len(), k * n * L::BITS / 8);
+        for row in 0..k {
+            for col in 0..n {
+                assert_eq!(L::read_code(&bytes, k, row, col), i32::from(q[row * n + col]));
+            }
+        }
+    }
+
+    /// For a bf16-valued matrix, the absmax encoder writes the bytes Paddle's
+    /// `weight_quantize` writes: its scale (max over the column starting from the first
+    /// row's signed value, divided in f32, stored bf16), its quantization (C `round` of the
+    /// quotient by the stored scale, clamped), then its byte pipeline.
+    pub(crate) fn assert_absmax_matches_paddle<L: Layout>(scheme: &dyn Scheme) {
+        let bound = L::QMAX as f32;
+        for (k, n, seed) in [(64, 8, 1u64), (128, 16, 2), (192, 24, 3), (256, 64, 4)] {
+            let mut rng = Rng::new(seed);
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| bf16::from_f32(rng.normal() as f32 * (1 + i % 5) as f32).to_f32())
+                .collect();
+            let scales: Vec<bf16> = (0..n)
+                .map(|c| {
+                    let mut max = w[c];
+                    for r in 0..k {
+                        max = if w[r * n + c].abs() > max { w[r * n + c].abs() } else { max };
+                    }
+                    bf16::from_f32(max / bound)
+                })
+                .collect();
+            let q: Vec<i8> = (0..k * n)
+                .map(|i| {
+                    let scaled = (w[i] / scales[i % n].to_f32()).round();
+                    scaled.clamp(-bound, bound) as i8
+                })
+                .collect();
+            let p = scheme.encode(&w, k, n, None).unwrap();
+            assert_eq!(p.components[0].bytes, paddle_reference::quant_weight(&q, k, n, L::BITS));
+            let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            assert_eq!(p.components[1].bytes, scale_bytes);
+        }
+    }
+
+    /// `W = q * s` with `s` a power of two per column and some `|q| = qmax` in each column
+    /// decodes back to exactly `W`.
+    pub(crate) fn assert_exact_round_trip<L: Layout>(scheme: &dyn Scheme) {
+        let (k, n) = (128, 16);
+        let mut q = random_codes(k, n, L::QMAX, 5);
+        for c in 0..n {
+            q[(c * 7 % k) * n + c] = if c % 2 == 0 { L::QMAX as i8 } else { -L::QMAX as i8 };
+        }
+        // Column c has scale 2^(c % 7 - 3).
+        let w: Vec<f32> =
+            (0..k * n).map(|i| f32::from(q[i]) * 2f32.powi((i % n % 7) as i32 - 3)).collect();
+        let p = scheme.encode(&w, k, n, None).unwrap();
+        assert_eq!(scheme.decode(&p).unwrap(), w);
+    }
+
+    /// An all-zero column gets scale 0 and code 0 (bias value in every byte), and decodes
+    /// to zeros; the other columns are unaffected.
+    pub(crate) fn assert_zero_column<L: Layout>(scheme: &dyn Scheme) {
+        let (k, n) = (64, 8);
+        let mut w = Rng::new(9).normals(k * n);
+        for r in 0..k {
+            w[r * n + 3] = 0.0;
+        }
+        let p = scheme.encode(&w, k, n, None).unwrap();
+        assert_eq!(&p.components[1].bytes[6..8], &[0, 0]);
+        for r in 0..k {
+            assert_eq!(L::read_code(&p.components[0].bytes, k, r, 3), 0);
+        }
+        let d = scheme.decode(&p).unwrap();
+        assert!((0..k).all(|r| d[r * n + 3] == 0.0));
+        assert!((0..k).any(|r| d[r * n + 2] != 0.0));
+    }
+
+    /// Shape, length, finiteness and importance errors. `bad_n` has a bad column count,
+    /// `bad_k` a bad row count.
+    pub(crate) fn assert_bad_inputs<L: Layout>(
+        scheme: &dyn Scheme,
+        bad_n: (usize, usize),
+        bad_k: (usize, usize),
+    ) {
+        let bad_shape = |k: usize, n: usize| {
+            let w = vec![0f32; k * n];
+            assert!(
+                matches!(
+                    scheme.encode(&w, k, n, None),
+                    Err(SchemeError::BadShape { scheme: s, k: kk, n: nn, .. })
+                        if s == L::KIND && kk == k && nn == n
+                ),
+                "[{k}, {n}]"
+            );
+            assert!(scheme.check_shape(k, n).is_err());
+        };
+        bad_shape(bad_n.0, bad_n.1);
+        bad_shape(bad_k.0, bad_k.1);
+        bad_shape(0, L::N_MULTIPLE);
+        bad_shape(64, 0);
+
+        let (k, n) = (64, L::N_MULTIPLE);
+        assert_eq!(
+            scheme.encode(&[0.0; 3], k, n, None),
+            Err(SchemeError::WeightLength { expected: k * n, found: 3 })
+        );
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut w = vec![0.5f32; k * n];
+            w[5 * n + 1] = bad;
+            assert!(matches!(
+                scheme.encode(&w, k, n, None),
+                Err(SchemeError::NonFiniteWeight { k: 5, n: 1, .. })
+            ));
+        }
+        let w = vec![0.5f32; k * n];
+        assert_eq!(
+            scheme.encode(&w, k, n, Some(&[1.0; 3])),
+            Err(SchemeError::ImportanceLength { expected: k, found: 3 })
+        );
+        for bad in [-1.0f32, f32::NAN, f32::INFINITY] {
+            let mut h = vec![1.0f32; k];
+            h[7] = bad;
+            assert!(matches!(
+                scheme.encode(&w, k, n, Some(&h)),
+                Err(SchemeError::BadImportance { k: 7, .. })
+            ));
+        }
+    }
+
+    /// Every way a component can be wrong gives its typed error, never a panic.
+    pub(crate) fn assert_bad_components<L: Layout>(scheme: &dyn Scheme) {
+        let (k, n) = (64, 2 * L::N_MULTIPLE);
+        let good = scheme.encode(&Rng::new(2).normals(k * n), k, n, None).unwrap();
+        let qw_shape = vec![n * L::BITS / 8, k];
+        let edit = |f: &dyn Fn(&mut Packed)| {
+            let mut p = good.clone();
+            f(&mut p);
+            scheme.decode(&p)
+        };
+        let other = crate::scheme::SchemeKind::ALL.into_iter().find(|&x| x != L::KIND).unwrap();
+        assert_eq!(
+            edit(&|p| p.kind = other),
+            Err(SchemeError::WrongKind { expected: L::KIND, found: other })
+        );
+        assert!(matches!(edit(&|p| p.k = 96), Err(SchemeError::BadShape { .. })));
+        assert!(matches!(edit(&|p| p.n = n + 1), Err(SchemeError::BadShape { .. })));
+        assert_eq!(
+            edit(&|p| {
+                p.components.remove(1);
+            }),
+            Err(SchemeError::MissingComponent { name: "weight_scale" })
+        );
+        assert_eq!(
+            edit(&|p| p.components[0].dtype = Dtype::U8),
+            Err(SchemeError::ComponentDtype {
+                name: "quant_weight",
+                expected: Dtype::I8,
+                found: Dtype::U8
+            })
+        );
+        assert_eq!(
+            edit(&|p| p.components[1].dtype = Dtype::F32),
+            Err(SchemeError::ComponentDtype {
+                name: "weight_scale",
+                expected: Dtype::BF16,
+                found: Dtype::F32
+            })
+        );
+        assert_eq!(
+            edit(&|p| p.components[0].shape = vec![k, n * L::BITS / 8]),
+            Err(SchemeError::ComponentShape {
+                name: "quant_weight",
+                expected: qw_shape.clone(),
+                found: vec![k, n * L::BITS / 8]
+            })
+        );
+        assert_eq!(
+            edit(&|p| p.components[0].bytes.pop().map(drop).unwrap_or(())),
+            Err(SchemeError::ComponentLength {
+                name: "quant_weight",
+                expected: k * n * L::BITS / 8,
+                found: k * n * L::BITS / 8 - 1
+            })
+        );
+        assert_eq!(
+            edit(&|p| p.components[1].bytes.push(0)),
+            Err(SchemeError::ComponentLength {
+                name: "weight_scale",
+                expected: 2 * n,
+                found: 2 * n + 1
+            })
+        );
+        for (bits, value) in [(0x7FC0u16, f32::NAN), (0x7F80, f32::INFINITY)] {
+            let r = edit(&|p| p.components[1].bytes[2..4].copy_from_slice(&bits.to_le_bytes()));
+            match r {
+                Err(SchemeError::NonFiniteParameter {
+                    name: "weight_scale",
+                    index: 1,
+                    value: v,
+                }) => {
+                    assert!(v.is_nan() == value.is_nan() && (v.is_nan() || v == value));
+                }
+                other => panic!("expected NonFiniteParameter, got {other:?}"),
+            }
+        }
+    }
+
+    /// A matrix whose column count is a multiple of `n_multiple`: `k` in 64..=256, each
+    /// column scaled by its own power of ten (1e-30..1e30) so tiny and huge columns occur.
+    pub(crate) fn matrix(n_multiple: usize) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
+        (1usize..=4, 1usize..=6).prop_flat_map(move |(kt, nm)| {
+            let (k, n) = (64 * kt, n_multiple * nm);
+            (
+                Just(k),
+                Just(n),
+                prop::collection::vec(-1.0f32..1.0, k * n),
+                prop::collection::vec(-30i32..=30, n),
+            )
+                .prop_map(|(k, n, w, mags)| {
+                    let w =
+                        w.iter().enumerate().map(|(i, v)| v * 10f32.powi(mags[i % n])).collect();
+                    (k, n, w)
+                })
+        })
+    }
+
+    /// Bound for element `(k, n)` with stored scale `s`:
+    /// `|W - What| <= s * (0.5 + 2^-16)`, the half step plus the f32 rounding of `W / s`
+    /// (at most `|W / s| * 2^-24 <= 128 * 2^-24` steps); an element clamped at the absmax
+    /// scale misses by at most `qmax * s * 2^-9` (the bf16 rounding of the scale), which is
+    /// inside the same bound. Under the searched scale a clamped element is instead checked
+    /// to be decoded to `+-qmax * s` with the sign of `W` and `|W|` beyond it; and each
+    /// column's weighted error is at most the absmax scale's.
+    pub(crate) fn assert_error_bound<L: Layout>(
+        scheme: &dyn Scheme,
+        rule: ScaleRule,
+        w: &[f32],
+        k: usize,
+        n: usize,
+    ) -> Result<(), TestCaseError> {
+        let p = scheme.encode(w, k, n, None).unwrap();
+        let d = scheme.decode(&p).unwrap();
+        let scales: Vec<f32> = p.components[1]
+            .bytes
+            .chunks(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        let searched = rule == ScaleRule::Search;
+        for i in 0..k * n {
+            let s = scales[i % n];
+            let e = (w[i] - d[i]).abs();
+            let clamped = d[i].abs() == L::QMAX as f32 * s
+                && d[i].signum() == w[i].signum()
+                && w[i].abs() >= d[i].abs();
+            prop_assert!(
+                e <= s * (0.5 + 2f32.powi(-16)) || (searched && clamped),
+                "element {i}: w {} decoded {} scale {s}",
+                w[i],
+                d[i]
+            );
+        }
+        for c in 0..n {
+            let col: Vec<f32> = (0..k).map(|r| w[r * n + c]).collect();
+            let absmax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let a = super::absmax_scale(absmax, L::QMAX).to_f32();
+            prop_assert!(
+                column_error(&col, None, scales[c], L::QMAX)
+                    <= column_error(&col, None, a, L::QMAX)
+            );
+        }
+        Ok(())
+    }
+
+    /// Random `quant_weight` bytes and bf16 scale bit patterns (NaN and infinities included)
+    /// for a valid shape.
+    pub(crate) fn arbitrary_components(
+        n_multiple: usize,
+        bits: usize,
+    ) -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<u16>)> {
+        (1usize..=3, 1usize..=4).prop_flat_map(move |(kt, nm)| {
+            let (k, n) = (64 * kt, n_multiple * nm);
+            (
+                Just(k),
+                Just(n),
+                prop::collection::vec(any::<u8>(), k * n * bits / 8),
+                prop::collection::vec(any::<u16>(), n),
+            )
+        })
+    }
+
+    /// Decoding arbitrary bytes returns `k * n` values, none NaN (a huge finite scale times
+    /// a code may overflow to infinity, as it would in the kernel), or a
+    /// [`SchemeError::NonFiniteParameter`] when a scale is NaN or infinite.
+    pub(crate) fn assert_decode_total<L: Layout>(
+        scheme: &dyn Scheme,
+        k: usize,
+        n: usize,
+        bytes: Vec<u8>,
+        scales: Vec<u16>,
+    ) -> Result<(), TestCaseError> {
+        let finite = scales.iter().all(|&b| bf16::from_bits(b).is_finite());
+        let p = Packed {
+            kind: L::KIND,
+            k,
+            n,
+            components: vec![
+                crate::scheme::Component {
+                    name: "quant_weight",
+                    dtype: Dtype::I8,
+                    shape: vec![n * L::BITS / 8, k],
+                    bytes,
+                },
+                crate::scheme::Component {
+                    name: "weight_scale",
+                    dtype: Dtype::BF16,
+                    shape: vec![n],
+                    bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                },
+            ],
+        };
+        match scheme.decode(&p) {
+            Ok(d) => {
+                prop_assert!(finite);
+                prop_assert_eq!(d.len(), k * n);
+                prop_assert!(d.iter().all(|v| !v.is_nan()));
+            }
+            Err(SchemeError::NonFiniteParameter { name: "weight_scale", .. }) => {
+                prop_assert!(!finite)
+            }
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::rng::Rng;
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        for (x, r) in [(0.5, 1.0), (-0.5, -1.0), (1.5, 2.0), (2.5, 3.0), (-2.5, -3.0), (0.49, 0.0)]
+        {
+            assert_eq!(round_half_away_from_zero(x), r, "{x}");
+        }
+    }
+
+    #[test]
+    fn quantize_value_clamps_and_handles_zero_scale() {
+        assert_eq!(quantize_value(1.0, 0.0, 127), 0);
+        assert_eq!(quantize_value(0.0, 0.0, 7), 0);
+        assert_eq!(quantize_value(100.0, 0.5, 127), 127);
+        assert_eq!(quantize_value(-100.0, 0.5, 7), -7);
+        assert_eq!(quantize_value(0.75, 0.5, 7), 2); // 1.5 rounds away from zero
+        assert_eq!(quantize_value(-0.75, 0.5, 7), -2);
+        // A subnormal scale: the quotient overflows to infinity and is clamped.
+        assert_eq!(quantize_value(3.0e38, 1.0e-40, 127), 127);
+    }
+
+    #[test]
+    fn absmax_scale_divides_in_f32_then_rounds_to_bf16() {
+        for absmax in [1.0f32, 0.1, 3.3, 1.0e-30, 123.456] {
+            assert_eq!(absmax_scale(absmax, 127), bf16::from_f32(absmax / 127.0f32));
+            assert_eq!(absmax_scale(absmax, 7), bf16::from_f32(absmax / 7.0f32));
+        }
+        assert_eq!(absmax_scale(0.0, 127).to_f32(), 0.0);
+    }
+
+    #[test]
+    fn search_never_loses_to_absmax_and_is_deterministic() {
+        let mut rng = Rng::new(3);
+        for qmax in [127, 7] {
+            for _ in 0..20 {
+                let col = rng.normals(256);
+                let h: Vec<f32> = (0..256).map(|_| rng.uniform() as f32).collect();
+                for imp in [None, Some(&h[..])] {
+                    let a = absmax_scale(col_absmax(&col), qmax).to_f32();
+                    let s = search_scale(&col, imp, qmax);
+                    assert_eq!(s, search_scale(&col, imp, qmax));
+                    assert!(
+                        column_error(&col, imp, s.to_f32(), qmax)
+                            <= column_error(&col, imp, a, qmax)
+                    );
+                    let ratio = s.to_f32() / a;
+                    assert!((SEARCH_MIN_RATIO - 0.01..=1.01).contains(&ratio), "ratio {ratio}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn search_of_zero_column_is_zero() {
+        assert_eq!(search_scale(&[0.0; 64], None, 7).to_f32(), 0.0);
+        assert_eq!(search_scale(&[0.0; 64], None, 127).to_f32(), 0.0);
+    }
+
+    #[test]
+    fn scale_rule_names_round_trip() {
+        for r in ScaleRule::ALL {
+            assert_eq!(ScaleRule::from_name(r.name()), Some(r));
+        }
+        assert_eq!(ScaleRule::from_name("absmax/127"), None);
+    }
+}
