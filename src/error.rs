@@ -111,6 +111,14 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// A conversion stopped before it finished; its completed shards are kept for `--resume`.
+    #[error("{}: stopped after {shards_done} shard(s); run again with --resume to continue", work.display())]
+    Interrupted {
+        /// The unfinished output directory.
+        work: PathBuf,
+        /// Shards completed so far.
+        shards_done: usize,
+    },
 }
 
 impl Error {

@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
+//! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`bench`]: quality and speed measurements behind `ccq bench`;
 //! - [`synth`], [`rng`]: deterministic synthetic data for tests and benchmarks.
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod inspect;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod inspect;
+mod quantize;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     /// Show what a checkpoint holds: model, layers, experts, tensors by role and dtype
     /// (reads headers only).
     Inspect(inspect::InspectArgs),
+    /// Quantize a checkpoint: ERNIE 4.5 to FastDeploy's 2-bit layout, or any MoE model to
+    /// ccq's native layout.
+    Quantize(quantize::QuantizeArgs),
     /// Write a deterministic synthetic ERNIE 4.5 MoE checkpoint (for tests and benchmarks).
     Synth(synth::SynthArgs),
     /// Measure the quality and speed of ccq's schemes and readers.
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };

@@ -64,6 +64,9 @@ pub struct QuantizeArgs {
     /// Read U16 tensors as bf16 payload (Paddle's converter stores bf16 weights as U16).
     #[arg(long)]
     u16_as_bf16: bool,
+    /// Testing aid: stop (as if interrupted) after writing this many shards.
+    #[arg(long, hide = true)]
+    stop_after_shards: Option<usize>,
 }
 
 /// Runs `ccq quantize`.
@@ -105,6 +108,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         effort,
         force: args.force,
         resume: args.resume,
+        stop_after_shards: args.stop_after_shards,
         fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort),
     };
     let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };

@@ -35,6 +35,9 @@ pub struct ConvertOptions {
     pub resume: bool,
     /// Extra text mixed into the resume fingerprint (e.g. the command-line options).
     pub fingerprint_extra: String,
+    /// Stop with [`Error::Interrupted`] after writing this many shards: a deterministic
+    /// interruption, for testing `resume`.
+    pub stop_after_shards: Option<usize>,
 }
 
 /// Progress reported after each tensor.
@@ -106,6 +109,9 @@ pub fn convert(
             write_shard(ckpt, plan, shard, &path, options.effort, &mut state, progress)?;
             record_shard(&mut record, &name, &path)?;
             write_json(&work.join(PROGRESS_FILE), &record)?;
+            if options.stop_after_shards == Some(i + 1 - reused) {
+                return Err(Error::Interrupted { work: work.clone(), shards_done: i + 1 });
+            }
             continue;
         }
         for &t in shard {

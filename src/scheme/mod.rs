@@ -26,7 +26,7 @@ pub use wint4::Wint4;
 pub use wint8::Wint8;
 
 /// Which packed format a [`Packed`] holds; a runtime tag over the [`Scheme`] implementors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum SchemeKind {
     /// CCQ 2-bit: 4 weights per byte through a per-column code map (see [`wint2`]).
@@ -158,6 +158,11 @@ pub trait Scheme: Send + Sync {
 
     /// Storage cost of a `[k, n]` matrix in bits per logical weight, every component counted.
     fn bits_per_weight(&self, k: usize, n: usize) -> f64;
+
+    /// The components [`Scheme::encode`] writes for a `[k, n]` matrix (whose shape passed
+    /// [`Scheme::check_shape`]): name, dtype and shape, in order. Lets a writer lay out a
+    /// checkpoint's headers before any data is encoded.
+    fn component_layout(&self, k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)>;
 }
 
 /// Why a scheme refused to encode or decode.

@@ -231,6 +231,15 @@ pub(crate) fn check_shape<L: Layout>(k: usize, n: usize) -> Result<(), SchemeErr
     Ok(())
 }
 
+/// The two components of a `[k, n]` matrix: `quant_weight` (`I8`) and `weight_scale`
+/// (`BF16`, `[N]`).
+pub(crate) fn component_layout<L: Layout>(k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+    vec![
+        (COMPONENTS[0], Dtype::I8, quant_weight_shape::<L>(k, n).to_vec()),
+        (COMPONENTS[1], Dtype::BF16, vec![n]),
+    ]
+}
+
 /// Encodes `w` into `quant_weight` (`I8`) and `weight_scale` (`BF16`, `[N]`).
 pub(crate) fn encode<L: Layout>(
     rule: ScaleRule,

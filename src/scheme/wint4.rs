@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use super::per_channel::{self, Layout, ScaleRule};
 use super::{Packed, Scheme, SchemeError, SchemeKind};
+use crate::Dtype;
 
 /// The wint4 scheme; the only choice is how the scale is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +128,10 @@ impl Scheme for Wint4 {
 
     fn bits_per_weight(&self, k: usize, n: usize) -> f64 {
         per_channel::bits_per_weight::<Wint4>(k, n)
+    }
+
+    fn component_layout(&self, k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+        per_channel::component_layout::<Wint4>(k, n)
     }
 }
 

@@ -33,6 +33,7 @@ use rayon::prelude::*;
 
 use super::per_channel::{self, Layout, ScaleRule};
 use super::{Packed, Scheme, SchemeError, SchemeKind};
+use crate::Dtype;
 
 /// The wint8 scheme; the only choice is how the scale is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,6 +120,10 @@ impl Scheme for Wint8 {
 
     fn bits_per_weight(&self, k: usize, n: usize) -> f64 {
         per_channel::bits_per_weight::<Wint8>(k, n)
+    }
+
+    fn component_layout(&self, k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+        per_channel::component_layout::<Wint8>(k, n)
     }
 }
 

@@ -1,5 +1,7 @@
 //! End-to-end tests of the real `ccq` binary.
 
+mod quantize;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -236,6 +236,10 @@ impl Scheme for Wint2 {
         let bits = (k / 4 * n * 8 + k / GROUP_ROWS * n * 4 + n * 80) as f64;
         bits / (k * n) as f64
     }
+
+    fn component_layout(&self, k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+        COMPONENTS.into_iter().zip(Self::shapes(k, n)).map(|(name, (dtype, shape))| (name, dtype, shape)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,305 @@
+//! `ccq quantize` end to end: the FastDeploy layout tensor by tensor, bytes equal to the
+//! schemes' own encoders, determinism across thread counts, interruption and resume, and bad
+//! input.
+
+use super::{ccq, repo, stdout, temp_dir};
+use ccq::scheme::{Scheme, Wint2, Wint4, Wint8};
+use ccq::{Checkpoint, Dtype};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The tensor set the layout doc prescribes for the tiny fixture model (H 128, 2 heads of 64,
+/// 1 KV head, dense width 256, 4 experts of width 128, 1 shared expert, 3 layers, MoE from
+/// layer 1, tied embeddings), with MoE layers <= `w4_end` in wint4 and later ones in WINT2.
+fn expected_fastdeploy_tensors(w4_end: usize) -> BTreeMap<String, (Dtype, Vec<usize>)> {
+    let (h, v, i_dense, i_moe, qkv) = (128, 256, 256, 128, (2 + 2) * 64);
+    let mut t = BTreeMap::new();
+    let mut add = |name: String, dtype, shape: Vec<usize>| {
+        t.insert(name, (dtype, shape));
+    };
+    let wint8 = |add: &mut dyn FnMut(String, Dtype, Vec<usize>), base: String, k: usize, n: usize| {
+        add(format!("{base}.quant_weight"), Dtype::I8, vec![n, k]);
+        add(format!("{base}.weight_scale"), Dtype::BF16, vec![n]);
+    };
+    add("ernie.embed_tokens.weight".into(), Dtype::BF16, vec![v, h]);
+    add("ernie.norm.weight".into(), Dtype::BF16, vec![h]);
+    for l in 0..3 {
+        let p = format!("ernie.layers.{l}");
+        add(format!("{p}.input_layernorm.weight"), Dtype::BF16, vec![h]);
+        add(format!("{p}.post_attention_layernorm.weight"), Dtype::BF16, vec![h]);
+        wint8(&mut add, format!("{p}.self_attn.qkv_proj"), h, qkv);
+        wint8(&mut add, format!("{p}.self_attn.o_proj"), 128, h);
+        if l == 0 {
+            wint8(&mut add, format!("{p}.mlp.up_gate_proj"), h, 2 * i_dense);
+            wint8(&mut add, format!("{p}.mlp.down_proj"), i_dense, h);
+            continue;
+        }
+        wint8(&mut add, format!("{p}.mlp.shared_experts.up_gate_proj"), h, 2 * i_moe);
+        wint8(&mut add, format!("{p}.mlp.shared_experts.down_proj"), i_moe, h);
+        add(format!("{p}.mlp.gate.weight"), Dtype::F32, vec![h, 4]);
+        add(format!("{p}.mlp.moe_statics.e_score_correction_bias"), Dtype::F32, vec![1, 4]);
+        for e in 0..4 {
+            for (proj, k, n) in [("up_gate_proj", h, 2 * i_moe), ("down_proj", i_moe, h)] {
+                let base = format!("{p}.mlp.experts.{e}.{proj}");
+                if l <= w4_end {
+                    add(format!("{base}.quant_weight"), Dtype::I8, vec![n / 2, k]);
+                    add(format!("{base}.weight_scale"), Dtype::BF16, vec![n]);
+                } else {
+                    add(format!("{base}.quant_weight"), Dtype::U8, vec![k / 4, n]);
+                    add(format!("{base}.weight_scale"), Dtype::U8, vec![k / 128, n]);
+                    add(format!("{base}.super_scales"), Dtype::BF16, vec![n]);
+                    add(format!("{base}.code_scale"), Dtype::F32, vec![n]);
+                    add(format!("{base}.code_zp"), Dtype::F32, vec![n]);
+                }
+            }
+        }
+    }
+    t
+}
+
+fn tensor_set(ckpt: &Checkpoint) -> BTreeMap<String, (Dtype, Vec<usize>)> {
+    ckpt.tensors().iter().map(|t| (t.name.clone(), (t.dtype, t.shape.clone()))).collect()
+}
+
+fn quantize(src: &str, out: &Path, extra: &[&str]) -> String {
+    let out_s = out.display().to_string();
+    let mut args = vec!["quantize", src, "-o", &out_s, "--quiet"];
+    args.extend_from_slice(extra);
+    stdout(&ccq(&args))
+}
+
+/// The logical [in, out] matrix of PyTorch [out, in] sources concatenated along the outputs.
+fn logical_from_pytorch(src: &Checkpoint, names: &[&str]) -> (Vec<f32>, usize, usize) {
+    let parts: Vec<(Vec<f32>, usize, usize)> = names
+        .iter()
+        .map(|n| {
+            let e = src.get(n).unwrap();
+            (src.read_f32(n).unwrap(), e.shape[0], e.shape[1])
+        })
+        .collect();
+    let k = parts[0].2;
+    let n: usize = parts.iter().map(|p| p.1).sum();
+    let mut w = vec![0.0; k * n];
+    let mut off = 0;
+    for (data, rows, cols) in &parts {
+        for o in 0..*rows {
+            for i in 0..*cols {
+                w[i * n + off + o] = data[o * cols + i];
+            }
+        }
+        off += rows;
+    }
+    (w, k, n)
+}
+
+fn assert_components(out: &Checkpoint, base: &str, scheme: &dyn Scheme, w: &[f32], k: usize, n: usize) {
+    let packed = scheme.encode(w, k, n, None).unwrap();
+    for c in &packed.components {
+        let name = format!("{base}.{}", c.name);
+        let entry = out.get(&name).unwrap();
+        assert_eq!(out.raw_bytes(entry).unwrap(), c.bytes.as_slice(), "{name}");
+    }
+}
+
+#[test]
+fn fastdeploy_layout_from_pytorch_is_exact() {
+    let out = temp_dir("fd-pt");
+    quantize(&repo("fixtures/ernie45-tiny-pt"), &out, &["--w4-end-layer", "1"]);
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert_eq!(tensor_set(&ckpt), expected_fastdeploy_tensors(1));
+
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    assert!(config.get("torch_dtype").is_none());
+    let q = &config["quantization_config"];
+    assert_eq!(q["quantization"], "wint2");
+    assert_eq!(q["dense_quant_type"], "wint8");
+    assert_eq!(q["moe_quant_type"], "w4w2");
+    assert_eq!(q["moe_quant_config"]["moe_w4_quant_config"]["quant_end_layer"], 1);
+
+    // Every packed tensor holds exactly what the scheme's encoder gives for the logical
+    // matrix, assembled here independently (transpose, concatenate q|k|v and gate|up).
+    let src = Checkpoint::open(repo("fixtures/ernie45-tiny-pt")).unwrap();
+    let cases: [(&str, Vec<String>, Box<dyn Scheme>); 4] = [
+        ("ernie.layers.2.mlp.experts.3.up_gate_proj", vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.2.mlp.experts.3.{p}.weight")).collect(), Box::new(Wint2::default())),
+        ("ernie.layers.2.mlp.experts.0.down_proj", vec!["model.layers.2.mlp.experts.0.down_proj.weight".to_string()], Box::new(Wint2::default())),
+        ("ernie.layers.1.mlp.experts.1.up_gate_proj", vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.1.mlp.experts.1.{p}.weight")).collect(), Box::new(Wint4::default())),
+        ("ernie.layers.0.self_attn.qkv_proj", vec!["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("model.layers.0.self_attn.{p}.weight")).collect(), Box::new(Wint8::default())),
+    ];
+    for (base, sources, scheme) in &cases {
+        let names: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let (w, k, n) = logical_from_pytorch(&src, &names);
+        assert_components(&ckpt, base, scheme.as_ref(), &w, k, n);
+    }
+    // Unquantized tensors: the router is transposed and stays f32; norms are copied.
+    let router = ckpt.read_f32("ernie.layers.1.mlp.gate.weight").unwrap();
+    let (expected, _, _) = logical_from_pytorch(&src, &["model.layers.1.mlp.gate.weight"]);
+    assert_eq!(router, expected);
+    assert_eq!(ckpt.read_f32("ernie.norm.weight").unwrap(), src.read_f32("model.norm.weight").unwrap());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn fastdeploy_layout_from_paddle_is_exact() {
+    let out = temp_dir("fd-paddle");
+    quantize(&repo("fixtures/ernie45-tiny-paddle"), &out, &["--w4-end-layer", "1"]);
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert_eq!(tensor_set(&ckpt), expected_fastdeploy_tensors(1));
+    let src = Checkpoint::open(repo("fixtures/ernie45-tiny-paddle")).unwrap();
+    let name = "ernie.layers.2.mlp.experts.2.down_proj.weight";
+    let w = src.read_f32(name).unwrap();
+    assert_components(&ckpt, "ernie.layers.2.mlp.experts.2.down_proj", &Wint2::default(), &w, 128, 128);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn output_is_byte_identical_at_any_thread_count() {
+    let (a, b) = (temp_dir("threads-1"), temp_dir("threads-2"));
+    let src = repo("fixtures/ernie45-tiny-pt");
+    quantize(&src, &a, &["--threads", "1", "--preset", "wint2-experts"]);
+    quantize(&src, &b, &["--threads", "2", "--preset", "wint2-experts"]);
+    for name in ["config.json", "model.safetensors"] {
+        assert_eq!(std::fs::read(a.join(name)).unwrap(), std::fs::read(b.join(name)).unwrap(), "{name}");
+    }
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+fn dir_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+#[test]
+fn interrupted_run_resumes_to_the_same_bytes() {
+    let (whole, resumed) = (temp_dir("whole"), temp_dir("resumed"));
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let shard = ["--shard-size", "100KB"];
+    quantize(&src, &whole, &shard);
+    let r = resumed.display().to_string();
+    let stopped = ccq(&["quantize", &src, "-o", &r, "--quiet", "--shard-size", "100KB", "--stop-after-shards", "3"]);
+    assert_eq!(stopped.status.code(), Some(2));
+    assert!(!resumed.exists(), "an interrupted run must not look finished");
+    let partial = ccq::convert::run::partial_dir(&resumed);
+    // Damage the last completed shard: resume must notice and redo it.
+    let third = partial.join("model-00003-of-00007.safetensors");
+    let mut bytes = std::fs::read(&third).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&third, bytes).unwrap();
+    let out = ccq(&["quantize", &src, "-o", &r, "--shard-size", "100KB", "--resume"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("re-used 2 verified shard(s)"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!partial.exists());
+    assert_eq!(dir_bytes(&whole), dir_bytes(&resumed));
+    std::fs::remove_dir_all(&whole).unwrap();
+    std::fs::remove_dir_all(&resumed).unwrap();
+}
+
+#[test]
+fn existing_output_needs_force_and_dry_run_writes_nothing() {
+    let out = temp_dir("force");
+    let src = repo("fixtures/ernie45-tiny-paddle");
+    let plan = stdout(&ccq(&["quantize", &src, "-o", &out.display().to_string(), "--dry-run"]));
+    assert!(!out.exists());
+    assert!(plan.contains("ernie.layers.2.mlp.experts.0.up_gate_proj.weight") && plan.contains("wint4"));
+    assert!(plan.contains("40 tensors in 1 shard(s), fastdeploy layout"), "{plan}");
+    std::fs::create_dir_all(&out).unwrap();
+    let refused = ccq(&["quantize", &src, "-o", &out.display().to_string()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    quantize(&src, &out, &["--force", "--preset", "wint8"]);
+    assert!(out.join("model.safetensors").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn overrides_and_policy_files_change_the_plan() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let plan = stdout(&ccq(&["quantize", &src, "--dry-run", "--w4-end-layer", "1", "--set", r"experts\.0\.=wint8", "--set", r"layers\.2\.mlp\.experts\.0\.down=none", "--layout", "native"]));
+    let scheme_of = |name: &str| plan.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(scheme_of("model.layers.1.mlp.experts.0.up_proj.weight"), "wint8");
+    assert_eq!(scheme_of("model.layers.2.mlp.experts.0.down_proj.weight"), "none");
+    assert_eq!(scheme_of("model.layers.2.mlp.experts.1.down_proj.weight"), "wint2");
+    let dir = temp_dir("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, r#"{"preset": "wint4", "rules": [{"match": "o_proj", "scheme": "none"}]}"#).unwrap();
+    let policy = policy.display().to_string();
+    let plan = stdout(&ccq(&["quantize", &src, "--dry-run", "--layout", "native", "--policy", &policy]));
+    assert!(plan.lines().any(|l| l.starts_with("model.layers.0.self_attn.o_proj.weight") && l.contains(" none ")), "{plan}");
+    assert!(plan.lines().any(|l| l.starts_with("model.layers.0.self_attn.q_proj.weight") && l.contains(" wint4 ")));
+    // FastDeploy's loader takes one dense scheme: a mix it could not load is refused.
+    let mixed = ccq(&["quantize", &src, "--dry-run", "--policy", &policy]);
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("one scheme for all attention"));
+    let bad = ccq(&["quantize", &src, "--dry-run", "--set", "(=wint4"]);
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small Llama-style checkpoint whose MLP width (170) neither 4-bit nor 2-bit schemes take.
+fn odd_shaped_checkpoint(dir: &Path, poison: bool) -> String {
+    use ccq::checkpoint::write::{SafetensorsWriter, TensorSpec};
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let specs = vec![
+        TensorSpec::new("model.layers.0.mlp.gate_proj.weight", Dtype::F32, vec![170, 128]),
+        TensorSpec::new("model.layers.0.mlp.down_proj.weight", Dtype::F32, vec![128, 170]),
+        TensorSpec::new("model.layers.0.self_attn.q_proj.weight", Dtype::F32, vec![128, 128]),
+    ];
+    let mut w = SafetensorsWriter::create(&path, &specs, &Default::default()).unwrap();
+    for (i, s) in specs.iter().enumerate() {
+        let n = s.shape.iter().product::<usize>();
+        let mut values: Vec<f32> = (0..n).map(|j| ((j * 7919 + i) % 101) as f32 / 100.0 - 0.5).collect();
+        if poison && i == 2 {
+            values[5] = f32::NAN;
+        }
+        w.write(&values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    }
+    w.finish().unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn shapes_a_scheme_cannot_take_are_listed_before_any_work() {
+    let dir = temp_dir("odd");
+    let src = odd_shaped_checkpoint(&dir, false);
+    let out = dir.join("out").display().to_string();
+    let refused = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("2 tensor(s) cannot be quantized"), "{err}");
+    assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("model.layers.0.mlp.down_proj.weight"), "{err}");
+    assert!(!dir.join("out").exists() && !ccq::convert::run::partial_dir(&dir.join("out")).exists());
+    let ok = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4", "--fallback", "none"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("2 tensor(s) used the fallback scheme"));
+    let q = Checkpoint::open(&out).unwrap();
+    assert!(q.get("model.layers.0.self_attn.q_proj.weight.quant_weight").is_ok());
+    assert_eq!(q.get("model.layers.0.mlp.gate_proj.weight").unwrap().dtype, Dtype::F32);
+    let meta = &q.shards()[0].metadata["ccq.tensor.model.layers.0.self_attn.q_proj.weight"];
+    let meta: serde_json::Value = serde_json::from_str(meta).unwrap();
+    assert_eq!((meta["scheme"].as_str(), meta["k"].as_u64(), meta["transposed"].as_bool()), (Some("wint4"), Some(128), Some(true)));
+
+    let fd = ccq(&["quantize", &src, "-o", &out, "--layout", "fastdeploy", "--force"]);
+    assert_eq!(fd.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&fd.stderr).contains("--layout native"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nan_weights_are_an_error_naming_the_tensor() {
+    let dir = temp_dir("nan");
+    let src = odd_shaped_checkpoint(&dir, true);
+    let out = dir.join("out");
+    let r = ccq(&["quantize", &src, "-o", &out.display().to_string(), "--preset", "wint8", "--fallback", "none"]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("model.layers.0.self_attn.q_proj.weight") && err.contains("NaN"), "{err}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
