@@ -152,9 +152,10 @@ const LANES: usize = 8;
 
 /// `sum_k h_k (col[k] - q_k * scale)^2` for the codes [`quantize_value`] gives (`h` = all
 /// ones when `None`): the measure [`ScaleRule::Search`] minimises. Each term and each of
-/// the [`LANES`] partial sums is f32 (a relative error of about `rows / LANES * 2^-24`, far
-/// below the differences between candidate scales that matter); the lanes are added in
-/// f64. The order of summation is fixed, so the result does not depend on threads.
+/// 8 partial sums (lane `i` takes rows `i mod 8`) is f32, so the result carries a relative
+/// rounding error of at most about `rows / 8 * 2^-24`; that can only change which of two
+/// nearly equal candidates wins. The lanes are added in f64, in order: the result does not
+/// depend on threads.
 pub fn column_error(col: &[f32], h: Option<&[f32]>, scale: f32, qmax: i32) -> f64 {
     let limit = qmax as f32;
     let sq = |w: f32| {
