@@ -66,10 +66,12 @@ pub const COMPONENTS: [&str; 2] = ["quant_weight", "weight_scale"];
 /// How the per-column scale is chosen. Decoding is `q * scale` under either rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScaleRule {
-    /// `scale = bf16(max |W| / qmax)`: Paddle's `weight_quantize`, bit for bit.
+    /// `scale = bf16(max |W| / qmax)`: Paddle's `weight_quantize`, bit for bit. Importance,
+    /// if given, is validated but does not change the result.
     Absmax,
-    /// The bf16 scale in `[0.70, 1.00]` of the absmax scale (one step above included) with
-    /// the least importance-weighted squared error.
+    /// The bf16 scale between a per-format floor (0.70 of the absmax scale for int8, 0.40
+    /// for int4) and one step above the absmax scale with the least importance-weighted
+    /// squared error (see the module docs).
     Search,
 }
 
