@@ -44,8 +44,9 @@ pub struct Wint4 {
 }
 
 impl Default for Wint4 {
-    /// [`ScaleRule::Search`]: lower error than absmax on every matrix measured (see
-    /// `tests/per_channel_nmse.rs`), with the same decode.
+    /// [`ScaleRule::Search`]: same decode, lower error than absmax on every matrix measured
+    /// (`tests/per_channel_nmse.rs`): NMSE 2.49e-2 -> 1.29e-2 on N(0, 1) [4096, 512],
+    /// 2.18e-2 -> 1.50e-2 pooled over the 64 real matrices, better on each.
     fn default() -> Wint4 {
         Wint4 { scale_rule: ScaleRule::Search }
     }
@@ -72,6 +73,9 @@ impl Layout for Wint4 {
     const KIND: SchemeKind = SchemeKind::Wint4;
     const QMAX: i32 = 7;
     const BITS: usize = 4;
+    // Many int4 columns want less than 0.70 of absmax (0.70 gave 1.37e-2 on the Gaussian
+    // against 1.29e-2 here); 0.25 changed NMSE by under 0.02%.
+    const SEARCH_FLOOR: f32 = 0.40;
     const N_MULTIPLE: usize = 4;
     const REQUIREMENT: &'static str =
         "k must be a positive multiple of 64 and n a positive multiple of 4";
@@ -227,6 +231,13 @@ mod tests {
     fn integer_valued_input_round_trips_exactly() {
         for rule in ScaleRule::ALL {
             test_support::assert_exact_round_trip::<Wint4>(&Wint4 { scale_rule: rule });
+        }
+    }
+
+    #[test]
+    fn output_is_independent_of_thread_count() {
+        for rule in ScaleRule::ALL {
+            test_support::assert_thread_independent(&Wint4 { scale_rule: rule }, 68);
         }
     }
 

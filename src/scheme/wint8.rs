@@ -43,8 +43,9 @@ pub struct Wint8 {
 }
 
 impl Default for Wint8 {
-    /// [`ScaleRule::Search`]: lower error than absmax on every matrix measured (see
-    /// `tests/per_channel_nmse.rs`), with the same decode.
+    /// [`ScaleRule::Search`]: same decode, lower error than absmax on every matrix measured
+    /// (`tests/per_channel_nmse.rs`): NMSE 7.57e-5 -> 7.34e-5 on N(0, 1) [4096, 512],
+    /// 8.08e-5 -> 7.90e-5 pooled over the 64 real matrices, better on each.
     fn default() -> Wint8 {
         Wint8 { scale_rule: ScaleRule::Search }
     }
@@ -69,6 +70,8 @@ impl Layout for Wint8 {
     const KIND: SchemeKind = SchemeKind::Wint8;
     const QMAX: i32 = 127;
     const BITS: usize = 8;
+    // Lowering this to 0.50 left NMSE unchanged on the Gaussian and the real matrices.
+    const SEARCH_FLOOR: f32 = 0.70;
     const N_MULTIPLE: usize = 2;
     const REQUIREMENT: &'static str =
         "k must be a positive multiple of 64 and n a positive multiple of 2";
@@ -212,6 +215,13 @@ mod tests {
     fn integer_valued_input_round_trips_exactly() {
         for rule in ScaleRule::ALL {
             test_support::assert_exact_round_trip::<Wint8>(&Wint8 { scale_rule: rule });
+        }
+    }
+
+    #[test]
+    fn output_is_independent_of_thread_count() {
+        for rule in ScaleRule::ALL {
+            test_support::assert_thread_independent(&Wint8 { scale_rule: rule }, 66);
         }
     }
 
