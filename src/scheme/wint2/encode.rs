@@ -214,10 +214,10 @@ fn assign_group(
     rounding: Rounding,
     bytes: &mut [u8],
 ) -> f64 {
-    let vals = value_table(ls, sup, rounding);
+    let table = cb.table(&value_table(ls, sup, rounding));
     let mut error = 0.0f64;
     for (p, byte) in bytes.iter_mut().enumerate() {
-        let (b, e) = cb.best_byte(&vals, &vector(x, p), &vector(h, p));
+        let (b, e) = table.best_byte(&vector(x, p), &vector(h, p));
         *byte = b;
         error += e as f64;
     }
