@@ -43,7 +43,7 @@ pub enum Method {
         importance: bool,
     },
     /// WINT2 with the naive full-range code map (`code_scale = 32767/255`, `code_zp = 0`),
-    /// the same scale fitting and exact byte search as the medium effort.
+    /// the same scale fitting and exact byte search as the default effort.
     NaiveMap,
     /// Scalar 2-bit round-to-nearest: levels `{-1.5, -0.5, 0.5, 1.5} * s`, one bf16 scale
     /// per 64 weights of a column, searched among 48 candidates (2.25 bpw).

@@ -73,6 +73,17 @@ impl Codebook {
         }
         Codebook { q, levels }
     }
+    /// The decoded values of every byte under one group's value table, for [`Table::best_byte`].
+    pub fn table(&self, vals: &[f32; 64]) -> Table {
+        let mut c = [[0.0f32; 256]; 4];
+        for (b, q) in self.q.iter().enumerate() {
+            for j in 0..4 {
+                c[j][b] = vals[q[j] as usize];
+            }
+        }
+        Table { c }
+    }
+
     /// Whether the pruned search applies (`q_0` monotone in `b`).
     pub fn is_monotone(&self) -> bool {
         !self.levels.is_empty()
@@ -86,7 +97,8 @@ impl Codebook {
         let mut e = 0.0f32;
         for j in 0..4 {
             let r = x[j] - vals[q[j] as usize];
-            e = h[j].mul_add(r * r, e);
+            // Separate multiply and add (no FMA): the same arithmetic as `Table::best_byte`.
+            e += h[j] * (r * r);
             if e > bound {
                 return e;
             }
@@ -167,6 +179,80 @@ impl Codebook {
     }
 }
 
+/// The 256 decoded 4-vectors of one code map under one group's scales, stored by window
+/// (structure of arrays), so that scoring all 256 bytes is a straight vectorisable loop.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// `c[j][b]`: decoded value of row `j` under byte `b`.
+    pub c: [[f32; 256]; 4],
+}
+
+/// Lanes of the vectorised arg-min.
+const LANES: usize = 16;
+
+impl Table {
+    /// The byte minimising the weighted error (lowest byte among ties) and its error: all
+    /// 256 bytes scored with the arithmetic of [`Codebook::error`] (so the result equals
+    /// [`Codebook::best_byte_brute`]), in a branch-free loop the compiler vectorises.
+    #[inline]
+    pub fn best_byte(&self, x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.best_byte_avx2(x, h) };
+        }
+        self.best_byte_portable(x, h)
+    }
+
+    /// [`Table::best_byte`] compiled for AVX2: the same IEEE operations in the same order
+    /// (no FMA contraction), so the same result, twice the lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn best_byte_avx2(&self, x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
+        self.best_byte_portable(x, h)
+    }
+
+    #[inline(always)]
+    fn best_byte_portable(&self, x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
+        let mut e = [0.0f32; 256];
+        self.errors(x, h, &mut e);
+        arg_min(&e)
+    }
+
+    /// The weighted error of every byte, `e[b]`.
+    #[inline(always)]
+    pub fn errors(&self, x: &[f32; 4], h: &[f32; 4], e: &mut [f32; 256]) {
+        let [c0, c1, c2, c3] = &self.c;
+        for b in 0..256 {
+            let r0 = x[0] - c0[b];
+            let r1 = x[1] - c1[b];
+            let r2 = x[2] - c2[b];
+            let r3 = x[3] - c3[b];
+            e[b] = h[0] * (r0 * r0) + h[1] * (r1 * r1) + h[2] * (r2 * r2) + h[3] * (r3 * r3);
+        }
+    }
+}
+
+/// The first index of the smallest value and that value (NaN-free input).
+#[inline(always)]
+pub fn arg_min(e: &[f32; 256]) -> (u8, f32) {
+    let mut m = [f32::INFINITY; LANES];
+    for chunk in e.chunks_exact(LANES) {
+        for l in 0..LANES {
+            m[l] = if chunk[l] < m[l] { chunk[l] } else { m[l] };
+        }
+    }
+    let min = m.iter().copied().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
+    // The first chunk holding the minimum (a branch-free test per chunk), then its first hit.
+    for (i, chunk) in e.chunks_exact(LANES).enumerate() {
+        if chunk.iter().fold(false, |any, &v| any | (v == min)) {
+            let l = chunk.iter().position(|&v| v == min).unwrap_or(0);
+            return ((i * LANES + l) as u8, min);
+        }
+    }
+    (0, min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +277,9 @@ mod tests {
                     1 => (rng.normal() * 1.5).exp() as f32,
                     _ => if j == t % 4 { 0.0 } else { 1.0 },
                 });
-                assert_eq!(cb.best_byte(&vals, &x, &h), cb.best_byte_brute(&vals, &x, &h));
+                let brute = cb.best_byte_brute(&vals, &x, &h);
+                assert_eq!(cb.best_byte(&vals, &x, &h), brute);
+                assert_eq!(cb.table(&vals).best_byte(&x, &h), brute);
             }
         }
     }

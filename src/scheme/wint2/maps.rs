@@ -34,6 +34,17 @@ pub const MAPS: &[CodeMap] = &[
     CodeMap { code_scale: 121.792_94, code_zp: 1456.0, alpha: 0.0612 }, // 0.1094
     CodeMap { code_scale: 117.831_06, code_zp: 1166.0, alpha: 0.0612 }, // 0.1096
     CodeMap { code_scale: 121.727_13, code_zp: 1183.0, alpha: 0.0612 }, // 0.1096
+    // Second search (`search_code_maps` with 4096 vectors per candidate, top maps re-scored
+    // on 32768): fixed-scale MSE on the 32768 vectors, where the first two maps above score
+    // 0.1097 and 0.1094.
+    CodeMap { code_scale: 120.969, code_zp: 1623.0, alpha: 0.0615 }, // 0.1094
+    CodeMap { code_scale: 120.953_224, code_zp: 761.0, alpha: 0.0615 }, // 0.1094
+    CodeMap { code_scale: 120.935_234, code_zp: 944.0, alpha: 0.0615 }, // 0.1095
+    CodeMap { code_scale: 120.946_95, code_zp: 298.0, alpha: 0.0615 }, // 0.1097
+    CodeMap { code_scale: 119.948_94, code_zp: 1050.0, alpha: 0.0615 }, // 0.1099
+    CodeMap { code_scale: 120.044_426, code_zp: 1648.0, alpha: 0.0615 }, // 0.1101
+    CodeMap { code_scale: 120.951_33, code_zp: 566.0, alpha: 0.0615 }, // 0.1101
+    CodeMap { code_scale: 121.005_87, code_zp: 1782.0, alpha: 0.0615 }, // 0.1103
 ];
 
 /// The naive full-range map (`code_scale = 32767/255`, `code_zp = 0`), a baseline.

@@ -47,13 +47,14 @@ pub enum Rounding {
 /// The encoder's speed/quality knob. The benchmark table reports each level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Effort {
-    /// One code map, scales from the group RMS, one exact byte search: meets the
+    /// One code map, scales from the group RMS, one least-squares scale pass: meets the
     /// 4 M weights/s/core target.
     #[default]
     Default,
-    /// As `Default`, plus one alternation pass (least-squares scales, bytes searched again).
+    /// Two maps and their mirrors screened, up to two passes and a local-scale search.
     Medium,
-    /// Every code map, more alternation and a per-group local-scale search.
+    /// Every code map and its mirror screened, the best two fitted fully (about 0.4 M
+    /// weights/s/core).
     High,
 }
 
