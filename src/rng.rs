@@ -54,6 +54,11 @@ impl Rng {
         self.spare_normal = Some(r * theta.sin());
         r * theta.cos()
     }
+
+    /// `len` i.i.d. N(0, 1) values as f32.
+    pub fn normals(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.normal() as f32).collect()
+    }
 }
 
 #[cfg(test)]

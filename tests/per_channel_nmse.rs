@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use ccq::bench::rng::Rng;
+use ccq::rng::Rng;
 use ccq::scheme::{ScaleRule, Scheme, Wint4, Wint8};
 
 /// (sum of squared errors, sum of squares) of one encode/decode.

@@ -4,12 +4,10 @@
 //! (generated Gaussian fixtures and, when present, real expert matrices) and prints.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use ccq::bench::wint2::{self, Dataset, Method, Row, Table};
+use anyhow::Context;
+use ccq::bench::wint2::{self, Method, Row, Table};
 use ccq::scheme::Effort;
 
 /// Arguments of `ccq bench`.
@@ -63,7 +61,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let real_dir = args.data.join("ernie45-moe-minilm-pt");
     let footer;
     if real_dir.is_dir() {
-        let real = real_expert_matrices(&real_dir)?;
+        let real = ccq::bench::expert_datasets(&ccq::Checkpoint::open(&real_dir)?, 128)?;
         let real_rows = wint2::run(&real, &baselines, args.threads)?;
         footer = real_summary(&real_rows, &efforts);
         if args.per_matrix {
@@ -119,72 +117,3 @@ fn real_summary(rows: &[Row], efforts: &[Effort]) -> String {
     out
 }
 
-/// Largest safetensors header this reader accepts.
-const MAX_HEADER: u64 = 100 << 20;
-
-/// The expert matrices (`*.mlp.experts.*` bf16 tensors) of every safetensors file in
-/// `dir`, transposed from PyTorch `[out, in]` to logical `[in, out]`; those whose input
-/// count is not a multiple of 128 are skipped.
-///
-/// A small self-contained reader (8-byte header length, JSON header, raw bf16), to be
-/// replaced by the library's checkpoint reader.
-pub fn real_expert_matrices(dir: &Path) -> anyhow::Result<Vec<Dataset>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        out.extend(read_experts(&path).with_context(|| format!("reading {}", path.display()))?);
-    }
-    Ok(out)
-}
-
-/// The expert matrices of one safetensors file.
-fn read_experts(path: &Path) -> anyhow::Result<Vec<Dataset>> {
-    let mut file = File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER {
-        bail!("header of {header_len} bytes is too large");
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)?;
-    let data_start = 8 + header_len;
-    let mut names: Vec<&String> = header.keys().filter(|n| n.contains(".mlp.experts.")).collect();
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let info = &header[name];
-        if info["dtype"] != "BF16" {
-            continue;
-        }
-        let shape: Vec<usize> = serde_json::from_value(info["shape"].clone())?;
-        let offsets: [u64; 2] = serde_json::from_value(info["data_offsets"].clone())?;
-        let [rows_out, cols_in] = shape[..] else { continue };
-        if cols_in % 128 != 0 || offsets[1] - offsets[0] != (rows_out * cols_in * 2) as u64 {
-            continue;
-        }
-        let mut raw = vec![0u8; rows_out * cols_in * 2];
-        file.seek(SeekFrom::Start(data_start + offsets[0]))?;
-        file.read_exact(&mut raw)?;
-        let torch: Vec<f32> = raw.chunks_exact(2).map(|b| bf16_to_f32([b[0], b[1]])).collect();
-        // PyTorch [out, in] -> logical [in, out].
-        let mut w = vec![0.0f32; torch.len()];
-        for o in 0..rows_out {
-            for i in 0..cols_in {
-                w[i * rows_out + o] = torch[o * cols_in + i];
-            }
-        }
-        out.push(Dataset { name: name.clone(), k: cols_in, n: rows_out, w, importance: None });
-    }
-    Ok(out)
-}
-
-/// bf16 little-endian bytes to f32 (the bf16 is the top half of the f32).
-fn bf16_to_f32(b: [u8; 2]) -> f32 {
-    f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
-}

@@ -300,12 +300,12 @@ impl fmt::Display for Table<'_> {
 
 /// The i.i.d. N(0, 1) `[k, n]` data set of the given seed.
 pub fn gaussian(name: &str, k: usize, n: usize, seed: u64) -> Dataset {
-    let w = super::rng::Rng::new(seed).normals(k * n);
+    let w = crate::rng::Rng::new(seed).normals(k * n);
     Dataset { name: name.to_string(), k, n, w, importance: None }
 }
 
 /// A log-normal importance profile `h_k = exp(sigma * z_k)`, z_k i.i.d. N(0, 1).
 pub fn log_normal_importance(k: usize, sigma: f64, seed: u64) -> Vec<f32> {
-    let mut rng = super::rng::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     (0..k).map(|_| (sigma * rng.normal()).exp() as f32).collect()
 }

@@ -229,7 +229,7 @@ fn produce(ckpt: &Checkpoint, t: &PlannedTensor, layout: OutputLayout, effort: E
     if raw_copy {
         return Ok(vec![ckpt.raw_bytes(source)?.to_vec()]);
     }
-    let w = logical_matrix(ckpt, t)?;
+    let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
     let Some(kind) = t.choice else {
         return Ok(vec![float_bytes(&w, t.outputs[0].dtype)]);
     };
@@ -239,13 +239,13 @@ fn produce(ckpt: &Checkpoint, t: &PlannedTensor, layout: OutputLayout, effort: E
     Ok(packed.components.into_iter().map(|c| c.bytes).collect())
 }
 
-/// Reads the sources as f32 and assembles the logical `[K, N]` row-major matrix:
-/// `W[k][off_i + j] = S_i[j][k]` for transposed ([out, in]) sources, `S_i[k][j]` otherwise.
-fn logical_matrix(ckpt: &Checkpoint, t: &PlannedTensor) -> Result<Vec<f32>> {
-    let (k, n) = (t.k, t.n);
+/// Reads `sources` as f32 and assembles the logical `[k, n]` row-major matrix, their columns
+/// side by side: `W[row][off_i + j] = S_i[j][row]` for transposed ([out, in]) sources,
+/// `S_i[row][j]` otherwise. NaN or infinite values are an error naming the tensor.
+pub fn logical_matrix(ckpt: &Checkpoint, sources: &[String], k: usize, n: usize, transpose: bool) -> Result<Vec<f32>> {
     let mut w = vec![0.0f32; k * n];
     let mut offset = 0;
-    for name in &t.sources {
+    for name in sources {
         let s = ckpt.read_f32(name)?;
         if let Some(i) = s.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite { tensor: name.clone(), index: i, value: s[i] });
@@ -253,7 +253,7 @@ fn logical_matrix(ckpt: &Checkpoint, t: &PlannedTensor) -> Result<Vec<f32>> {
         let width = s.len() / k.max(1);
         for row in 0..k {
             let dst = &mut w[row * n + offset..row * n + offset + width];
-            if t.transpose {
+            if transpose {
                 for (j, d) in dst.iter_mut().enumerate() {
                     *d = s[j * k + row];
                 }

@@ -475,7 +475,7 @@ pub(crate) mod test_support {
     use proptest::test_runner::TestCaseError;
 
     use super::{column_error, paddle_reference, Layout, ScaleRule};
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
     use crate::scheme::{Packed, Scheme, SchemeError};
     use crate::Dtype;
 
@@ -847,7 +847,7 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn rounding_is_half_away_from_zero() {

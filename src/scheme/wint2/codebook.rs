@@ -256,7 +256,7 @@ pub fn arg_min(e: &[f32; 256]) -> (u8, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
     use crate::scheme::wint2::decode::value_table;
     use crate::scheme::wint2::maps::{MAPS, NAIVE};
     use crate::scheme::Rounding;

@@ -410,7 +410,7 @@ fn group_error(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
 
     fn nmse(effort: Effort, w: &[f32], k: usize, n: usize) -> f64 {
         let cols = encode_columns(w, k, n, None, Rounding::Fused, Plan::of(effort), MAPS);

@@ -62,7 +62,7 @@ pub fn mse_at_scale(cb: &Codebook, data: &[[f32; 4]], s: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
 
     fn gaussian_vectors(seed: u64, count: usize) -> Vec<[f32; 4]> {
         let mut rng = Rng::new(seed);

@@ -246,7 +246,7 @@ impl Scheme for Wint2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rng::Rng;
+    use crate::rng::Rng;
     use codebook::Codebook;
     use proptest::prelude::*;
 
