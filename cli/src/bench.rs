@@ -1,7 +1,8 @@
-//! `ccq bench`: quality and speed tables of the weight schemes.
+//! `ccq bench`: quality and speed tables of the weight schemes, and the speed of `inspect`.
 //!
 //! The measuring lives in the library (`ccq::bench`); this file only gathers the data sets
-//! (generated Gaussian fixtures and, when present, real expert matrices) and prints.
+//! (generated Gaussian fixtures, real expert matrices when present, sparse synthetic
+//! checkpoints) and prints.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,9 +14,14 @@ use ccq::scheme::Effort;
 /// Arguments of `ccq bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The scheme to benchmark (only `wint2` today).
-    #[arg(value_parser = ["wint2"])]
-    pub scheme: String,
+    /// What to measure: `wint2` (quality and speed of the codec) or `inspect` (header-only
+    /// reading of a 300B-shaped sparse checkpoint).
+    #[arg(value_parser = ["wint2", "inspect"])]
+    pub what: String,
+    /// inspect: routed experts per MoE layer of the synthetic 300B-shaped checkpoint (64 is
+    /// the real model; 512 gives about 79k tensors).
+    #[arg(long, default_value_t = 64)]
+    pub experts: usize,
     /// Encoder effort levels to measure: default, medium, high or all.
     #[arg(long, default_value = "all")]
     pub effort: String,
@@ -36,8 +42,42 @@ pub struct BenchArgs {
     pub per_matrix: bool,
 }
 
-/// Runs `ccq bench wint2` and prints the table.
+/// Runs `ccq bench` and prints the table.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    match args.what.as_str() {
+        "inspect" => bench_inspect(args),
+        _ => bench_wint2(args),
+    }
+}
+
+/// `ccq bench inspect`: writes a sparse 300B-shaped checkpoint (headers only) to a temporary
+/// directory and times `inspect --json` against reading the header bytes alone.
+fn bench_inspect(args: &BenchArgs) -> anyhow::Result<()> {
+    use ccq::synth::{write_checkpoint, SynthModel, SynthOptions};
+    let dir = std::env::temp_dir().join(format!("ccq-bench-inspect-{}", std::process::id()));
+    let mut model = SynthModel::preset("300b-a47b").expect("preset exists");
+    model.num_experts = args.experts;
+    let options = SynthOptions { shards: 40, sparse: true, ..SynthOptions::default() };
+    write_checkpoint(&model, &options, &dir)?;
+    let timing = ccq::bench::inspect::time_inspect(&dir, 5);
+    std::fs::remove_dir_all(&dir)?;
+    let t = timing?;
+    println!("tensors | shards | data described | read headers (baseline) | inspect --json | ratio | per 10k tensors");
+    println!(
+        "{} | {} | {:.1} GB | {:.4} s | {:.4} s | {:.1}x | {:.4} s",
+        t.tensors,
+        t.shards,
+        t.data_bytes as f64 / 1e9,
+        t.read_headers,
+        t.inspect_json,
+        t.inspect_json / t.read_headers.max(1e-9),
+        t.per_10k_tensors()
+    );
+    Ok(())
+}
+
+/// `ccq bench wint2`: the codec's quality and speed table.
+fn bench_wint2(args: &BenchArgs) -> anyhow::Result<()> {
     let efforts: Vec<Effort> = match args.effort.as_str() {
         "all" => Effort::ALL.to_vec(),
         name => vec![Effort::from_name(name).with_context(|| format!("unknown effort {name:?}"))?],

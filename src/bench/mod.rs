@@ -1,5 +1,7 @@
-//! Benchmark support: deterministic fixtures and the quality/speed tables of the schemes.
+//! Benchmark support: deterministic fixtures, the quality/speed tables of the schemes, and
+//! the header-only speed of `ccq inspect`.
 
+pub mod inspect;
 pub mod wint2;
 
 use crate::checkpoint::Checkpoint;

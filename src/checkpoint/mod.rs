@@ -167,6 +167,25 @@ impl Checkpoint {
         })
     }
 
+    /// Tells the kernel that `entry`'s pages will not be needed again soon, so a pass over a
+    /// model larger than memory keeps only what it is working on resident. Reading the tensor
+    /// again still works (the pages are read back from the file). Best effort: does nothing
+    /// where unsupported or when the file is not mapped.
+    pub fn release(&self, entry: &TensorEntry) {
+        #[cfg(unix)]
+        if let Some(map) = self.shards[entry.shard].map.get() {
+            let (begin, end) = entry.byte_range;
+            if end as usize <= map.len() {
+                // SAFETY: the map is a read-only, shared mapping of a file; MADV_DONTNEED only
+                // drops resident pages, and any later read faults them back in from the file,
+                // so every slice handed out keeps seeing the same bytes.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin as usize, (end - begin) as usize)
+                };
+            }
+        }
+    }
+
     /// How `entry` converts to f32, or a typed error naming file and tensor.
     pub fn conversion(&self, entry: &TensorEntry) -> Result<Conversion> {
         Conversion::for_dtype(entry.dtype, self.options.u16_as_bf16).ok_or_else(|| {

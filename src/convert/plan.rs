@@ -346,3 +346,70 @@ fn fuse_order(part: Part) -> u8 {
         _ => 3,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::policy::Preset;
+    use crate::SchemeKind;
+
+    fn fixture(name: &str) -> (Checkpoint, ModelLayout) {
+        let ckpt = Checkpoint::open(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)).unwrap();
+        let config = crate::layout::ModelConfig::from_json(ckpt.config().unwrap(), std::path::Path::new("config.json")).unwrap();
+        let model = ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str()));
+        (ckpt, model)
+    }
+
+    fn plan(name: &str, layout: OutputLayout, shard_size: u64) -> Plan {
+        let (ckpt, model) = fixture(name);
+        let policy = Policy { preset: Preset::FastdeployW4W2 { w4_end_layer: 1 }, rules: vec![] };
+        Plan::build(&ckpt, &model, &PlanOptions { layout, policy: &policy, fallback: None, shard_size }).unwrap()
+    }
+
+    #[test]
+    fn pytorch_names_become_paddle_names() {
+        let class = TensorRole { role: Role::Attention, layer: Some(0), expert: None, part: Some(Part::K) };
+        let rename = |n: &str| fastdeploy_name(n, &class, 2, Naming::Pytorch).0;
+        assert_eq!(rename("model.layers.0.self_attn.k_proj.weight"), "ernie.layers.0.self_attn.qkv_proj.weight");
+        assert_eq!(rename("model.layers.3.mlp.experts.7.gate_proj.weight"), "ernie.layers.3.mlp.experts.7.up_gate_proj.weight");
+        assert_eq!(rename("model.layers.3.mlp.shared_experts.up_proj.weight"), "ernie.layers.3.mlp.shared_experts.up_gate_proj.weight");
+        assert_eq!(rename("model.layers.3.mlp.gate.weight"), "ernie.layers.3.mlp.gate.weight");
+        assert_eq!(rename("model.mtp_block.0.self_attn.q_proj.weight"), "ernie.mtp_block.0.self_attn.qkv_proj.weight");
+        assert_eq!(rename("lm_head.weight"), "lm_head.weight");
+        let paddle = fastdeploy_name("ernie.layers.0.mlp.up_gate_proj.weight", &class, 2, Naming::Paddle);
+        assert_eq!(paddle, ("ernie.layers.0.mlp.up_gate_proj.weight".to_string(), false));
+    }
+
+    #[test]
+    fn fused_groups_keep_qkv_and_gate_up_order() {
+        let p = plan("ernie45-tiny-pt", OutputLayout::FastDeploy, u64::MAX);
+        assert_eq!(p.tensors.len(), 40);
+        let qkv = p.tensors.iter().find(|t| t.name == "ernie.layers.0.self_attn.qkv_proj.weight").unwrap();
+        let parts: Vec<&str> = qkv.sources.iter().map(|s| s.rsplit('.').nth(1).unwrap()).collect();
+        assert_eq!(parts, ["q_proj", "k_proj", "v_proj"]);
+        assert_eq!((qkv.k, qkv.n, qkv.transpose, qkv.choice), (128, 256, true, Some(SchemeKind::Wint8)));
+        let up_gate = p.tensors.iter().find(|t| t.name == "ernie.layers.2.mlp.experts.1.up_gate_proj.weight").unwrap();
+        assert!(up_gate.sources[0].ends_with("gate_proj.weight") && up_gate.sources[1].ends_with("up_proj.weight"));
+        assert_eq!((up_gate.k, up_gate.n, up_gate.choice), (128, 256, Some(SchemeKind::Wint2)));
+        let router = p.tensors.iter().find(|t| t.name == "ernie.layers.1.mlp.gate.weight").unwrap();
+        assert_eq!(router.outputs[0].dtype, Dtype::F32);
+        assert_eq!(router.outputs[0].shape, vec![128, 4]);
+    }
+
+    #[test]
+    fn native_layout_keeps_names_and_shards_by_size() {
+        let p = plan("ernie45-tiny-pt", OutputLayout::Native, 100_000);
+        assert_eq!(p.tensors.len(), 57);
+        assert!(p.shards.len() > 1);
+        let all: Vec<usize> = p.shards.iter().flatten().copied().collect();
+        assert_eq!(all, (0..57).collect::<Vec<_>>());
+        for shard in &p.shards {
+            let bytes: u64 = shard.iter().map(|&t| p.tensors[t].bytes_out()).sum();
+            assert!(shard.len() == 1 || bytes <= 100_000, "{bytes}");
+        }
+        let expert = p.tensors.iter().find(|t| t.name == "model.layers.2.mlp.experts.0.down_proj.weight").unwrap();
+        let names: Vec<&str> = expert.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names[0], "model.layers.2.mlp.experts.0.down_proj.weight.quant_weight");
+        assert_eq!(p.shard_name(0), format!("model-00001-of-{:05}.safetensors", p.shards.len()));
+    }
+}

@@ -187,9 +187,7 @@ fn write_shard(
     let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
     for &t in shard {
         let tensor = &plan.tensors[t];
-        for bytes in produce(ckpt, tensor, plan.layout, effort)? {
-            writer.write(&bytes)?;
-        }
+        write_tensor(ckpt, tensor, plan.layout, effort, &mut writer)?;
         state.tensors_done += 1;
         state.bytes_done += tensor.bytes_in;
         progress(*state);
@@ -220,23 +218,39 @@ fn scheme_params(kind: SchemeKind) -> Value {
     }
 }
 
-/// The stored bytes of one planned tensor, component by component.
-fn produce(ckpt: &Checkpoint, t: &PlannedTensor, layout: OutputLayout, effort: Effort) -> Result<Vec<Vec<u8>>> {
+/// Writes one planned tensor's stored bytes, component by component, then lets the kernel
+/// drop the source pages it read (so resident memory stays near one tensor, not the model).
+fn write_tensor(
+    ckpt: &Checkpoint,
+    t: &PlannedTensor,
+    layout: OutputLayout,
+    effort: Effort,
+    writer: &mut SafetensorsWriter,
+) -> Result<()> {
     let source = ckpt.get(&t.sources[0])?;
     let raw_copy = t.choice.is_none()
         && t.sources.len() == 1
         && (layout == OutputLayout::Native || (!t.transpose && source.dtype == t.outputs[0].dtype));
     if raw_copy {
-        return Ok(vec![ckpt.raw_bytes(source)?.to_vec()]);
+        writer.write(ckpt.raw_bytes(source)?)?;
+    } else {
+        let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
+        match t.choice {
+            None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
+            Some(kind) => {
+                let packed = scheme_with_effort(kind, effort)
+                    .encode(&w, t.k, t.n, None)
+                    .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
+                for c in &packed.components {
+                    writer.write(&c.bytes)?;
+                }
+            }
+        }
     }
-    let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
-    let Some(kind) = t.choice else {
-        return Ok(vec![float_bytes(&w, t.outputs[0].dtype)]);
-    };
-    let packed = scheme_with_effort(kind, effort)
-        .encode(&w, t.k, t.n, None)
-        .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
-    Ok(packed.components.into_iter().map(|c| c.bytes).collect())
+    for name in &t.sources {
+        ckpt.release(ckpt.get(name)?);
+    }
+    Ok(())
 }
 
 /// Reads `sources` as f32 and assembles the logical `[k, n]` row-major matrix, their columns
@@ -396,5 +410,33 @@ impl Checksum {
         c.update(&last);
         c.update(&self.len.to_le_bytes());
         format!("{:016x}{:016x}", c.a, c.b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_depends_on_every_byte_and_not_on_chunking() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = { let mut h = Checksum::default(); h.update(&data); h.hex() };
+        let pieces = { let mut h = Checksum::default(); for c in data.chunks(7) { h.update(c); } h.hex() };
+        assert_eq!(whole, pieces);
+        for i in [0, 500, 999] {
+            let mut changed = data.clone();
+            changed[i] ^= 1;
+            let mut h = Checksum::default();
+            h.update(&changed);
+            assert_ne!(h.hex(), whole, "byte {i}");
+        }
+        let mut shorter = Checksum::default();
+        shorter.update(&data[..999]);
+        assert_ne!(shorter.hex(), whole);
+    }
+
+    #[test]
+    fn partial_dir_sits_beside_the_output() {
+        assert_eq!(partial_dir(Path::new("/x/out")), Path::new("/x/out.ccq-partial"));
     }
 }
