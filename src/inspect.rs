@@ -181,7 +181,11 @@ fn notes(s: &Inspection, layout: &ModelLayout, ckpt: &Checkpoint) -> Vec<String>
     if ckpt.config().is_none() {
         notes.push("no config.json: roles come from tensor names alone".to_string());
     }
+    let has_linear = s.by_role.keys().any(|r| {
+        r.is_routed_expert() || matches!(r, Role::Attention | Role::DenseMlp | Role::SharedExpert)
+    });
     match layout.naming {
+        _ if !has_linear => {}
         Naming::Pytorch => notes.push("linear weights are stored [out, in] (PyTorch orientation)".to_string()),
         Naming::Paddle => notes.push("linear weights are stored [in, out] (Paddle orientation)".to_string()),
     }
