@@ -30,6 +30,9 @@ pub struct SynthArgs {
     /// Override the number of routed experts per MoE layer.
     #[arg(long)]
     experts: Option<usize>,
+    /// Add a multi-token-prediction block (the 300b-a47b preset has one already).
+    #[arg(long)]
+    mtp: bool,
     /// Write headers only, leaving the data as holes (header-only benchmarks of big shapes).
     #[arg(long)]
     sparse: bool,
@@ -52,6 +55,7 @@ pub fn run(args: &SynthArgs) -> Result<ExitCode> {
     if let Some(experts) = args.experts {
         model.num_experts = experts;
     }
+    model.mtp |= args.mtp;
     if model.num_layers == 0 || model.num_experts == 0 || args.shards == 0 {
         bail!("--layers, --experts and --shards must be at least 1");
     }

@@ -303,3 +303,29 @@ fn nan_weights_are_an_error_naming_the_tensor() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn mtp_block_and_side_files_are_carried_into_the_fastdeploy_layout() {
+    let dir = temp_dir("mtp");
+    let src = dir.join("src");
+    stdout(&ccq(&["synth", "-o", &src.display().to_string(), "--mtp"]));
+    std::fs::write(src.join("tokenizer.model"), b"not really a tokenizer").unwrap();
+    std::fs::write(src.join("generation_config.json"), b"{\"top_p\": 0.8}").unwrap();
+    let out = dir.join("out");
+    quantize(&src.display().to_string(), &out, &[]);
+    let q = Checkpoint::open(&out).unwrap();
+    let shape = |name: &str| {
+        let t = q.get(name).unwrap();
+        (t.dtype, t.shape.clone())
+    };
+    assert_eq!(shape("ernie.mtp_linear_proj.0.weight"), (Dtype::BF16, vec![256, 128]));
+    assert_eq!(shape("ernie.mtp_block.0.self_attn.qkv_proj.weight"), (Dtype::BF16, vec![128, 256]));
+    assert_eq!(shape("ernie.mtp_block.0.mlp.up_gate_proj.weight"), (Dtype::BF16, vec![128, 512]));
+    assert_eq!(shape("ernie.mtp_emb_norm.0.weight"), (Dtype::BF16, vec![128]));
+    let s = Checkpoint::open(&src).unwrap();
+    let (expected, _, _) = logical_from_pytorch(&s, &["model.mtp_linear_proj.0.weight"]);
+    assert_eq!(q.read_f32("ernie.mtp_linear_proj.0.weight").unwrap(), expected);
+    assert_eq!(std::fs::read(out.join("tokenizer.model")).unwrap(), b"not really a tokenizer");
+    assert_eq!(std::fs::read(out.join("generation_config.json")).unwrap(), b"{\"top_p\": 0.8}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
