@@ -265,19 +265,31 @@ pub fn logical_matrix(ckpt: &Checkpoint, sources: &[String], k: usize, n: usize,
             return Err(Error::NonFinite { tensor: name.clone(), index: i, value: s[i] });
         }
         let width = s.len() / k.max(1);
-        for row in 0..k {
-            let dst = &mut w[row * n + offset..row * n + offset + width];
-            if transpose {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = s[j * k + row];
-                }
-            } else {
-                dst.copy_from_slice(&s[row * width..(row + 1) * width]);
+        if transpose {
+            transpose_into(&s, width, k, &mut w, n, offset);
+        } else {
+            for row in 0..k {
+                w[row * n + offset..row * n + offset + width].copy_from_slice(&s[row * width..(row + 1) * width]);
             }
         }
         offset += width;
     }
     Ok(w)
+}
+
+/// `dst[r * dst_cols + offset + c] = src[c * rows + r]` for a `[cols, rows]` source, in
+/// 64 x 64 tiles so that both sides stay in cache.
+fn transpose_into(src: &[f32], cols: usize, rows: usize, dst: &mut [f32], dst_cols: usize, offset: usize) {
+    const TILE: usize = 64;
+    for c0 in (0..cols).step_by(TILE) {
+        for r0 in (0..rows).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    dst[r * dst_cols + offset + c] = src[c * rows + r];
+                }
+            }
+        }
+    }
 }
 
 fn float_bytes(w: &[f32], dtype: Dtype) -> Vec<u8> {
