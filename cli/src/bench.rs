@@ -16,7 +16,7 @@ pub struct BenchArgs {
     /// The scheme to benchmark (only `wint2` today).
     #[arg(value_parser = ["wint2"])]
     pub scheme: String,
-    /// Encoder effort levels to measure: default, medium, high or all.
+    /// Encoder effort levels to measure: default, medium, high, max or all.
     #[arg(long, default_value = "all")]
     pub effort: String,
     /// Folder of real checkpoints (`ernie45-moe-minilm-pt/` inside); skipped if missing.
