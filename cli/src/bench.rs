@@ -22,7 +22,7 @@ pub struct BenchArgs {
     /// the real model; 512 gives about 79k tensors).
     #[arg(long, default_value_t = 64)]
     pub experts: usize,
-    /// Encoder effort levels to measure: default, medium, high or all.
+    /// Encoder effort levels to measure: default, medium, high, max or all.
     #[arg(long, default_value = "all")]
     pub effort: String,
     /// Folder of real checkpoints (`ernie45-moe-minilm-pt/` inside); skipped if missing.

@@ -14,8 +14,11 @@
 //!    with its best scale-to-RMS ratio `alpha`. Every map also has a **mirror**: decoding is
 //!    odd in the super scale (`bf16` rounds symmetrically), so a column encoded as `-x` and
 //!    stored with `-super` decodes to exactly the mirror image of that codebook, a second,
-//!    equally good and different point set at no cost. The effort level sets how many
-//!    (map, sign) candidates are tried per column; with `keep` below the candidate count
+//!    equally good and different point set at no cost. A map also has **`code_zp`
+//!    offsets**: adding `t` in `0..128` (about one `code_scale`) to `code_zp` translates its
+//!    lattice along the generator by a fraction of a step (the lower windows wrap, so the
+//!    point set stays in the cube), an equally good, partly decorrelated codebook. The effort
+//!    level sets how many (map, offset, sign) candidates are tried per column; with `keep` below the candidate count
 //!    they are first *screened* with one cheap fit (RMS scales, one byte search) and only the
 //!    `keep` best are fitted fully. The lowest weighted error after fitting wins.
 //! 2. **Scales.** The target scale of 64-row group `g` starts at `alpha * rms_g`
@@ -35,11 +38,12 @@
 //! 5. **Local-scale search**: each group tries its neighbouring `ls` values with its bytes
 //!    re-searched, keeping the best.
 //!
-//! | effort    | candidates (maps x signs) | fully fitted | alternation passes | ls search |
-//! |-----------|---------------------------|--------------|--------------------|-----------|
-//! | `default` | 1 x 1                     | 1            | 1                  | no        |
-//! | `medium`  | 2 x 2                     | 1 (screened) | up to 2            | +-1       |
-//! | `high`    | 16 x 2                    | 2 (screened) | up to 4            | +-1       |
+//! | effort    | candidates (maps x zp offsets x signs) | fully fitted | alternation passes | ls search |
+//! |-----------|-----------------------------------------|--------------|--------------------|-----------|
+//! | `default` | 1 x 1 x 1                               | 1            | 1                  | no        |
+//! | `medium`  | 2 x 1 x 2                               | 1 (screened) | up to 2            | +-1       |
+//! | `high`    | 2 x 8 x 2                               | 2 (screened) | up to 4            | +-1       |
+//! | `max`     | 2 x 32 x 2                              | 4 (screened) | up to 4            | +-1       |
 //!
 //! # Figures
 //!
@@ -49,15 +53,16 @@
 //!
 //! | method                  | Gaussian NMSE | real NMSE | encode weights/s/core |
 //! |-------------------------|---------------|-----------|-----------------------|
-//! | ccq `default`           | 0.1057        | 0.1165    | 6.5 M                 |
-//! | ccq `medium`            | 0.1035        | 0.1112    | 1.9 M                 |
-//! | ccq `high`              | 0.1026        | 0.1072    | 0.41 M                |
+//! | ccq `default`           | 0.1057        | 0.1165    | 7.8 M                 |
+//! | ccq `medium`            | 0.1035        | 0.1112    | 2.1 M                 |
+//! | ccq `high`              | 0.1023        | 0.1069    | 0.35 M                |
+//! | ccq `max`               | 0.1019        | 0.1052    | 0.11 M                |
 //! | naive map (32767/255, 0)| 0.1619        | 0.1754    | 8.0 M                 |
 //! | RTN 2-bit, scale per 64 | 0.1131 (2.25 bpw) | 0.1282 | 2.6 M               |
 //!
-//! Every level beats RTN on all 36 real matrices (worst NMSE ratio 0.93, 0.89, 0.85). With a
-//! log-normal (sigma 1) row importance, encoding with it lowers the weighted NMSE from 0.106
-//! to 0.077 (default), 0.074 (high).
+//! Every level beats RTN on all 36 real matrices (worst NMSE ratio 0.93, 0.89, 0.85, 0.84).
+//! With a log-normal (sigma 1) row importance, encoding with it lowers the weighted NMSE from
+//! 0.106 to 0.077 (default), 0.074 (high), 0.073 (max).
 //!
 //! What limits quality: at one fixed scale the best maps score 0.1094 on Gaussian 4-vectors
 //! (a search of 3000 maps scored on 4096 vectors each, `code_scale` in [110, 128.4], finds
@@ -70,6 +75,27 @@
 //! search radius 2 or 3 and repeated (ls search, least-squares) rounds (under 0.1 %); an
 //! approximate search over the 64 bytes nearest `x_0` (no faster, 5 % worse); an exact
 //! window search with the top-window bound (the bound rarely closes, so slower).
+//!
+//! Second round (experiments `exp_plans`, `exp_candidates` below, 48 or 8 Gaussian columns
+//! of 4096; each candidate scored exactly: per group the least-squares `ls` and its
+//! neighbours with bytes re-searched). `code_zp` offsets are as good a source of candidates
+//! as new maps and need no offline search: at 32 screened candidates (`high`), 1 map x 16
+//! offsets 0.1032, 16 maps 0.1030, 2 maps x 8 offsets 0.1029, 4 x 4 0.1032 (0.1026 -> 0.1023
+//! on the full bench); `max`, 2 maps x 32 offsets keeping 4, 0.1025 (4 x 16: 0.1027).
+//! Did not help: several `super_scales` per column (factors 0.80..1.10 of `max / 15` with
+//! the `ls` refit: 16 supers give 0.1051 vs 0.1052 for one; below 0.92 the top group clips
+//! and it gets worse); `code_zp` offsets at `medium` (4 candidates: 0.1038 vs 0.1039).
+//! Exhaustive on 8 columns: 512 exact candidates of map 0 (16 offsets x 16 supers x 2
+//! signs) reach 0.1028, all 1500 computed 0.1027.
+//!
+//! Why 0.100 is out of reach for this search: the codebook is a truncated rank-1 lattice
+//! whose fixed-scale MSE (0.1094) is D4-like; below that, everything is selection among
+//! candidate codebooks/scales for a column's own sample. Per-group freedom is only the 4-bit
+//! scale (neighbouring values are 7 % apart and highly correlated); per-column candidates
+//! average over 1024 vectors, so the gain grows like `sqrt(log M)`: 0.1057 (1), 0.1035 (4),
+//! 0.1023 (32), 0.1019 (128), about 0.1027 -> 0.1028 from 512 to 1500 exact candidates on
+//! 8 columns. Reaching 0.100 would need a per-group choice of codebook, which the format
+//! does not have.
 //!
 use rayon::prelude::*;
 
@@ -96,23 +122,32 @@ struct Plan {
     rounds: usize,
     /// Also try each map mirrored (negative super scale).
     mirror: bool,
+    /// `code_zp` offsets tried per map: `0, 128 / zps, 2 * 128 / zps, ...`.
+    zps: usize,
 }
 
 impl Plan {
     fn of(effort: Effort) -> Plan {
         match effort {
             Effort::Default => {
-                Plan { maps: 1, passes: 1, ls_search: false, keep: 1, ls_radius: 1, rounds: 1, mirror: false }
+                Plan { maps: 1, passes: 1, ls_search: false, keep: 1, ls_radius: 1, rounds: 1, mirror: false, zps: 1 }
             }
             Effort::Medium => {
-                Plan { maps: 2, passes: 2, ls_search: true, keep: 1, ls_radius: 1, rounds: 1, mirror: true }
+                Plan { maps: 2, passes: 2, ls_search: true, keep: 1, ls_radius: 1, rounds: 1, mirror: true, zps: 1 }
             }
             Effort::High => {
-                Plan { maps: MAPS.len(), passes: 4, ls_search: true, keep: 2, ls_radius: 1, rounds: 1, mirror: true }
+                Plan { maps: 2, passes: 4, ls_search: true, keep: 2, ls_radius: 1, rounds: 1, mirror: true, zps: 8 }
+            }
+            Effort::Max => {
+                Plan { maps: 2, passes: 4, ls_search: true, keep: 4, ls_radius: 1, rounds: 1, mirror: true, zps: 32 }
             }
         }
     }
 }
+
+/// The range of `code_zp` offsets tried per map (see [`Plan::zps`]): about one step of
+/// `code_scale`, so the offsets translate the map's lattice by fractions of its generator.
+const ZP_SPAN: usize = 128;
 
 /// Encodes `w` like [`Wint2::encode`](super::Wint2) but trying exactly the code maps given
 /// (with one alternation pass, as the default effort); for baselines and experiments. `maps` must not be
@@ -127,7 +162,7 @@ pub fn encode_with_maps(
 ) -> Result<Packed, SchemeError> {
     scheme.check_shape(k, n)?;
     check_encode_input(w, k, n, importance)?;
-    let plan = Plan { maps: maps.len(), passes: 1, ls_search: false, keep: maps.len(), ls_radius: 1, rounds: 1, mirror: false };
+    let plan = Plan { maps: maps.len(), passes: 1, ls_search: false, keep: maps.len(), ls_radius: 1, rounds: 1, mirror: false, zps: 1 };
     let columns = encode_columns(w, k, n, importance, scheme.rounding, plan, maps);
     Ok(Wint2::pack(k, n, &columns))
 }
@@ -183,15 +218,22 @@ struct Fit {
 fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[CodeMap]) -> ColumnCode {
     let rms = group_rms(x, h);
     let neg: Vec<f32> = if plan.mirror { x.iter().map(|v| -v).collect() } else { Vec::new() };
-    // Candidate i: map i / 2, mirrored when i is odd.
+    // Candidate i: mirrored when i % signs is 1; map (i / signs) / zps with its code_zp
+    // moved by offset (i / signs) % zps.
     let signs = if plan.mirror { 2 } else { 1 };
-    let cands = maps.len() * signs;
+    let zps = plan.zps.max(1);
+    let cands = maps.len() * zps * signs;
     let data = |i: usize| if i % signs == 1 { &neg[..] } else { x };
+    let cand_map = |i: usize| {
+        let (m, z) = ((i / signs) / zps, (i / signs) % zps);
+        let base = maps[m];
+        CodeMap { code_zp: base.code_zp + (z * ZP_SPAN / zps) as f32, ..base }
+    };
     let mut best: Option<Fit> = None;
     let order: Vec<usize> = if plan.keep < cands {
         let screen = Plan { passes: 0, ls_search: false, ..plan };
         let mut scored: Vec<(f64, usize)> = (0..cands)
-            .map(|i| (fit_map(data(i), h, &rms, &maps[i / signs], rounding, screen).error, i))
+            .map(|i| (fit_map(data(i), h, &rms, &cand_map(i), rounding, screen).error, i))
             .collect();
         scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         scored.iter().take(plan.keep).map(|s| s.1).collect()
@@ -199,7 +241,7 @@ fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[C
         (0..cands).collect()
     };
     for &i in &order {
-        let mut fit = fit_map(data(i), h, &rms, &maps[i / signs], rounding, plan);
+        let mut fit = fit_map(data(i), h, &rms, &cand_map(i), rounding, plan);
         if i % signs == 1 {
             // Decoding is odd in the super scale: -super decodes the mirrored column exactly.
             fit.code.super_scale = -fit.code.super_scale;
@@ -424,12 +466,13 @@ mod tests {
         let (k, n) = (4096, 16);
         let mut rng = Rng::new(21);
         let w: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
-        let [d, m, h] = Effort::ALL.map(|e| nmse(e, &w, k, n));
+        let [d, m, h, x] = Effort::ALL.map(|e| nmse(e, &w, k, n));
         // Measured on this slice: about 0.106, 0.104, 0.103 (optimal scalar 2-bit: 0.1175).
         assert!(d < 0.108, "default {d}");
         assert!(m < d && h < m, "default {d} medium {m} high {h}");
         assert!(h < 0.1045, "high {h}");
-        eprintln!("default {d:.4} medium {m:.4} high {h:.4}");
+        assert!(x < h, "high {h} max {x}");
+        eprintln!("default {d:.4} medium {m:.4} high {h:.4} max {x:.4}");
     }
 
     #[test]
@@ -446,9 +489,157 @@ mod tests {
         let d = Wint2::default().decode(&Wint2::pack(k, n, &cols)).unwrap();
         for (col, c) in cols.iter().enumerate() {
             let x: Vec<f32> = (0..k).map(|r| w[r * n + col]).collect();
-            let best = encode_column(&x, &h, Rounding::Fused, plan, MAPS);
+            let best = encode_column(&x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
             assert_eq!(&best, c);
             assert!((0..k).all(|r| d[r * n + col].is_finite()));
         }
+    }
+}
+
+#[cfg(test)]
+mod experiments {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Exact column error for a codebook and super: per group, the best ls within `radius`
+    /// of the rounded target, bytes exact.
+    fn exact(cb: &Codebook, x: &[f32], h: &[f32], targets: &[f32], sup: f32, radius: i32) -> f64 {
+        let mut bytes = [0u8; 16];
+        let mut total = 0.0;
+        for g in 0..targets.len() {
+            let rows = g * 64..(g + 1) * 64;
+            let (xg, hg) = (&x[rows.clone()], &h[rows.clone()]);
+            let l0 = ((targets[g] / sup).round() as i32).clamp(1, 15);
+            let e0 = assign_group(cb, xg, hg, l0 as u8, sup, Rounding::Fused, &mut bytes);
+            let ls = least_squares_scales(cb, xg, hg, &bytes)[0];
+            let l1 = ((ls / sup).round() as i32).clamp(1, 15);
+            let mut best = e0;
+            for l in (l1 - radius).max(0)..=(l1 + radius).min(15) {
+                if l == l0 { continue; }
+                let e = assign_group(cb, xg, hg, l as u8, sup, Rounding::Fused, &mut bytes);
+                best = best.min(e);
+            }
+            total += best;
+        }
+        total
+    }
+
+    fn data(k: usize, n: usize) -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(77);
+        (0..n).map(|_| (0..k).map(|_| rng.normal() as f32).collect()).collect()
+    }
+
+    #[test]
+    #[ignore = "experiment"]
+    fn exp_plans() {
+        let (k, n) = (4096, 48);
+        let cols = data(k, n);
+        let h = vec![1.0f32; k];
+        let energy: f64 = cols.iter().flatten().map(|v| (*v as f64).powi(2)).sum();
+        let hi = Plan::of(Effort::High);
+        let me = Plan::of(Effort::Medium);
+        let plans = [
+            ("medium", me),
+            ("med m1 z2", Plan { maps: 1, zps: 2, ..me }),
+            ("med m1 z4 keep1", Plan { maps: 1, zps: 4, ..me }),
+            ("high", hi),
+            ("hi m1 z16", Plan { maps: 1, zps: 16, ..hi }),
+            ("hi m2 z8", Plan { maps: 2, zps: 8, ..hi }),
+            ("hi m4 z4", Plan { maps: 4, zps: 4, ..hi }),
+            ("max m4 z16 k4", Plan { maps: 4, zps: 16, keep: 4, ..hi }),
+            ("max m2 z32 k4", Plan { maps: 2, zps: 32, keep: 4, ..hi }),
+        ];
+        for (name, plan) in plans {
+            let t = std::time::Instant::now();
+            let e: f64 = cols.iter().map(|x| {
+                let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                let d = Wint2::default().decode(&Wint2::pack(k, 1, &[c])).unwrap();
+                x.iter().zip(&d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+            }).sum();
+            let el = t.elapsed().as_secs_f64();
+            eprintln!("{name:16} {:.5}  {:.2} Mw/s", e / energy, (k * n) as f64 / el / 1e6);
+        }
+    }
+
+    #[test]
+    #[ignore = "experiment"]
+    fn exp_candidates() {
+        let (k, n) = (4096, 8);
+        let cols = data(k, n);
+        let h = vec![1.0f32; k];
+        let energy: f64 = cols.iter().flatten().map(|v| (*v as f64).powi(2)).sum();
+        // reference levels
+        for effort in Effort::ALL {
+            let t = std::time::Instant::now();
+            let e: f64 = cols.iter().map(|x| {
+                let plan = Plan::of(effort);
+                let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                let mut err = 0.0f64;
+                for g in 0..k / 64 {
+                    let vals = value_table(c.local_scales[g], c.super_scale.to_f32(), Rounding::Fused);
+                    let cb = Codebook::new(c.code_scale, c.code_zp);
+                    for p in 0..16 {
+                        let r = g * 64 + 4 * p;
+                        err += cb.error(c.quant_weight[g * 16 + p], &vals, &vector(x, r / 4), &[1.0; 4]) as f64;
+                    }
+                }
+                err
+            }).sum();
+            eprintln!("{:?}: {:.5} ({:.2?})", effort, e / energy, t.elapsed());
+        }
+        // candidate grid: (map, sign, zp offset, super factor)
+        let fs: Vec<f32> = (0..16).map(|i| 0.80 + 0.02 * i as f32).collect();
+        let zs: Vec<f32> = (0..16).map(|i| 8.0 * i as f32).collect();
+        // errs[col][map][sign][z][f]
+        let nm = 4;
+        let mut errs = vec![vec![[[[0.0f64; 16]; 16]; 2]; nm]; n];
+        let t = std::time::Instant::now();
+        for (c, x) in cols.iter().enumerate() {
+            let neg: Vec<f32> = x.iter().map(|v| -v).collect();
+            let rms = group_rms(x, &h);
+            for m in 0..nm {
+                let map = MAPS[m];
+                let targets: Vec<f32> = rms.iter().map(|r| r * map.alpha).collect();
+                let max = targets.iter().copied().fold(0.0f32, f32::max);
+                for (zi, &z) in zs.iter().enumerate() {
+                    let cb = Codebook::new(map.code_scale, map.code_zp + z);
+                    for s in 0..2 {
+                        let xx = if s == 0 { &x[..] } else { &neg[..] };
+                        for (fi, &f) in fs.iter().enumerate() {
+                            if zi % 4 != 0 && fi % 4 != 2 && m > 0 { continue; }
+                            let sup = bf16_rne(max / 15.0 * f);
+                            errs[c][m][s][zi][fi] = exact(&cb, xx, &h, &targets, sup, 1);
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("grid {:.2?}", t.elapsed());
+        let sel = |pred: &dyn Fn(usize, usize, usize, usize) -> bool| -> f64 {
+            let mut tot = 0.0;
+            for c in 0..n {
+                let mut b = f64::INFINITY;
+                for m in 0..nm { for s in 0..2 { for z in 0..16 { for f in 0..16 {
+                    if pred(m, s, z, f) { b = b.min(errs[c][m][s][z][f]); }
+                }}}}
+                tot += b;
+            }
+            tot / energy
+        };
+        for f in 0..16 { eprint!("f{:.2}:{:.5} ", fs[f], sel(&|m, s, z, ff| m == 0 && s == 0 && z == 0 && ff == f)); }
+        eprintln!();
+        eprintln!("m0 s0 z0 f=1.0 r1: {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z == 0 && f == 10));
+        eprintln!("m0 s0 z0 all f (16): {:.5}", sel(&|m, s, z, _| m == 0 && s == 0 && z == 0));
+        eprintln!("m0 s0 z0 f in 4 (0.86,.94,1.0,1.06)?: {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z == 0 && [3,7,10,13].contains(&f)));
+        eprintln!("m0 s0 all z f=1: {:.5}", sel(&|m, s, _, f| m == 0 && s == 0 && f == 10));
+        eprintln!("m0 s0 z%4 f=1 (4 z): {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z % 4 == 0 && f == 10));
+        eprintln!("m0 both s f=1 z0: {:.5}", sel(&|m, _, z, f| m == 0 && z == 0 && f == 10));
+        eprintln!("m0 both s all z f=1 (32): {:.5}", sel(&|m, _, _, f| m == 0 && f == 10));
+        eprintln!("m0 both s all z all f (512): {:.5}", sel(&|m, _, _, _| m == 0));
+        eprintln!("m0 both s z%4 all f (128): {:.5}", sel(&|m, _, z, _| m == 0 && z % 4 == 0));
+        eprintln!("m0-3 both s z0 f=1 (8): {:.5}", sel(&|_, _, z, f| z == 0 && f == 10));
+        eprintln!("m0-3 both s z%4 f=1 (32): {:.5}", sel(&|_, _, z, f| z % 4 == 0 && f == 10));
+        eprintln!("m0-3 both s z%4 f%4==2 (128): {:.5}", sel(&|_, _, z, f| z % 4 == 0 && f % 4 == 2));
+        eprintln!("all computed: {:.5}", sel(&|m, _, z, f| m == 0 || z % 4 == 0 || f % 4 == 2));
     }
 }

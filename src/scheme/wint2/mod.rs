@@ -53,14 +53,17 @@ pub enum Effort {
     Default,
     /// Two maps and their mirrors screened, up to two passes and a local-scale search.
     Medium,
-    /// Every code map and its mirror screened, the best two fitted fully (about 0.4 M
-    /// weights/s/core).
+    /// Two code maps at 8 `code_zp` offsets each, and their mirrors, screened; the best two
+    /// fitted fully (about 0.4 M weights/s/core).
     High,
+    /// Two code maps at 32 `code_zp` offsets each, and their mirrors, screened; the best
+    /// four fitted fully (about 0.1 M weights/s/core).
+    Max,
 }
 
 impl Effort {
     /// Every level, fastest first.
-    pub const ALL: [Effort; 3] = [Effort::Default, Effort::Medium, Effort::High];
+    pub const ALL: [Effort; 4] = [Effort::Default, Effort::Medium, Effort::High, Effort::Max];
 
     /// Lowercase name, as the CLI spells it.
     pub fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Effort {
             Effort::Default => "default",
             Effort::Medium => "medium",
             Effort::High => "high",
+            Effort::Max => "max",
         }
     }
 
