@@ -43,7 +43,7 @@ pub struct QuantizeArgs {
     /// Target shard size, e.g. 4GB, 500MB or a byte count.
     #[arg(long, default_value = "4GB")]
     shard_size: String,
-    /// WINT2 encoder effort: fast, default or high.
+    /// WINT2 encoder effort: default, medium, high or max (slower, lower error; see `ccq bench wint2`).
     #[arg(long, default_value = "default")]
     effort: String,
     /// Worker threads (0: one per core). Output is byte-identical at any count.
@@ -85,7 +85,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     };
     let policy = policy(args)?;
     let fallback = args.fallback.as_deref().map(convert::policy::parse_choice).transpose().map_err(anyhow::Error::msg)?;
-    let effort = Effort::from_name(&args.effort).with_context(|| format!("unknown effort '{}'; choose fast, default or high", args.effort))?;
+    let effort = Effort::from_name(&args.effort).with_context(|| format!("unknown effort '{}'; choose default, medium, high or max", args.effort))?;
     let shard_size = parse_size(&args.shard_size)?;
     let options = PlanOptions { layout, policy: &policy, fallback, shard_size };
     let plan = Plan::build(&ckpt, &model, &options).map_err(|refusals| {
