@@ -6,6 +6,8 @@
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`inspect`]: a header-only summary of a checkpoint;
+//! - [`verify`]: error figures, thresholds and reports comparing a quantized checkpoint with
+//!   its original;
 //! - [`bench`]: quality and speed measurements behind `ccq bench`;
 //! - [`synth`], [`rng`]: deterministic synthetic data for tests and benchmarks.
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ pub mod layout;
 pub mod rng;
 pub mod scheme;
 pub mod synth;
+pub mod verify;
 
 pub use checkpoint::{Checkpoint, ReadOptions, TensorEntry};
 pub use dtype::Dtype;
