@@ -94,8 +94,10 @@ pub enum Error {
         hint: &'static str,
     },
     /// A value that must be finite is NaN or infinite.
-    #[error("tensor '{tensor}': element {index} is {value}, expected a finite number")]
+    #[error("{}: tensor '{tensor}': element {index} is {value}, expected a finite number", file.display())]
     NonFinite {
+        /// The file holding the tensor.
+        file: PathBuf,
         /// The tensor's name.
         tensor: String,
         /// Flat index of the first bad element.
@@ -110,6 +112,16 @@ pub enum Error {
         tensor: String,
         /// What is wrong with it.
         problem: String,
+    },
+    /// A file writer was given a different number of bytes than its header promised.
+    #[error("{}: the header promises {expected} data bytes but {got} were given", file.display())]
+    WriteSize {
+        /// The file being written.
+        file: PathBuf,
+        /// Bytes the header promises.
+        expected: u64,
+        /// Bytes given.
+        got: u64,
     },
     /// A conversion stopped before it finished; its completed shards are kept for `--resume`.
     #[error("{}: stopped after {shards_done} shard(s); run again with --resume to continue", work.display())]

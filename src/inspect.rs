@@ -6,11 +6,14 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::layout::{Family, ModelConfig, ModelLayout, Naming, Part, Role};
+use crate::layout::{Family, ModelLayout, Naming, Part, Role};
 use crate::Dtype;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+/// The most decoder layers a summary lists.
+pub const MAX_LAYERS: usize = 1 << 20;
 
 /// Parameter and byte totals of a group of tensors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -98,11 +101,7 @@ pub struct Inspection {
 impl Inspection {
     /// Summarises an opened checkpoint (headers only).
     pub fn of(ckpt: &Checkpoint) -> Result<Inspection> {
-        let config = match ckpt.config() {
-            Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
-            None => ModelConfig::default(),
-        };
-        let layout = ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str()));
+        let layout = ModelLayout::of(ckpt)?;
         let file_names: Vec<String> = ckpt.shards().iter().map(|s| file_name(&s.path)).collect();
         let tensors: Vec<TensorRow> = ckpt
             .tensors()
@@ -145,7 +144,9 @@ impl Inspection {
                 experts.entry(layer).or_default().insert(expert);
             }
         }
-        let num_layers = cfg.num_hidden_layers.unwrap_or(max_layer.map_or(0, |l| l + 1));
+        // A config can claim any number of layers; listing MoE layers is capped so that a
+        // corrupt value cannot make a header-only command run for ever.
+        let num_layers = cfg.num_hidden_layers.unwrap_or(max_layer.map_or(0, |l| l + 1)).min(MAX_LAYERS);
         let config_moe_layers = cfg.moe.as_ref().filter(|_| cfg.num_hidden_layers.is_some()).map(|moe| {
             (0..num_layers).filter(|&i| moe.is_moe_layer(i, num_layers)).collect()
         });

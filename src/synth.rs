@@ -9,6 +9,7 @@
 
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::INDEX_FILE;
+use crate::convert::run::write_json;
 use crate::error::{Error, Result};
 use crate::layout::Naming;
 use crate::rng::Rng;
@@ -141,7 +142,7 @@ impl SynthModel {
             "moe_k": self.moe_k,
             "moe_num_shared_experts": self.num_shared_experts,
             "moe_layer_start_index": self.moe_layer_start_index,
-            "moe_layer_end_index": self.num_layers - 1,
+            "moe_layer_end_index": self.num_layers.saturating_sub(1),
             "moe_layer_interval": 1,
             "moe_use_aux_free": true,
             "rms_norm_eps": 1e-5,
@@ -211,18 +212,15 @@ pub struct SynthSummary {
 /// Writes the model as a checkpoint directory `dir` (created if missing).
 pub fn write_checkpoint(model: &SynthModel, options: &SynthOptions, dir: &Path) -> Result<SynthSummary> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let config = serde_json::to_string_pretty(&model.config_json(options.naming)).expect("json");
-    write_text(&dir.join("config.json"), &config)?;
+    remove_old_weights(dir)?;
+    write_json(&dir.join(crate::checkpoint::CONFIG_FILE), &model.config_json(options.naming))?;
     let tensors = tensor_list(model, options);
     let groups = split_into_shards(&tensors, options.shards.max(1));
     let count = groups.len();
     let mut files = Vec::new();
     let mut weight_map = serde_json::Map::new();
     for (i, group) in groups.iter().enumerate() {
-        let name = match count {
-            1 => crate::checkpoint::SINGLE_FILE.to_string(),
-            _ => format!("model-{:05}-of-{:05}.safetensors", i + 1, count),
-        };
+        let name = crate::checkpoint::shard_file_name(i, count);
         for t in *group {
             weight_map.insert(t.spec.name.clone(), json!(name));
         }
@@ -231,13 +229,22 @@ pub fn write_checkpoint(model: &SynthModel, options: &SynthOptions, dir: &Path) 
     let data_bytes = tensors.iter().map(|t| t.spec.nbytes()).sum();
     if count > 1 {
         let index = json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
-        write_text(&dir.join(INDEX_FILE), &serde_json::to_string_pretty(&index).expect("json"))?;
+        write_json(&dir.join(INDEX_FILE), &index)?;
     }
     Ok(SynthSummary { files, tensors: tensors.len(), data_bytes })
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+/// Removes the weights and index a previous checkpoint left in `dir`, so that the new one is
+/// not mixed with stale shards.
+fn remove_old_weights(dir: &Path) -> Result<()> {
+    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = item.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".safetensors") || name == INDEX_FILE {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Splits the tensor list into `n` contiguous groups of roughly equal bytes.

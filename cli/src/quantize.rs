@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use ccq::convert::{self, fastdeploy, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset, Progress, Rule};
-use ccq::layout::{Family, ModelConfig, ModelLayout};
+use ccq::layout::{Family, ModelLayout};
 use ccq::scheme::Effort;
 use ccq::{Checkpoint, ReadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -72,11 +72,7 @@ pub struct QuantizeArgs {
 /// Runs `ccq quantize`.
 pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let ckpt = Checkpoint::open_with(&args.source, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
-    let config = match ckpt.config() {
-        Some(json) => ModelConfig::from_json(json, &args.source.join("config.json"))?,
-        None => ModelConfig::default(),
-    };
-    let model = ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str()));
+    let model = ModelLayout::of(&ckpt)?;
     let layout = match args.layout.as_deref() {
         Some("fastdeploy") => OutputLayout::FastDeploy,
         Some(_) => OutputLayout::Native,
@@ -90,7 +86,12 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let options = PlanOptions { layout, policy: &policy, fallback, shard_size };
     let plan = Plan::build(&ckpt, &model, &options).map_err(|refusals| {
         let list: Vec<String> = refusals.iter().map(|r| format!("  {}: {}", r.tensor, r.reason)).collect();
-        anyhow::anyhow!("{} tensor(s) cannot be quantized as planned (use --fallback SCHEME or --set to change them):\n{}", refusals.len(), list.join("\n"))
+        let hint = if refusals.iter().any(|r| r.reason.contains("U16")) {
+            "pass --u16-as-bf16 if the U16 tensors hold bf16 payload"
+        } else {
+            "use --fallback SCHEME or --set REGEX=SCHEME to change them"
+        };
+        anyhow::anyhow!("{} tensor(s) cannot be converted as planned ({hint}):\n{}", refusals.len(), list.join("\n"))
     })?;
     let quant_config = match layout {
         OutputLayout::FastDeploy => Some(fastdeploy::quantization_config(&plan).map_err(anyhow::Error::msg)?),
@@ -119,7 +120,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         match &quant_config {
             Some(q) => fastdeploy::write_config(ckpt.config(), q.clone(), work),
             None => match ckpt.config() {
-                Some(c) => copy_config(c, work),
+                Some(c) => ccq::convert::run::write_json(&work.join("config.json"), c),
                 None => Ok(()),
             },
         }
@@ -131,13 +132,6 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         eprintln!("{}", render_summary(&summary, output));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Native layout: the source config, unchanged.
-fn copy_config(config: &serde_json::Value, work: &Path) -> ccq::Result<()> {
-    let path = work.join("config.json");
-    let text = serde_json::to_string_pretty(config).expect("json") + "\n";
-    std::fs::write(&path, text).map_err(|e| ccq::Error::io(&path, e))
 }
 
 fn policy(args: &QuantizeArgs) -> Result<Policy> {

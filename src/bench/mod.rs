@@ -6,18 +6,14 @@ pub mod wint2;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::layout::{ModelConfig, ModelLayout, Naming};
+use crate::layout::{ModelLayout, Naming};
 use wint2::Dataset;
 
 /// The routed-expert weight matrices of a checkpoint as logical `[in, out]` data sets
 /// (PyTorch `[out, in]` weights transposed), keeping those whose input size is a multiple of
 /// `k_multiple`, in file order.
 pub fn expert_datasets(ckpt: &Checkpoint, k_multiple: usize) -> Result<Vec<Dataset>> {
-    let config = match ckpt.config() {
-        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
-        None => ModelConfig::default(),
-    };
-    let model = ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str()));
+    let model = ModelLayout::of(ckpt)?;
     let transpose = model.naming == Naming::Pytorch;
     let mut out = Vec::new();
     for t in ckpt.tensors() {

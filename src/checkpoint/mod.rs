@@ -33,6 +33,15 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// Default number of elements converted per chunk by [`Checkpoint::read_f32`] (4 MiB of f32).
 pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 20;
 
+/// The file name of shard `index` (from 0) of `count`: `model.safetensors` when there is
+/// one, else `model-00001-of-00003.safetensors` and so on, as Hugging Face names them.
+pub fn shard_file_name(index: usize, count: usize) -> String {
+    match count {
+        1 => SINGLE_FILE.to_string(),
+        _ => format!("model-{:05}-of-{:05}.safetensors", index + 1, count),
+    }
+}
+
 /// How tensors are read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -213,7 +222,7 @@ impl Checkpoint {
         let bytes = self.raw_bytes(entry)?;
         let chunk_elems = chunk_elems.max(1);
         let mut buf = vec![0.0f32; chunk_elems.min(entry.numel())];
-        let step = chunk_elems * conversion.element_size();
+        let step = chunk_elems.saturating_mul(conversion.element_size());
         for (i, chunk) in bytes.chunks(step).enumerate() {
             let out = &mut buf[..chunk.len() / conversion.element_size()];
             conversion.convert(chunk, out);

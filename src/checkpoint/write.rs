@@ -134,10 +134,7 @@ impl SafetensorsWriter {
     }
 
     fn size_error(&self, got: u64) -> Error {
-        Error::BadTensor {
-            tensor: self.target.display().to_string(),
-            problem: format!("header promises {} data bytes but {got} were given", self.expected),
-        }
+        Error::WriteSize { file: self.target.clone(), expected: self.expected, got }
     }
 }
 

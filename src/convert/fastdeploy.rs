@@ -40,8 +40,11 @@ pub fn quantization_config(plan: &Plan) -> std::result::Result<Value, String> {
     };
     let dense_name = dense_type.map_or("none", SchemeKind::name);
     let mut config = json!({"quantization": "wint2", "dense_quant_type": dense_name});
+    if !w2_layers.is_empty() && !other_expert.is_empty() {
+        return Err("FastDeploy loads WINT2 experts only beside wint4 ones (wint4 up to a layer, WINT2 after it); the policy gives some experts another scheme".into());
+    }
     if let (Some(&last_w4), Some(&first_w2)) = (w4_layers.iter().next_back(), w2_layers.iter().next()) {
-        if last_w4 >= first_w2 || !other_expert.is_empty() {
+        if last_w4 >= first_w2 {
             return Err("FastDeploy's w4w2 loader needs wint4 experts in layers up to some layer and WINT2 after it; the policy interleaves them".into());
         }
     }
@@ -82,8 +85,12 @@ pub fn write_config(source: Option<&Value>, quantization: Value, work: &Path) ->
     super::run::write_json(&work.join("config.json"), &config)
 }
 
+/// File endings of weights and weight indexes in other formats, never copied.
+const WEIGHT_ENDINGS: [&str; 11] =
+    [".safetensors", ".bin", ".pt", ".pth", ".pdparams", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".index.json"];
+
 /// Copies every other regular file of the source directory (tokenizer, generation config,
-/// README, ...) except weights, the shard index and `config.json`.
+/// README, ...) except `config.json` and weights or weight indexes in any format.
 pub fn copy_side_files(source_dir: &Path, work: &Path) -> Result<()> {
     if !source_dir.is_dir() {
         return Ok(());
@@ -91,9 +98,8 @@ pub fn copy_side_files(source_dir: &Path, work: &Path) -> Result<()> {
     for item in std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))? {
         let path = item.map_err(|e| Error::io(source_dir, e))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let skip = name == "config.json"
-            || name == crate::checkpoint::INDEX_FILE
-            || name.ends_with(".safetensors")
+        let skip = name == crate::checkpoint::CONFIG_FILE
+            || WEIGHT_ENDINGS.iter().any(|end| name.ends_with(end))
             || name.starts_with('.')
             || !path.is_file();
         if !skip {

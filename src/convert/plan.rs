@@ -58,9 +58,19 @@ pub struct PlannedTensor {
     pub outputs: Vec<TensorSpec>,
     /// Bytes the sources occupy in the input.
     pub bytes_in: u64,
+    /// Stored dtype of the (first) source.
+    pub source_dtype: Dtype,
 }
 
 impl PlannedTensor {
+    /// Whether the output is the source's bytes unchanged: one unquantized source, copied as
+    /// it is (native layout), or already in the output's dtype and orientation (FastDeploy).
+    pub fn is_raw_copy(&self, layout: OutputLayout) -> bool {
+        self.choice.is_none()
+            && self.sources.len() == 1
+            && (layout == OutputLayout::Native || (!self.transpose && self.source_dtype == self.outputs[0].dtype))
+    }
+
     /// Bytes written.
     pub fn bytes_out(&self) -> u64 {
         self.outputs.iter().map(TensorSpec::nbytes).sum()
@@ -143,10 +153,7 @@ impl Plan {
 
     /// The shard file name of shard `i`.
     pub fn shard_name(&self, i: usize) -> String {
-        match self.shards.len() {
-            1 => crate::checkpoint::SINGLE_FILE.to_string(),
-            n => format!("model-{:05}-of-{:05}.safetensors", i + 1, n),
-        }
+        crate::checkpoint::shard_file_name(i, self.shards.len())
     }
 }
 
@@ -179,8 +186,8 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
     let mut choice = options.policy.choose(&group.class, &group.name, &sources);
     let mut fell_back = false;
     if let Some(kind) = choice {
-        if first.shape.len() != 2 || ckpt.conversion(first).is_err() {
-            return Err(format!("{kind} needs a float matrix, but this tensor is {} {:?}", first.dtype, first.shape));
+        if first.shape.len() != 2 {
+            return Err(format!("{kind} needs a matrix, but this tensor is {} {:?}", first.dtype, first.shape));
         }
         if let Err(e) = super::scheme_for(kind).check_shape(k, n) {
             match options.fallback {
@@ -209,7 +216,7 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
         }
         None => vec![unquantized_spec(group, first, options.layout, k, n)],
     };
-    Ok(PlannedTensor {
+    let planned = PlannedTensor {
         name: group.name.clone(),
         sources,
         class: group.class,
@@ -220,7 +227,19 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
         fell_back,
         outputs,
         bytes_in,
-    })
+        source_dtype: first.dtype,
+    };
+    if !planned.is_raw_copy(options.layout) {
+        for e in &entries {
+            if ckpt.conversion(e).is_err() {
+                return Err(format!(
+                    "source '{}' is {}, which ccq does not convert to f32 (U16 holding bf16 payload must be read as bf16)",
+                    e.name, e.dtype
+                ));
+            }
+        }
+    }
+    Ok(planned)
 }
 
 /// Logical [K, N] of a group: sources share K; their N are concatenated.
@@ -394,6 +413,25 @@ mod tests {
         let router = p.tensors.iter().find(|t| t.name == "ernie.layers.1.mlp.gate.weight").unwrap();
         assert_eq!(router.outputs[0].dtype, Dtype::F32);
         assert_eq!(router.outputs[0].shape, vec![128, 4]);
+    }
+
+    #[test]
+    fn fused_order_does_not_depend_on_file_order() {
+        use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
+        let dir = std::env::temp_dir().join(format!("ccq-plan-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "ernie4_5_moe"}"#).unwrap();
+        let names = ["model.mtp_block.0.self_attn.k_proj.weight", "model.mtp_block.0.self_attn.q_proj.weight", "model.mtp_block.0.self_attn.v_proj.weight", "model.mtp_block.0.mlp.up_proj.weight", "model.mtp_block.0.mlp.gate_proj.weight"];
+        let specs: Vec<TensorSpec> = names.iter().map(|n| TensorSpec::new(*n, Dtype::BF16, vec![2, 2])).collect();
+        let mut w = SafetensorsWriter::create(dir.join("model.safetensors"), &specs, &Default::default()).unwrap();
+        w.write(&[0u8; 40]).unwrap();
+        w.finish().unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let model = ModelLayout::of(&ckpt).unwrap();
+        let groups = group_sources(&ckpt, &model, OutputLayout::FastDeploy);
+        let order: Vec<Vec<&str>> = groups.iter().map(|g| g.sources.iter().map(|(_, s)| s.split('.').nth(4).unwrap()).collect()).collect();
+        assert_eq!(order, [vec!["q_proj", "k_proj", "v_proj"], vec!["gate_proj", "up_proj"]]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -145,27 +145,48 @@ impl Policy {
     }
 
     /// Reads a policy file: `{"preset": NAME, "w4_end_layer": N, "rules": [{"match": REGEX,
-    /// "scheme": NAME}, ...]}` (every key optional). Its rules come before command-line ones.
+    /// "scheme": NAME}, ...]}` (every key optional, no other keys). `default` is the preset
+    /// (with its `w4_end_layer`) used where the file names none; the file's `w4_end_layer`,
+    /// when given, wins. Its rules come before command-line ones.
     pub fn from_json(text: &str, default: Preset) -> Result<Policy, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-        let w4_end = match v.get("w4_end_layer") {
-            None => Preset::DEFAULT_W4_END_LAYER,
-            Some(n) => n.as_u64().ok_or("\"w4_end_layer\" must be a non-negative integer")? as usize,
-        };
-        let preset = match v.get("preset") {
-            None => default,
-            Some(p) => Preset::from_name(p.as_str().ok_or("\"preset\" must be a string")?, w4_end)?,
-        };
-        let mut rules = Vec::new();
-        for (i, r) in v.get("rules").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let field = |key: &str| {
-                r.get(key).and_then(Value::as_str).ok_or(format!("rule {i} needs a string \"{key}\""))
-            };
-            let text = format!("{}={}", field("match")?, field("scheme")?);
-            rules.push(Rule::parse(&text)?);
+        let map = v.as_object().ok_or("a policy file must be a JSON object")?;
+        if let Some(key) = map.keys().find(|k| !["preset", "w4_end_layer", "rules"].contains(&k.as_str())) {
+            return Err(format!("unknown key \"{key}\" (expected preset, w4_end_layer, rules)"));
         }
+        let file_w4 = match map.get("w4_end_layer") {
+            None => None,
+            Some(n) => Some(n.as_u64().ok_or("\"w4_end_layer\" must be a non-negative integer")? as usize),
+        };
+        let preset = match (map.get("preset"), default) {
+            (Some(p), _) => {
+                let fallback_w4 = match default {
+                    Preset::FastdeployW4W2 { w4_end_layer } => w4_end_layer,
+                    _ => Preset::DEFAULT_W4_END_LAYER,
+                };
+                Preset::from_name(p.as_str().ok_or("\"preset\" must be a string")?, file_w4.unwrap_or(fallback_w4))?
+            }
+            (None, Preset::FastdeployW4W2 { w4_end_layer }) => {
+                Preset::FastdeployW4W2 { w4_end_layer: file_w4.unwrap_or(w4_end_layer) }
+            }
+            (None, other) if file_w4.is_some() => {
+                return Err(format!("\"w4_end_layer\" applies to fastdeploy-w4w2, not {}", other.name()))
+            }
+            (None, other) => other,
+        };
+        let rules = match map.get("rules") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, r)| parse_rule(i, r)).collect::<Result<_, _>>()?,
+            Some(_) => return Err("\"rules\" must be a list of {\"match\", \"scheme\"} objects".to_string()),
+        };
         Ok(Policy { preset, rules })
     }
+}
+
+/// One `{"match": REGEX, "scheme": NAME}` rule of a policy file.
+fn parse_rule(i: usize, rule: &Value) -> Result<Rule, String> {
+    let field = |key: &str| rule.get(key).and_then(Value::as_str).ok_or(format!("rule {i} needs a string \"{key}\""));
+    Rule::parse(&format!("{}={}", field("match")?, field("scheme")?))
 }
 
 #[cfg(test)]
@@ -210,6 +231,13 @@ mod tests {
         assert!(Rule::parse("x=wint3").unwrap_err().contains("unknown scheme"));
         assert!(Policy::from_json("{", Preset::Wint8).is_err());
         assert!(Policy::from_json(r#"{"rules":[{"match":"x"}]}"#, Preset::Wint8).is_err());
+        assert!(Policy::from_json(r#"{"rules":{"match":"x","scheme":"none"}}"#, Preset::Wint8).is_err());
+        assert!(Policy::from_json(r#"{"preset":"wint8","w4_end":3}"#, Preset::Wint8).unwrap_err().contains("unknown key"));
+        assert!(Policy::from_json(r#"{"w4_end_layer":3}"#, Preset::Wint8).is_err());
+        let merged = Policy::from_json(r#"{"w4_end_layer":3}"#, Preset::FastdeployW4W2 { w4_end_layer: 6 }).unwrap();
+        assert_eq!(merged.preset, Preset::FastdeployW4W2 { w4_end_layer: 3 });
+        let cli = Policy::from_json(r#"{"preset":"fastdeploy-w4w2"}"#, Preset::FastdeployW4W2 { w4_end_layer: 9 }).unwrap();
+        assert_eq!(cli.preset, Preset::FastdeployW4W2 { w4_end_layer: 9 });
         let p = Policy::from_json(r#"{"preset":"fastdeploy-w4w2","w4_end_layer":2,"rules":[{"match":"a=b","scheme":"none"}]}"#, Preset::Wint8).unwrap();
         assert_eq!(p.preset, Preset::FastdeployW4W2 { w4_end_layer: 2 });
         assert_eq!(p.rules[0].pattern.as_str(), "a=b");

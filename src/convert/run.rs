@@ -84,6 +84,7 @@ pub fn convert(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     let start = Instant::now();
+    refuse_to_overwrite_source(ckpt.path(), out)?;
     if out.exists() && !options.force {
         return Err(Error::NotACheckpoint {
             path: out.to_path_buf(),
@@ -127,6 +128,20 @@ pub fn convert(
     std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(&work, e))?;
     move_into_place(&work, out)?;
     Ok(summarize(plan, reused, start.elapsed().as_secs_f64()))
+}
+
+/// Refuses an output that is the source or holds it: `--force` would delete the input.
+fn refuse_to_overwrite_source(source: &Path, out: &Path) -> Result<()> {
+    let (Ok(source), Ok(out_abs)) = (source.canonicalize(), out.canonicalize()) else {
+        return Ok(()); // the output does not exist yet, so it holds nothing
+    };
+    if source.starts_with(&out_abs) {
+        return Err(Error::NotACheckpoint {
+            path: out.to_path_buf(),
+            problem: format!("the output would replace the source {}; choose another output", source.display()),
+        });
+    }
+    Ok(())
 }
 
 /// `OUT.ccq-partial`: where an unfinished conversion lives.
@@ -227,12 +242,8 @@ fn write_tensor(
     effort: Effort,
     writer: &mut SafetensorsWriter,
 ) -> Result<()> {
-    let source = ckpt.get(&t.sources[0])?;
-    let raw_copy = t.choice.is_none()
-        && t.sources.len() == 1
-        && (layout == OutputLayout::Native || (!t.transpose && source.dtype == t.outputs[0].dtype));
-    if raw_copy {
-        writer.write(ckpt.raw_bytes(source)?)?;
+    if t.is_raw_copy(layout) {
+        writer.write(ckpt.raw_bytes(ckpt.get(&t.sources[0])?)?)?;
     } else {
         let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
         match t.choice {
@@ -262,7 +273,8 @@ pub fn logical_matrix(ckpt: &Checkpoint, sources: &[String], k: usize, n: usize,
     for name in sources {
         let s = ckpt.read_f32(name)?;
         if let Some(i) = s.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { tensor: name.clone(), index: i, value: s[i] });
+            let file = ckpt.shards()[ckpt.get(name)?.shard].path.clone();
+            return Err(Error::NonFinite { file, tensor: name.clone(), index: i, value: s[i] });
         }
         let width = s.len() / k.max(1);
         if transpose {
@@ -313,7 +325,7 @@ fn write_index(plan: &Plan, work: &Path) -> Result<()> {
 }
 
 /// Writes pretty JSON through a temporary name.
-pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
+pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let partial = crate::checkpoint::write::partial_name(path);
     let text = serde_json::to_string_pretty(value).expect("json value serializes") + "\n";
     std::fs::write(&partial, text).map_err(|e| Error::io(&partial, e))?;
@@ -328,6 +340,9 @@ fn move_into_place(work: &Path, out: &Path) -> Result<()> {
             "{}.ccq-old",
             out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
         std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
         std::fs::rename(work, out).map_err(|e| Error::io(out, e))?;
         return std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e));
@@ -363,6 +378,10 @@ fn fingerprint(ckpt: &Checkpoint, plan: &Plan, extra: &str) -> String {
     }
     for s in ckpt.shards() {
         h.update(&s.file_len.to_le_bytes());
+        // A source rewritten in place with the same shapes must not re-use old shards.
+        let modified = std::fs::metadata(&s.path).and_then(|m| m.modified()).ok();
+        let nanos = modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        h.update(&nanos.to_le_bytes());
     }
     for t in &plan.tensors {
         h.update(format!("{}|{:?}|{}", t.name, t.choice.map(SchemeKind::name), t.outputs.len()).as_bytes());

@@ -206,6 +206,16 @@ pub struct ModelLayout {
 }
 
 impl ModelLayout {
+    /// The layout of an opened checkpoint: its `config.json` (default when it has none) and
+    /// its tensor names.
+    pub fn of(ckpt: &crate::Checkpoint) -> crate::Result<ModelLayout> {
+        let config = match ckpt.config() {
+            Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
+            None => ModelConfig::default(),
+        };
+        Ok(ModelLayout::detect(config, ckpt.tensors().iter().map(|t| t.name.as_str())))
+    }
+
     /// Detects family and naming from the config and the tensor names.
     pub fn detect<'a>(config: ModelConfig, names: impl IntoIterator<Item = &'a str>) -> ModelLayout {
         let mut paddle = false;
@@ -237,7 +247,9 @@ impl ModelLayout {
             .or_else(|| name.strip_prefix("ernie."))
             .unwrap_or(name);
         if body.starts_with("mtp_") || body.starts_with("mtp.") {
-            return TensorRole::new(Role::Mtp);
+            let module = strip_param(body);
+            let part = module.rsplit('.').next().and_then(projection_part);
+            return TensorRole { part, ..TensorRole::new(Role::Mtp) };
         }
         if let Some(rest) = body.strip_prefix("layers.") {
             return self.classify_layer(rest);

@@ -33,7 +33,8 @@ fn ernie_pytorch_names() {
     check(&l, "model.layers.5.mlp.shared_experts.up_proj.weight", Role::SharedExpert, Some(5), None, Some(Part::Up));
     check(&l, "model.layers.5.mlp.gate.weight", Role::Router, Some(5), None, None);
     check(&l, "model.layers.5.mlp.moe_statics.e_score_correction_bias", Role::RouterBias, Some(5), None, None);
-    check(&l, "model.mtp_block.0.self_attn.q_proj.weight", Role::Mtp, None, None, None);
+    check(&l, "model.mtp_block.0.self_attn.q_proj.weight", Role::Mtp, None, None, Some(Part::Q));
+    check(&l, "model.mtp_block.0.mlp.up_proj.weight", Role::Mtp, None, None, Some(Part::Up));
     check(&l, "model.mtp_emb_norm.0.weight", Role::Mtp, None, None, None);
     check(&l, "model.mtp_linear_proj.0.weight", Role::Mtp, None, None, None);
 }
@@ -48,7 +49,7 @@ fn ernie_paddle_names() {
     check(&l, "ernie.layers.3.mlp.experts.63.up_gate_proj.weight", Role::ExpertUpGate, Some(3), Some(63), Some(Part::UpGate));
     check(&l, "ernie.layers.3.mlp.experts.63.down_proj.quant_weight", Role::ExpertDown, Some(3), Some(63), Some(Part::Down));
     check(&l, "ernie.layers.3.mlp.shared_experts.up_gate_proj.weight", Role::SharedExpert, Some(3), None, Some(Part::UpGate));
-    check(&l, "ernie.mtp_block.0.mlp.up_gate_proj.weight", Role::Mtp, None, None, None);
+    check(&l, "ernie.mtp_block.0.mlp.up_gate_proj.weight", Role::Mtp, None, None, Some(Part::UpGate));
     check(&l, "ernie.mtp_hidden_norm.0.weight", Role::Mtp, None, None, None);
 }
 

@@ -272,7 +272,7 @@ fn shapes_a_scheme_cannot_take_are_listed_before_any_work() {
     let refused = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4"]);
     assert_eq!(refused.status.code(), Some(2));
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("2 tensor(s) cannot be quantized"), "{err}");
+    assert!(err.contains("2 tensor(s) cannot be converted as planned"), "{err}");
     assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("model.layers.0.mlp.down_proj.weight"), "{err}");
     assert!(!dir.join("out").exists() && !ccq::convert::run::partial_dir(&dir.join("out")).exists());
     let ok = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4", "--fallback", "none"]);
@@ -327,5 +327,33 @@ fn mtp_block_and_side_files_are_carried_into_the_fastdeploy_layout() {
     assert_eq!(q.read_f32("ernie.mtp_linear_proj.0.weight").unwrap(), expected);
     assert_eq!(std::fs::read(out.join("tokenizer.model")).unwrap(), b"not really a tokenizer");
     assert_eq!(std::fs::read(out.join("generation_config.json")).unwrap(), b"{\"top_p\": 0.8}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unloadable_expert_mixes_and_unconvertible_sources_are_refused_before_work() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    // WINT2 experts beside unquantized ones: FastDeploy's loader could not read that.
+    let mixed = ccq(&["quantize", &src, "--dry-run", "--preset", "wint2-experts", "--set", r"experts\.0\.=none"]);
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("WINT2 experts only beside wint4"));
+
+    // U16 payload is read as bf16 only when asked, and the refusal says how.
+    let dir = temp_dir("u16-quant");
+    let u16 = dir.join("src").display().to_string();
+    stdout(&ccq(&["synth", "-o", &u16, "--naming", "paddle", "--u16"]));
+    let out = dir.join("out");
+    let refused = ccq(&["quantize", &u16, "-o", &out.display().to_string()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--u16-as-bf16"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(!out.exists() && !ccq::convert::run::partial_dir(&out).exists());
+    quantize(&u16, &out, &["--u16-as-bf16"]);
+    assert_eq!(Checkpoint::open(&out).unwrap().get("ernie.embed_tokens.weight").unwrap().dtype, Dtype::BF16);
+
+    // The output may not replace the source, even with --force.
+    let over = ccq(&["quantize", &u16, "-o", &u16, "--force", "--u16-as-bf16"]);
+    assert_eq!(over.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&over.stderr).contains("would replace the source"));
+    assert!(Checkpoint::open(&u16).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
