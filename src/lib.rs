@@ -5,6 +5,8 @@
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
+//! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
+//!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`bench`]: quality and speed measurements behind `ccq bench`;
 //! - [`synth`], [`rng`]: deterministic synthetic data for tests and benchmarks.
@@ -17,6 +19,7 @@ pub mod dtype;
 pub mod error;
 pub mod inspect;
 pub mod layout;
+pub mod quantized;
 pub mod rng;
 pub mod scheme;
 pub mod synth;
