@@ -14,9 +14,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Quantizes with wint8 dense, wint4 experts in layer 1 and WINT2 in layer 2; the native
+/// layout in shards of 200 kB (the dequantized output keeps one shard per input shard).
 fn quantize(src: &str, out: &Path, layout: &str) {
     let out = out.display().to_string();
-    stdout(&ccq(&["quantize", src, "-o", &out, "--quiet", "--w4-end-layer", "1", "--layout", layout]));
+    let shard_size = if layout == "native" { "200KB" } else { "4GB" };
+    stdout(&ccq(&["quantize", src, "-o", &out, "--quiet", "--w4-end-layer", "1", "--layout", layout, "--shard-size", shard_size]));
 }
 
 fn dequant(quant: &Path, out: &Path) -> String {
@@ -66,6 +69,8 @@ fn round_trip(fixture: &str, layout: &str) -> BTreeMap<String, f64> {
     let (src, q, d) = (Checkpoint::open(&src_path).unwrap(), Checkpoint::open(&quant).unwrap(), Checkpoint::open(&out).unwrap());
     assert_eq!(tensor_set(&d), tensor_set(&src), "{fixture} {layout}");
     assert_eq!(json(&out.join("config.json")), json(&Path::new(&src_path).join("config.json")));
+    assert_eq!(d.shards().len(), q.shards().len());
+    assert!(!out.join("ccq-provenance.json").exists());
 
     let provenance = json(&quant.join("ccq-provenance.json"));
     assert_eq!(provenance["layout"], layout);
@@ -161,7 +166,24 @@ fn without_provenance_names_stay_as_stored_and_schemes_are_inferred() {
     let router = with.get("ernie.layers.1.mlp.gate.weight").unwrap();
     assert_eq!((router.scheme, router.dtype, router.k, router.n, router.transposed), (None, Some(Dtype::F32), 128, 4, true));
 
-    std::fs::remove_file(quant.join("ccq-provenance.json")).unwrap();
+    // A record that does not parse, or does not describe this checkpoint, is an error naming it.
+    let record_path = quant.join("ccq-provenance.json");
+    let record = json(&record_path);
+    let mut other_model = record.clone();
+    other_model["tensors"][3]["name"] = "ernie.layers.9.self_attn.qkv_proj".into();
+    let mut bad_width = record.clone();
+    bad_width["tensors"][3]["sources"][0]["width"] = 7.into();
+    for (text, problem) in [
+        ("{".to_string(), "not a valid provenance record"),
+        (other_model.to_string(), "which the checkpoint does not hold"),
+        (bad_width.to_string(), "does not hold k = 128 rows of width 7"),
+    ] {
+        std::fs::write(&record_path, text).unwrap();
+        let err = QuantizedCheckpoint::open(&quant).unwrap_err();
+        assert!(matches!(&err, Error::Json { file, .. } if file == &record_path), "{err:?}");
+        assert!(err.to_string().contains(problem), "{err}");
+    }
+    std::fs::remove_file(&record_path).unwrap();
     let without = QuantizedCheckpoint::open(&quant).unwrap();
     let inferred: Vec<_> = without.tensors().iter().map(|t| (t.name.clone(), t.scheme, t.k, t.n)).collect();
     assert_eq!(inferred, recorded);
