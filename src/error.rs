@@ -1,7 +1,7 @@
 //! The library's error type: every failure names the file, and the tensor where there is one.
 
 use crate::checkpoint::HeaderError;
-use crate::Dtype;
+use crate::{Dtype, SchemeError};
 use std::path::PathBuf;
 
 /// Result with ccq's [`Error`].
@@ -122,6 +122,26 @@ pub enum Error {
         expected: u64,
         /// Bytes given.
         got: u64,
+    },
+    /// A packed tensor's stored components are not what its scheme stores (missing, wrong
+    /// dtype, shape or size, or values the decoder rejects).
+    #[error("tensor '{tensor}': {source}")]
+    Packed {
+        /// The packed tensor's name (the prefix of its components).
+        tensor: String,
+        /// What is wrong with its components.
+        source: SchemeError,
+    },
+    /// A quantized tensor's description is missing or wrong: in the native layout, the
+    /// `ccq.tensor.NAME` metadata of the shard holding it.
+    #[error("{}: tensor '{tensor}': {problem}", file.display())]
+    QuantMetadata {
+        /// The file that holds (or should hold) the description.
+        file: PathBuf,
+        /// The quantized tensor's name.
+        tensor: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A conversion stopped before it finished; its completed shards are kept for `--resume`.
     #[error("{}: stopped after {shards_done} shard(s); run again with --resume to continue", work.display())]

@@ -5,6 +5,8 @@
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
+//! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
+//!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`verify`]: error figures, thresholds and reports comparing a quantized checkpoint with
 //!   its original;
@@ -19,6 +21,7 @@ pub mod dtype;
 pub mod error;
 pub mod inspect;
 pub mod layout;
+pub mod quantized;
 pub mod rng;
 pub mod scheme;
 pub mod synth;

@@ -4,6 +4,7 @@
 //! 2 bad input or any other error, printed once as `ccq: error: ...` with its causes.
 
 mod bench;
+mod dequant;
 mod inspect;
 mod quantize;
 mod synth;
@@ -27,6 +28,9 @@ enum Command {
     /// Quantize a checkpoint: ERNIE 4.5 to FastDeploy's 2-bit layout, or any MoE model to
     /// ccq's native layout.
     Quantize(quantize::QuantizeArgs),
+    /// Write a quantized checkpoint back as bf16, in the source model's names and orientation
+    /// when ccq-provenance.json is present.
+    Dequant(dequant::DequantArgs),
     /// Write a deterministic synthetic ERNIE 4.5 MoE checkpoint (for tests and benchmarks).
     Synth(synth::SynthArgs),
     /// Measure the quality and speed of ccq's schemes and readers.
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Dequant(args) => dequant::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };

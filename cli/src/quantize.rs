@@ -110,6 +110,15 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         force: args.force,
         resume: args.resume,
         stop_after_shards: args.stop_after_shards,
+        provenance_options: serde_json::json!({
+            "preset": policy.preset.name(),
+            "w4_end_layer": args.w4_end_layer,
+            "set": args.set,
+            "policy": args.policy.as_ref().map(|p| p.display().to_string()),
+            "rules": policy.rules.iter().map(|r| format!("{}={}", r.pattern.as_str(), convert::policy::choice_name(r.choice))).collect::<Vec<_>>(),
+            "fallback": args.fallback,
+            "layout": layout.name(),
+        }),
         fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort),
     };
     let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };

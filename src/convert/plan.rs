@@ -87,6 +87,8 @@ impl PlannedTensor {
 pub struct Plan {
     /// Output layout.
     pub layout: OutputLayout,
+    /// How the source names and orients its tensors (recorded in `ccq-provenance.json`).
+    pub naming: Naming,
     /// Every output tensor, in write order.
     pub tensors: Vec<PlannedTensor>,
     /// Indices into `tensors`, one list per shard file, in order.
@@ -138,7 +140,7 @@ impl Plan {
             return Err(refusals);
         }
         let shards = assign_shards(&tensors, options.shard_size);
-        Ok(Plan { layout: options.layout, tensors, shards })
+        Ok(Plan { layout: options.layout, naming: model.naming, tensors, shards })
     }
 
     /// Total bytes read.
@@ -316,7 +318,7 @@ pub(crate) fn group_sources(ckpt: &Checkpoint, model: &ModelLayout, layout: Outp
 }
 
 /// Whether a tensor is a linear layer's weight matrix (the only tensors ccq transposes).
-fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
+pub(crate) fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
     rank == 2 && name.ends_with(".weight") && !matches!(class.role, Role::Embedding | Role::Norm | Role::RouterBias)
 }
 

@@ -38,6 +38,9 @@ pub struct ConvertOptions {
     /// Stop with [`Error::Interrupted`] after writing this many shards: a deterministic
     /// interruption, for testing `resume`.
     pub stop_after_shards: Option<usize>,
+    /// The caller's description of the options that chose the schemes (preset, rules, ...),
+    /// recorded under `options` in `ccq-provenance.json` next to the effort.
+    pub provenance_options: Value,
 }
 
 /// Progress reported after each tensor.
@@ -125,6 +128,8 @@ pub fn convert(
         write_index(plan, &work)?;
     }
     extra_files(&work)?;
+    let provenance = crate::quantized::Provenance::from_plan(ckpt, plan, options);
+    write_json(&work.join(crate::quantized::PROVENANCE_FILE), &provenance.to_json())?;
     std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(&work, e))?;
     move_into_place(&work, out)?;
     Ok(summarize(plan, reused, start.elapsed().as_secs_f64()))
@@ -334,7 +339,7 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 /// Renames the finished work directory to `out`, replacing an old `out` only after the new
 /// one is complete.
-fn move_into_place(work: &Path, out: &Path) -> Result<()> {
+pub(crate) fn move_into_place(work: &Path, out: &Path) -> Result<()> {
     if out.exists() {
         let old = out.with_file_name(format!(
             "{}.ccq-old",

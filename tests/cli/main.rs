@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `ccq` binary.
 
+mod dequant;
 mod quantize;
 
 use serde_json::Value;

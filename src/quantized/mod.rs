@@ -1,0 +1,617 @@
+//! Reading quantized checkpoints: the API a loader, `ccq dequant` and `ccq verify` use.
+//!
+//! [`QuantizedCheckpoint::open`] takes a checkpoint in either layout ccq writes:
+//! - **FastDeploy** (`config.json` with `quantization_config`, packed tensors stored as
+//!   `NAME.quant_weight`, `NAME.weight_scale`, ...): each packed tensor's scheme is inferred
+//!   from its components (`super_scales`/`code_scale`/`code_zp` present: WINT2; otherwise an
+//!   I8 `quant_weight` of `[N, K]` is wint8 and `[N/2, K]` wint4, N being the length of
+//!   `weight_scale`) and checked against `quantization_config` where that names a scheme.
+//!   Baidu's own checkpoints open too.
+//! - **native** (see `FORMAT.md`): each packed tensor is described by the `ccq.tensor.NAME`
+//!   metadata of its shard, which is validated.
+//!
+//! Opening reads headers (and `ccq-provenance.json` when present, see [`provenance`]) and
+//! checks every packed tensor's components (presence, dtype, shape) against its scheme, so a
+//! corrupted checkpoint fails with a typed error naming the tensor before any data is read.
+//! [`QuantizedCheckpoint::tensors`] then lists every tensor, quantized or not, with its scheme,
+//! logical `[k, n]` shape and, when the provenance record is there, the source tensors it came
+//! from. A tensor can be read as its [`Packed`] components, dequantized to f32 through its
+//! scheme's decode (the definition of what the bytes mean), or handed to a matmul kernel as
+//! [`OwnedWeights`]. [`write_dequantized`] writes a whole checkpoint back as bf16.
+//!
+//! Nothing here panics on a bad file; every failure is an [`Error`] naming file and tensor.
+//!
+//! # Example
+//!
+//! ```
+//! # use ccq::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
+//! # use ccq::layout::{ModelConfig, ModelLayout};
+//! # let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ernie45-tiny-pt");
+//! # let src = ccq::Checkpoint::open(&fixture)?;
+//! # let config = ModelConfig::from_json(src.config().unwrap(), &fixture.join("config.json"))?;
+//! # let model = ModelLayout::detect(config, src.tensors().iter().map(|t| t.name.as_str()));
+//! # let policy = Policy { preset: Preset::from_name("wint8", 0).unwrap(), rules: Vec::new() };
+//! # let options = PlanOptions { layout: OutputLayout::FastDeploy, policy: &policy, fallback: None, shard_size: u64::MAX };
+//! # let plan = Plan::build(&src, &model, &options).unwrap();
+//! # let dir = std::env::temp_dir().join(format!("ccq-doc-quantized-{}", std::process::id()));
+//! # let opts = ConvertOptions { effort: Default::default(), force: true, resume: false, fingerprint_extra: String::new(), stop_after_shards: None, provenance_options: serde_json::json!({}) };
+//! # convert::convert(&src, &plan, &dir, &opts, &|_| Ok(()), &mut |_| {})?;
+//! use ccq::quantized::QuantizedCheckpoint;
+//! use ccq::SchemeKind;
+//!
+//! // `dir` holds `fixtures/ernie45-tiny-pt` quantized to wint8 in the FastDeploy layout.
+//! let q = QuantizedCheckpoint::open(&dir)?;
+//! let qkv = q.get("ernie.layers.0.self_attn.qkv_proj")?;
+//! assert_eq!((qkv.scheme, qkv.k, qkv.n), (Some(SchemeKind::Wint8), 128, 256));
+//! // The provenance record names the PyTorch tensors it was fused from, [out, in] each.
+//! let sources = qkv.sources.as_ref().unwrap();
+//! assert_eq!(sources[0].name, "model.layers.0.self_attn.q_proj.weight");
+//! assert!(qkv.transposed);
+//! let w = q.dequantize(qkv)?; // logical [k, n], row-major
+//! assert_eq!(w.len(), 128 * 256);
+//! for t in q.tensors() {
+//!     println!("{} {:?} [{}, {}]", t.name, t.scheme, t.k, t.n);
+//! }
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), ccq::Error>(())
+//! ```
+
+mod export;
+pub mod provenance;
+
+pub use export::{write_dequantized, DequantOptions, DequantSummary};
+pub use provenance::{Provenance, ProvenanceSource, ProvenanceSourceTensor, ProvenanceTensor, PROVENANCE_FILE};
+
+use crate::checkpoint::Checkpoint;
+use crate::convert::{scheme_for, OutputLayout};
+use crate::error::{Error, Result};
+use crate::layout::{ModelConfig, ModelLayout, Naming, Role, TensorRole};
+use crate::scheme::{Component, Packed, SchemeError};
+use crate::{Dtype, SchemeKind};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Metadata key prefix of a packed tensor's description in the native layout.
+pub const NATIVE_METADATA_PREFIX: &str = "ccq.tensor.";
+
+/// Components only WINT2 stores: their presence makes a FastDeploy tensor WINT2.
+const WINT2_ONLY: [&str; 3] = ["super_scales", "code_scale", "code_zp"];
+
+/// One tensor of a quantized checkpoint, packed or stored as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuantizedTensor {
+    /// The name the checkpoint knows it by: the stored tensor's name when unquantized, the
+    /// prefix of its components (`NAME.quant_weight`, ...) when packed.
+    pub name: String,
+    /// Its scheme, `None` when stored unquantized.
+    pub scheme: Option<SchemeKind>,
+    /// Logical rows (inputs); for a tensor that is not a matrix, its element count.
+    pub k: usize,
+    /// Logical columns (outputs); 1 for a tensor that is not a matrix.
+    pub n: usize,
+    /// The stored dtype of an unquantized tensor (`None` when packed).
+    pub dtype: Option<Dtype>,
+    /// The stored shape of an unquantized tensor; `[k, n]` for a packed one.
+    pub shape: Vec<usize>,
+    /// Whether the source stored it `[out, in]` (PyTorch linear weights). Known from the
+    /// provenance record, the native metadata or (native layout) the tensor's role;
+    /// `false` when unknown.
+    pub transposed: bool,
+    /// The source tensors whose columns it holds, in order, when the provenance record is
+    /// present.
+    pub sources: Option<Vec<SourceTensor>>,
+    /// The names of the stored tensors that hold it: itself when unquantized, its components
+    /// in the scheme's order when packed.
+    pub stored: Vec<String>,
+    /// Whether the stored (unquantized) data is `[n, k]` rather than the logical `[k, n]`.
+    stored_nk: bool,
+}
+
+impl QuantizedTensor {
+    /// Whether it is stored packed.
+    pub fn is_quantized(&self) -> bool {
+        self.scheme.is_some()
+    }
+}
+
+/// A source tensor of a quantized tensor, from the provenance record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTensor {
+    /// Its name in the source checkpoint.
+    pub name: String,
+    /// How many logical columns it occupies.
+    pub width: usize,
+    /// Its dtype in the source.
+    pub dtype: Dtype,
+    /// Its shape in the source.
+    pub shape: Vec<usize>,
+}
+
+/// What a matmul kernel needs to multiply by one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedWeights {
+    /// A packed matrix, its components as stored.
+    Packed(Packed),
+    /// An unquantized matrix.
+    Dense(DenseMatrix),
+}
+
+/// An unquantized logical `[k, n]` matrix, in its stored element type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenseMatrix {
+    /// Element type (`BF16`, `F16` or `F32`).
+    pub dtype: Dtype,
+    /// Rows (inputs).
+    pub k: usize,
+    /// Columns (outputs).
+    pub n: usize,
+    /// Little-endian elements, row-major `[k, n]` (transposed from the stored order if need be).
+    pub bytes: Vec<u8>,
+}
+
+/// An opened quantized checkpoint.
+#[derive(Debug)]
+pub struct QuantizedCheckpoint {
+    ckpt: Checkpoint,
+    layout: OutputLayout,
+    provenance: Option<Provenance>,
+    tensors: Vec<QuantizedTensor>,
+    by_name: HashMap<String, usize>,
+}
+
+impl QuantizedCheckpoint {
+    /// Opens a quantized checkpoint directory (or a single `.safetensors` file of the native
+    /// layout), validating every packed tensor's description and components.
+    pub fn open(path: impl AsRef<Path>) -> Result<QuantizedCheckpoint> {
+        let path = path.as_ref();
+        let ckpt = Checkpoint::open(path)?;
+        let provenance_path = path.join(PROVENANCE_FILE);
+        let provenance = match path.is_dir() && provenance_path.is_file() {
+            true => Some(Provenance::read(&provenance_path)?),
+            false => None,
+        };
+        let layout = detect_layout(&ckpt, provenance.as_ref())?;
+        let mut tensors = match layout {
+            OutputLayout::FastDeploy => fastdeploy_tensors(&ckpt)?,
+            OutputLayout::Native => native_tensors(&ckpt, provenance.is_none())?,
+        };
+        if let Some(p) = &provenance {
+            apply_provenance(&mut tensors, p, &provenance_path, layout)?;
+        }
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(QuantizedCheckpoint { ckpt, layout, provenance, tensors, by_name })
+    }
+
+    /// The layout it is stored in.
+    pub fn layout(&self) -> OutputLayout {
+        self.layout
+    }
+
+    /// The provenance record, when the checkpoint has one.
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.provenance.as_ref()
+    }
+
+    /// The underlying checkpoint (stored tensors, shards, config).
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.ckpt
+    }
+
+    /// Every tensor, in the order of the stored tensors.
+    pub fn tensors(&self) -> &[QuantizedTensor] {
+        &self.tensors
+    }
+
+    /// The tensor called `name` (for a packed tensor, the prefix of its components).
+    pub fn get(&self, name: &str) -> Result<&QuantizedTensor> {
+        self.by_name.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::TensorNotFound {
+            checkpoint: self.ckpt.path().to_path_buf(),
+            tensor: name.to_string(),
+        })
+    }
+
+    /// Reads a packed tensor's components, checked against its scheme. An unquantized
+    /// tensor is an [`Error::BadTensor`].
+    pub fn packed(&self, t: &QuantizedTensor) -> Result<Packed> {
+        let kind = t.scheme.ok_or_else(|| Error::BadTensor {
+            tensor: t.name.clone(),
+            problem: "is stored unquantized; read it with dequantize or weights".to_string(),
+        })?;
+        let layout = scheme_for(kind).component_layout(t.k, t.n);
+        let mut components = Vec::with_capacity(layout.len());
+        for (name, _, _) in &layout {
+            let entry = self.ckpt.get(&format!("{}.{name}", t.name))?;
+            let bytes = self.ckpt.raw_bytes(entry)?.to_vec();
+            components.push(Component { name, dtype: entry.dtype, shape: entry.shape.clone(), bytes });
+        }
+        let packed = Packed { kind, k: t.k, n: t.n, components };
+        for (name, dtype, shape) in &layout {
+            packed
+                .expect_component(name, *dtype, shape)
+                .map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+        }
+        Ok(packed)
+    }
+
+    /// The logical `[k, n]` matrix as row-major f32: a packed tensor through its scheme's
+    /// decode, an unquantized one converted from its stored dtype (and transposed when it is
+    /// stored `[n, k]`).
+    pub fn dequantize(&self, t: &QuantizedTensor) -> Result<Vec<f32>> {
+        match t.scheme {
+            Some(kind) => {
+                let packed = self.packed(t)?;
+                scheme_for(kind).decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })
+            }
+            None => {
+                let values = self.ckpt.read_f32(&t.stored[0])?;
+                Ok(match t.stored_nk {
+                    true => transpose(&values, t.n, t.k),
+                    false => values,
+                })
+            }
+        }
+    }
+
+    /// What a matmul kernel multiplies by: the packed components, or the unquantized matrix
+    /// in logical `[k, n]` order (BF16, F16 or F32, otherwise [`Error::NotConvertible`]).
+    pub fn weights(&self, t: &QuantizedTensor) -> Result<OwnedWeights> {
+        if t.scheme.is_some() {
+            return self.packed(t).map(OwnedWeights::Packed);
+        }
+        let entry = self.ckpt.get(&t.stored[0])?;
+        self.ckpt.conversion(entry)?;
+        let raw = self.ckpt.raw_bytes(entry)?;
+        let bytes = match t.stored_nk {
+            true => transpose_bytes(raw, t.n, t.k, entry.dtype.size()),
+            false => raw.to_vec(),
+        };
+        Ok(OwnedWeights::Dense(DenseMatrix { dtype: entry.dtype, k: t.k, n: t.n, bytes }))
+    }
+
+    /// Lets the kernel drop the pages of `t`'s stored tensors (see [`Checkpoint::release`]).
+    pub fn release(&self, t: &QuantizedTensor) {
+        for name in &t.stored {
+            if let Ok(e) = self.ckpt.get(name) {
+                self.ckpt.release(e);
+            }
+        }
+    }
+}
+
+/// `[rows, cols]` -> `[cols, rows]`.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = src[r * cols + c];
+        }
+    }
+    out
+}
+
+/// `[rows, cols]` elements of `size` bytes -> `[cols, rows]`.
+fn transpose_bytes(src: &[u8], rows: usize, cols: usize, size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+            out[to..to + size].copy_from_slice(&src[from..from + size]);
+        }
+    }
+    out
+}
+
+/// The layout: the provenance record's; else native when any shard describes a packed
+/// tensor; else FastDeploy when `config.json` has `quantization_config`.
+fn detect_layout(ckpt: &Checkpoint, provenance: Option<&Provenance>) -> Result<OutputLayout> {
+    if let Some(layout) = provenance.and_then(Provenance::layout_kind) {
+        return Ok(layout);
+    }
+    let described = ckpt.shards().iter().any(|s| s.metadata.keys().any(|k| k.starts_with(NATIVE_METADATA_PREFIX)));
+    if described {
+        return Ok(OutputLayout::Native);
+    }
+    if ckpt.config().is_some_and(|c| c.get("quantization_config").is_some()) {
+        return Ok(OutputLayout::FastDeploy);
+    }
+    if let Some(t) = ckpt.tensors().iter().find(|t| t.name.ends_with(".quant_weight")) {
+        let tensor = t.name.trim_end_matches(".quant_weight").to_string();
+        return Err(Error::QuantMetadata {
+            file: ckpt.shards()[t.shard].path.clone(),
+            tensor: tensor.clone(),
+            problem: format!(
+                "stored packed, but there is no {NATIVE_METADATA_PREFIX}{tensor} metadata (native layout) and no quantization_config in config.json (FastDeploy layout)"
+            ),
+        });
+    }
+    Err(Error::NotACheckpoint {
+        path: ckpt.path().to_path_buf(),
+        problem: "holds no quantized tensors (no *.quant_weight tensors, no ccq.tensor.* metadata)".to_string(),
+    })
+}
+
+/// A packed tensor found in the checkpoint: name (prefix), scheme, logical shape.
+struct Found {
+    name: String,
+    kind: SchemeKind,
+    k: usize,
+    n: usize,
+    transposed: bool,
+}
+
+/// Checks that `found`'s components are all present with the dtype and shape its scheme
+/// stores, and returns their names in the scheme's order.
+fn check_components(ckpt: &Checkpoint, found: &Found) -> Result<Vec<String>> {
+    let packed_error = |source| Error::Packed { tensor: found.name.clone(), source };
+    let scheme = scheme_for(found.kind);
+    scheme.check_shape(found.k, found.n).map_err(packed_error)?;
+    let mut names = Vec::new();
+    for (name, dtype, shape) in scheme.component_layout(found.k, found.n) {
+        let full = format!("{}.{name}", found.name);
+        let entry = ckpt.get(&full).map_err(|_| packed_error(SchemeError::MissingComponent { name }))?;
+        if entry.dtype != dtype {
+            return Err(packed_error(SchemeError::ComponentDtype { name, expected: dtype, found: entry.dtype }));
+        }
+        if entry.shape != shape {
+            return Err(packed_error(SchemeError::ComponentShape { name, expected: shape, found: entry.shape.clone() }));
+        }
+        names.push(full);
+    }
+    Ok(names)
+}
+
+/// Assembles the tensor list: packed tensors at the position of their first stored
+/// component, every other stored tensor as unquantized.
+fn assemble(ckpt: &Checkpoint, found: Vec<Found>, unquantized_nk: &dyn Fn(&str, usize) -> bool) -> Result<Vec<QuantizedTensor>> {
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut packed = Vec::new();
+    for f in found {
+        let stored = check_components(ckpt, &f)?;
+        for s in &stored {
+            owner.insert(s.clone(), packed.len());
+        }
+        packed.push(Some(QuantizedTensor {
+            name: f.name,
+            scheme: Some(f.kind),
+            k: f.k,
+            n: f.n,
+            dtype: None,
+            shape: vec![f.k, f.n],
+            transposed: f.transposed,
+            sources: None,
+            stored,
+            stored_nk: false,
+        }));
+    }
+    let mut out = Vec::new();
+    for e in ckpt.tensors() {
+        match owner.get(&e.name) {
+            Some(&i) => out.extend(packed[i].take()),
+            None => {
+                let nk = e.shape.len() == 2 && unquantized_nk(&e.name, e.shape.len());
+                let (k, n) = match e.shape.len() {
+                    2 if nk => (e.shape[1], e.shape[0]),
+                    2 => (e.shape[0], e.shape[1]),
+                    _ => (e.numel(), 1),
+                };
+                out.push(QuantizedTensor {
+                    name: e.name.clone(),
+                    scheme: None,
+                    k,
+                    n,
+                    dtype: Some(e.dtype),
+                    shape: e.shape.clone(),
+                    transposed: nk,
+                    sources: None,
+                    stored: vec![e.name.clone()],
+                    stored_nk: nk,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// FastDeploy layout: every `NAME.quant_weight` is a packed tensor whose scheme is inferred
+/// from its components and checked against `quantization_config`.
+fn fastdeploy_tensors(ckpt: &Checkpoint) -> Result<Vec<QuantizedTensor>> {
+    let names: HashSet<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+    let quant_config = ckpt.config().and_then(|c| c.get("quantization_config"));
+    let model = match ckpt.config() {
+        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
+        None => ModelConfig::default(),
+    };
+    let model = ModelLayout::detect(model, names.iter().copied());
+    let mut found = Vec::new();
+    for e in ckpt.tensors() {
+        let Some(prefix) = e.name.strip_suffix(".quant_weight") else { continue };
+        let bad = |problem: String| Error::BadTensor { tensor: prefix.to_string(), problem };
+        if e.shape.len() != 2 {
+            return Err(bad(format!("quant_weight has shape {:?}, expected a matrix", e.shape)));
+        }
+        let (rows, cols) = (e.shape[0], e.shape[1]);
+        let wint2 = WINT2_ONLY.iter().any(|c| names.contains(format!("{prefix}.{c}").as_str()));
+        let (kind, k, n) = if wint2 {
+            let k = rows.checked_mul(4).ok_or_else(|| bad(format!("quant_weight has shape {:?}", e.shape)))?;
+            (SchemeKind::Wint2, k, cols)
+        } else {
+            let scale = ckpt.get(&format!("{prefix}.weight_scale")).map_err(|_| Error::Packed {
+                tensor: prefix.to_string(),
+                source: SchemeError::MissingComponent { name: "weight_scale" },
+            })?;
+            let n = match scale.shape.as_slice() {
+                [n] => *n,
+                s => return Err(bad(format!("weight_scale has shape {s:?}, expected one value per output column [N]"))),
+            };
+            let kind = if rows == n {
+                SchemeKind::Wint8
+            } else if rows.checked_mul(2) == Some(n) {
+                SchemeKind::Wint4
+            } else {
+                return Err(bad(format!(
+                    "quant_weight has {rows} rows but weight_scale has {n} values: neither wint8 ([N, K]) nor wint4 ([N/2, K])"
+                )));
+            };
+            (kind, cols, n)
+        };
+        if let Some(expected) = quant_config.and_then(|q| expected_scheme(q, &model.classify(&format!("{prefix}.weight")))) {
+            if expected != kind {
+                return Err(bad(format!(
+                    "its components are {kind}, but config.json's quantization_config makes it {expected}"
+                )));
+            }
+        }
+        found.push(Found { name: prefix.to_string(), kind, k, n, transposed: false });
+    }
+    assemble(ckpt, found, &|_, _| false)
+}
+
+/// The scheme FastDeploy's loader would read a tensor of this role with, when
+/// `quantization_config` says so explicitly.
+fn expected_scheme(q: &Value, class: &TensorRole) -> Option<SchemeKind> {
+    let named = |v: Option<&Value>| v.and_then(Value::as_str).and_then(SchemeKind::from_name);
+    match class.role {
+        Role::Attention | Role::DenseMlp | Role::SharedExpert => named(q.get("dense_quant_type")),
+        r if r.is_routed_expert() => match q.get("moe_quant_type").and_then(Value::as_str) {
+            Some("w4w2") => {
+                let end = q.pointer("/moe_quant_config/moe_w4_quant_config/quant_end_layer")?.as_i64()?;
+                let layer = class.layer? as i64;
+                Some(if layer <= end { SchemeKind::Wint4 } else { SchemeKind::Wint2 })
+            }
+            Some(other) => SchemeKind::from_name(other),
+            None => named(q.get("quantization")),
+        },
+        _ => None,
+    }
+}
+
+/// Native layout: every packed tensor is described by `ccq.tensor.NAME` in its shard.
+fn native_tensors(ckpt: &Checkpoint, guess_orientation: bool) -> Result<Vec<QuantizedTensor>> {
+    let mut found = Vec::new();
+    let mut described: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for shard in ckpt.shards() {
+        for (key, text) in &shard.metadata {
+            let Some(name) = key.strip_prefix(NATIVE_METADATA_PREFIX) else { continue };
+            if let Some(first) = described.insert(name.to_string(), shard.path.clone()) {
+                return Err(Error::QuantMetadata {
+                    file: shard.path.clone(),
+                    tensor: name.to_string(),
+                    problem: format!("described again (also in {})", first.display()),
+                });
+            }
+            found.push(parse_native_metadata(&shard.path, name, text)?);
+        }
+    }
+    for e in ckpt.tensors() {
+        if let Some(prefix) = e.name.strip_suffix(".quant_weight") {
+            if !described.contains_key(prefix) {
+                return Err(Error::QuantMetadata {
+                    file: ckpt.shards()[e.shard].path.clone(),
+                    tensor: prefix.to_string(),
+                    problem: format!("stored packed, but its shard has no {NATIVE_METADATA_PREFIX}{prefix} metadata"),
+                });
+            }
+        }
+    }
+    // Unquantized tensors are stored as in the source. Without a provenance record, whether
+    // a matrix is [out, in] follows from the naming, as when ccq planned the conversion.
+    let model = match ckpt.config() {
+        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
+        None => ModelConfig::default(),
+    };
+    let model = ModelLayout::detect(model, ckpt.tensors().iter().map(|t| t.name.as_str()));
+    let nk = |name: &str, rank: usize| {
+        guess_orientation
+            && model.naming == Naming::Pytorch
+            && crate::convert::plan::is_linear(name, &model.classify(name), rank)
+    };
+    assemble(ckpt, found, &nk)
+}
+
+/// Parses and validates one `ccq.tensor.NAME` description (see `FORMAT.md`).
+fn parse_native_metadata(file: &Path, name: &str, text: &str) -> Result<Found> {
+    let bad = |problem: String| Error::QuantMetadata { file: file.to_path_buf(), tensor: name.to_string(), problem };
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("{NATIVE_METADATA_PREFIX}{name} is not valid JSON: {e}")))?;
+    let scheme = v.get("scheme").and_then(Value::as_str).ok_or_else(|| bad("no \"scheme\" string".into()))?;
+    let kind = SchemeKind::from_name(scheme).ok_or_else(|| bad(format!("unknown scheme '{scheme}'")))?;
+    let dim = |key: &str| {
+        v.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|d| usize::try_from(d).ok())
+            .filter(|&d| d > 0)
+            .ok_or_else(|| bad(format!("\"{key}\" is not a positive integer")))
+    };
+    let (k, n) = (dim("k")?, dim("n")?);
+    let transposed = v.get("transposed").and_then(Value::as_bool).ok_or_else(|| bad("no \"transposed\" boolean".into()))?;
+    let scheme_impl = scheme_for(kind);
+    scheme_impl.check_shape(k, n).map_err(|e| bad(e.to_string()))?;
+    let expected: Vec<&str> = scheme_impl.component_layout(k, n).into_iter().map(|(c, _, _)| c).collect();
+    let listed: Option<Vec<&str>> = v.get("components").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
+    if listed.as_deref() != Some(expected.as_slice()) {
+        return Err(bad(format!("\"components\" must list {expected:?} for {kind}, found {}", v.get("components").unwrap_or(&Value::Null))));
+    }
+    Ok(Found { name: name.to_string(), kind, k, n, transposed })
+}
+
+/// Gives each tensor its sources and orientation from the record, after checking that the
+/// record and the checkpoint describe the same tensors.
+fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path, layout: OutputLayout) -> Result<()> {
+    let bad = |problem: String| Error::Json { file: file.to_path_buf(), problem };
+    let records: HashMap<&str, &ProvenanceTensor> = p.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let present: HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    if let Some(missing) = p.tensors.iter().find(|t| !present.contains(t.name.as_str())) {
+        return Err(bad(format!("lists tensor '{}', which the checkpoint does not hold", missing.name)));
+    }
+    for t in tensors.iter_mut() {
+        let r = records
+            .get(t.name.as_str())
+            .ok_or_else(|| bad(format!("does not list tensor '{}', which the checkpoint holds", t.name)))?;
+        let scheme = r.scheme.as_deref().and_then(SchemeKind::from_name);
+        if scheme != t.scheme || (t.scheme.is_some() && (r.k, r.n) != (t.k, t.n)) {
+            return Err(bad(format!(
+                "records '{}' as {} [{}, {}], but the checkpoint stores {} [{}, {}]",
+                t.name,
+                r.scheme.as_deref().unwrap_or("unquantized"),
+                r.k,
+                r.n,
+                t.scheme.map_or("unquantized", SchemeKind::name),
+                t.k,
+                t.n
+            )));
+        }
+        t.transposed = r.transposed;
+        t.sources = Some(
+            r.sources
+                .iter()
+                .map(|s| SourceTensor {
+                    name: s.name.clone(),
+                    width: s.width,
+                    dtype: Dtype::from_name(&s.dtype).unwrap_or(Dtype::BF16),
+                    shape: s.shape.clone(),
+                })
+                .collect(),
+        );
+        if t.scheme.is_none() {
+            // The native layout stores unquantized tensors as the source does; FastDeploy
+            // stores matrices it transposed or fused in the logical [k, n] order.
+            let nk = layout == OutputLayout::Native && r.transposed && t.shape.len() == 2;
+            let (k, n) = match t.shape.len() {
+                2 if nk => (t.shape[1], t.shape[0]),
+                2 => (t.shape[0], t.shape[1]),
+                _ => (t.shape.iter().product(), 1),
+            };
+            if (k, n) != (r.k, r.n) {
+                return Err(bad(format!(
+                    "records '{}' as [{}, {}], but the checkpoint stores {:?}",
+                    t.name, r.k, r.n, t.shape
+                )));
+            }
+            t.stored_nk = nk;
+            t.k = k;
+            t.n = n;
+        }
+    }
+    Ok(())
+}
