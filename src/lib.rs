@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
+//! - [`kernel`]: dequantize and matmul straight from packed bytes (reference and fast paths);
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`bench`]: quality and speed measurements behind `ccq bench`;
@@ -16,6 +17,7 @@ pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod inspect;
+pub mod kernel;
 pub mod layout;
 pub mod rng;
 pub mod scheme;
