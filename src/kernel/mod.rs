@@ -34,7 +34,8 @@
 //! [`TILE_K`] rows: it decodes the tile of its columns into a small stack buffer (one
 //! 64-row WINT2 group shares one local scale per column) and then, for every row of `x`,
 //! accumulates `x[i][k] * tile[k][..]` into `BLOCK_N` independent lanes, so the inner loops
-//! run across columns and vectorise. The tile is decoded once and reused for all `m` rows.
+//! run across columns and vectorise. The tile is decoded once and reused for all `m` rows;
+//! for `m = 1` WINT2 skips the tile and accumulates each decoded weight at once.
 //! On x86-64 the same code is also compiled with AVX2 + FMA enabled and picked at run time
 //! when the CPU has them (`is_x86_feature_detected!`), else the baseline build runs.
 //!
@@ -310,6 +311,14 @@ pub(crate) trait TileSource: Sync {
     /// `x` has been permuted to match); columns past `n` are written as zeros. Must be
     /// `#[inline(always)]` so that it is compiled with the caller's target features.
     fn decode_tile(&self, t: usize, n0: usize, tile: &mut Tile);
+
+    /// For `m = 1`, a fused decode-and-accumulate of columns `[n0, n0 + BLOCK_N)` that never
+    /// stores a tile, if the format has one; it must add the same terms in the same order as
+    /// the tile path. `#[inline(always)]` like [`TileSource::decode_tile`].
+    #[inline(always)]
+    fn block_m1(&self, _x: &[f32], _n0: usize) -> Option<[f32; BLOCK_N]> {
+        None
+    }
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
@@ -352,6 +361,11 @@ unsafe fn block_avx2<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Ve
 #[inline(always)]
 fn block_impl<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
     let k = s.k();
+    if m == 1 {
+        if let Some(a) = s.block_m1(x, n0) {
+            return vec![a];
+        }
+    }
     let mut acc = vec![[0f32; BLOCK_N]; m];
     let mut tile: Tile = [[0f32; BLOCK_N]; TILE_K];
     for t in 0..k.div_ceil(TILE_K) {

@@ -81,25 +81,10 @@ impl TileSource for Wint2View<'_> {
 
     #[inline(always)]
     fn decode_tile(&self, t: usize, n0: usize, tile: &mut Tile) {
-        let n = self.n;
-        let w = BLOCK_N.min(n - n0);
-        // Padding columns: b = 0, code map 0 -> d = 0, s = 0 -> weight 0.
-        let mut cs = [0f32; BLOCK_N];
-        let mut c = [0f32; BLOCK_N];
-        let mut s = [0f32; BLOCK_N];
-        let ls_row = &self.weight_scale[(t / 2) * n + n0..][..w];
-        for j in 0..w {
-            cs[j] = self.code_scale[n0 + j];
-            c[j] = self.code_zp[n0 + j] + 0.5;
-            s[j] = group_scale(local_scale(ls_row[j], t), self.super_scales[n0 + j]);
-        }
+        let (cs, c) = self.code_maps(n0);
+        let s = self.group_scales(t, n0);
         for p in 0..GROUP_ROWS / 4 {
-            let mut b = [0u8; BLOCK_N];
-            b[..w].copy_from_slice(&self.quant_weight[(t * (GROUP_ROWS / 4) + p) * n + n0..][..w]);
-            let mut d = [0i32; BLOCK_N];
-            for l in 0..BLOCK_N {
-                d[l] = f32::from(b[l]).mul_add(cs[l], c[l]).floor() as i32;
-            }
+            let d = self.codes(t * (GROUP_ROWS / 4) + p, n0, &cs, &c);
             for j in 0..4 {
                 let shift = 9 - 3 * j as u32;
                 let row = &mut tile[4 * p + j];
@@ -109,6 +94,71 @@ impl TileSource for Wint2View<'_> {
                 }
             }
         }
+    }
+
+    /// The tile loop with the tile kept in registers: each decoded weight goes straight into
+    /// `acc[l] += x[k] * w`, k ascending, exactly the tile path's terms and order.
+    #[inline(always)]
+    fn block_m1(&self, x: &[f32], n0: usize) -> Option<[f32; BLOCK_N]> {
+        let (cs, c) = self.code_maps(n0);
+        let mut acc = [0f32; BLOCK_N];
+        for (t, xg) in x.chunks_exact(GROUP_ROWS).enumerate() {
+            let s = self.group_scales(t, n0);
+            for (p, x4) in xg.chunks_exact(4).enumerate() {
+                let d = self.codes(t * (GROUP_ROWS / 4) + p, n0, &cs, &c);
+                for (j, &xv) in x4.iter().enumerate() {
+                    let shift = 9 - 3 * j as u32;
+                    for l in 0..BLOCK_N {
+                        let q = ((d[l] >> shift) & 63) - 32;
+                        acc[l] += xv * bf16_round(q as f32 * s[l]);
+                    }
+                }
+            }
+        }
+        Some(acc)
+    }
+}
+
+impl Wint2View<'_> {
+    /// Columns `[n0, n0 + BLOCK_N)`'s code maps `(code_scale, code_zp + 0.5)`; padding
+    /// columns get `(0, 0)`, so their codes are 0 (and their scales 0: weight 0).
+    #[inline(always)]
+    fn code_maps(&self, n0: usize) -> ([f32; BLOCK_N], [f32; BLOCK_N]) {
+        let w = BLOCK_N.min(self.n - n0);
+        let mut cs = [0f32; BLOCK_N];
+        let mut c = [0f32; BLOCK_N];
+        for j in 0..w {
+            cs[j] = self.code_scale[n0 + j];
+            c[j] = self.code_zp[n0 + j] + 0.5;
+        }
+        (cs, c)
+    }
+
+    /// Group `t`'s scales `bf16_rne(ls * super)` for the block's columns (0 for padding).
+    #[inline(always)]
+    fn group_scales(&self, t: usize, n0: usize) -> [f32; BLOCK_N] {
+        let n = self.n;
+        let w = BLOCK_N.min(n - n0);
+        let ls_row = &self.weight_scale[(t / 2) * n + n0..][..w];
+        let mut s = [0f32; BLOCK_N];
+        for j in 0..w {
+            s[j] = group_scale(local_scale(ls_row[j], t), self.super_scales[n0 + j]);
+        }
+        s
+    }
+
+    /// Codes `d` of byte row `p` for the block's columns (padding bytes are 0).
+    #[inline(always)]
+    fn codes(&self, p: usize, n0: usize, cs: &[f32; BLOCK_N], c: &[f32; BLOCK_N]) -> [i32; BLOCK_N] {
+        let n = self.n;
+        let w = BLOCK_N.min(n - n0);
+        let mut b = [0u8; BLOCK_N];
+        b[..w].copy_from_slice(&self.quant_weight[p * n + n0..][..w]);
+        let mut d = [0i32; BLOCK_N];
+        for l in 0..BLOCK_N {
+            d[l] = f32::from(b[l]).mul_add(cs[l], c[l]).floor() as i32;
+        }
+        d
     }
 }
 
