@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
+//! - [`kernel`]: dequantize and matmul straight from packed bytes (reference and fast paths);
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
 //!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod inspect;
+pub mod kernel;
 pub mod layout;
 pub mod quantized;
 pub mod rng;

@@ -14,9 +14,10 @@ use ccq::scheme::Effort;
 /// Arguments of `ccq bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: `wint2` (quality and speed of the codec) or `inspect` (header-only
-    /// reading of a 300B-shaped sparse checkpoint).
-    #[arg(value_parser = ["wint2", "inspect"])]
+    /// What to measure: `wint2` (quality and speed of the codec), `inspect` (header-only
+    /// reading of a 300B-shaped sparse checkpoint) or `kernels` (fast matmul of every format
+    /// at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul).
+    #[arg(value_parser = ["wint2", "inspect", "kernels"])]
     pub what: String,
     /// inspect: routed experts per MoE layer of the synthetic 300B-shaped checkpoint (64 is
     /// the real model; 512 gives about 79k tensors).
@@ -46,6 +47,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match args.what.as_str() {
         "inspect" => bench_inspect(args),
+        "kernels" => bench_kernels(args),
         _ => bench_wint2(args),
     }
 }
@@ -73,6 +75,33 @@ fn bench_inspect(args: &BenchArgs) -> anyhow::Result<()> {
         t.inspect_json / t.read_headers.max(1e-9),
         t.per_10k_tensors()
     );
+    Ok(())
+}
+
+/// `ccq bench kernels`: fast matmul of every format at K x N = 4096 x 4096 for M = 1, 8, 64
+/// on `--threads` threads, then M = 1 on one thread, with the WINT2 single-core figure
+/// against the targets.
+fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
+    use ccq::bench::kernels::{fixtures, run, Table};
+    const K: usize = 4096;
+    const N: usize = 4096;
+    // Encode a [4096, 512] slice per scheme and repeat it across the 4096 columns.
+    let data = fixtures(K, N, 8, 0x5EED);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let mut rows = pool.install(|| run(&data, &[1, 8, 64], 7, 0xC0DE))?;
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let one = single.install(|| run(&data, &[1], 9, 0xC0DE))?;
+    rows.extend(one.iter().cloned());
+    print!("{}", Table(&rows));
+    if let Some(w2) = one.iter().find(|r| r.format == "wint2") {
+        let g = w2.weights_per_s() / 1e9;
+        println!(
+            "wint2 M=1 one core: {g:.2} G weights/s = {:.2}x the 10 G target, {:.2}x llama.cpp IQ2_XXS (22 G), {:.2}x Q2_K (61 G)",
+            g / 10.0,
+            g / 22.0,
+            g / 61.0
+        );
+    }
     Ok(())
 }
 

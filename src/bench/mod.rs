@@ -1,7 +1,8 @@
 //! Benchmark support: deterministic fixtures, the quality/speed tables of the schemes, and
-//! the header-only speed of `ccq inspect`.
+//! the header-only speed of `ccq inspect`, the speed of the matmul kernels.
 
 pub mod inspect;
+pub mod kernels;
 pub mod wint2;
 
 use crate::checkpoint::Checkpoint;

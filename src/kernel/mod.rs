@@ -1,0 +1,387 @@
+//! Dequantize and matmul kernels that work straight from packed bytes.
+//!
+//! This module owns what a packed tensor *means* to a consumer: [`dequantize`] turns one
+//! into the logical `[K, N]` matrix, [`matmul`] multiplies activations by it without ever
+//! materialising that matrix. Every format ccq writes is covered (WINT2, wint4, wint8) plus
+//! unquantized dense bf16 / f32 weights, behind one entry type, [`Weights`].
+//!
+//! # Formulas
+//!
+//! For activations `x` (`[m, K]`, row-major) and the logical weight `W` (`[K, N]`, row = input,
+//! column = output, Paddle orientation):
+//!
+//! ```text
+//! y[i][n] = sum_{k = 0 .. K-1} x[i][k] * W[k][n]        f32 products, f32 accumulation
+//! ```
+//!
+//! where `W[k][n]` is exactly what each scheme's `decode` produces:
+//! - WINT2: `wint2-format.md`, steps 1-7, fused rounding (what inference runs); the values
+//!   are bf16 numbers, so [`dequantize_bf16`] is exact;
+//! - wint8 / wint4: `q * weight_scale[n]` (exact in f32); [`dequantize_bf16`] rounds that f32
+//!   to the nearest bf16, ties to even (`half::bf16::from_f32`);
+//! - dense: the stored value (bf16 widened exactly to f32; f32 rounded to bf16 by
+//!   [`dequantize_bf16`], ties to even).
+//!
+//! # Reference and fast path
+//!
+//! [`matmul_reference`] is the specification: for each output element it sums
+//! `x[i][k] * W[k][n]` for `k = 0, 1, ..., K-1` in that order, one f32 multiply then one f32
+//! add per term (no fused multiply-add), decoding each weight from the packed bytes on its
+//! own. It equals, bit for bit, "decode with the scheme, then the naive triple loop".
+//!
+//! [`matmul`] is the fast path. Output columns are cut into blocks of [`BLOCK_N`]; rayon
+//! spreads the blocks over threads, and each block walks the K axis in tiles of
+//! [`TILE_K`] rows: it decodes the tile of its columns into a small stack buffer (one
+//! 64-row WINT2 group shares one local scale per column) and then, for every row of `x`,
+//! accumulates `x[i][k] * tile[k][..]` into `BLOCK_N` independent lanes, so the inner loops
+//! run across columns and vectorise. The tile is decoded once and reused for all `m` rows;
+//! for `m = 1` WINT2 skips the tile and accumulates each decoded weight at once.
+//! On x86-64 the same code is also compiled with AVX2 + FMA enabled and picked at run time
+//! when the CPU has them (`is_x86_feature_detected!`), else the baseline build runs.
+//!
+//! Determinism: each output element is computed by exactly one task, in an order fixed by
+//! the shape alone, so results do not depend on the thread count.
+//!
+//! # Tolerance
+//!
+//! The fast path may sum in another order than the reference: wint8 and wint4 tiles are
+//! visited in storage order (the CUTLASS row interleave inside each 64-row tile, with `x`
+//! permuted to match once per call). Any order of an f32 sum of `K` rounded products has
+//! error at most `gamma(K+1) * sum_k |x[i][k]| |W[k][n]|` from the exact sum, with
+//! `gamma(j) = j u / (1 - j u)` and `u = 2^-24` (Higham, *Accuracy and Stability*, 3.1), so
+//! two orders differ by at most
+//!
+//! ```text
+//! |y_fast - y_ref| <= 2 * gamma(K + 1) * sum_k |x[i][k]| * |W[k][n]|     (see [`tolerance`])
+//! ```
+//!
+//! Tests hold every shape to this bound. For WINT2 and dense weights the fast path keeps the
+//! reference's order and operations, and tests hold it bit-identical.
+
+mod dense;
+mod per_channel;
+mod wint2;
+
+#[cfg(test)]
+mod tests;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::scheme::{Packed, Scheme, SchemeError, SchemeKind, Wint2, Wint4, Wint8};
+use crate::Dtype;
+
+/// Output columns per block of the fast path: four 8-lane vectors of f32.
+pub const BLOCK_N: usize = 32;
+/// Rows of K per tile of the fast path (one WINT2 local-scale group, one CUTLASS tile).
+pub const TILE_K: usize = 64;
+
+/// A weight matrix as a kernel reads it: packed components, or plain dense values.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    /// A packed matrix written by a [`Scheme`] (WINT2 is read with the fused rounding).
+    Packed(&'a Packed),
+    /// Unquantized weights, logical `[k, n]` row-major, little-endian.
+    Dense {
+        /// [`Dtype::BF16`] or [`Dtype::F32`].
+        dtype: Dtype,
+        /// `k * n` values, `bytes[(row * n + col) * size ..]`.
+        bytes: &'a [u8],
+        /// Rows (inputs).
+        k: usize,
+        /// Columns (outputs).
+        n: usize,
+    },
+}
+
+impl Weights<'_> {
+    /// Logical `(k, n)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match *self {
+            Weights::Packed(p) => (p.k, p.n),
+            Weights::Dense { k, n, .. } => (k, n),
+        }
+    }
+}
+
+/// Activations `x`, `[m, K]` row-major, as f32 or bf16 (widened exactly to f32).
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// f32 activations.
+    F32(&'a [f32]),
+    /// bf16 activations.
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> From<&'a [f32]> for Input<'a> {
+    fn from(x: &'a [f32]) -> Input<'a> {
+        Input::F32(x)
+    }
+}
+
+impl<'a> From<&'a [bf16]> for Input<'a> {
+    fn from(x: &'a [bf16]) -> Input<'a> {
+        Input::Bf16(x)
+    }
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::F32(x) => x.len(),
+            Input::Bf16(x) => x.len(),
+        }
+    }
+}
+
+/// Why a kernel refused its input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The weights are malformed: wrong kind, shape, component dtype or size, a non-finite
+    /// scale; for dense weights the component is named `weight`.
+    #[error(transparent)]
+    Scheme(#[from] SchemeError),
+    /// `x` does not hold `m * K` values.
+    #[error("activations hold {found} values, expected m * K = {expected}")]
+    InputLength {
+        /// `m * K` (saturated at `usize::MAX`).
+        expected: usize,
+        /// `x.len()`.
+        found: usize,
+    },
+}
+
+/// The bound the fast path keeps to: `2 * gamma(k + 1) * abs_dot`, where `abs_dot` is
+/// `sum_k |x[i][k]| * |W[k][n]|` and `gamma(j) = j u / (1 - j u)`, `u = 2^-24`.
+pub fn tolerance(k: usize, abs_dot: f64) -> f64 {
+    let ju = (k as f64 + 1.0) * f64::from(f32::EPSILON) / 2.0;
+    2.0 * ju / (1.0 - ju).max(f64::MIN_POSITIVE) * abs_dot
+}
+
+/// The logical `[k, n]` matrix, row-major f32, bit-exact with the scheme's `decode` (for
+/// dense weights: the stored values).
+pub fn dequantize(w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    let v = View::new(w)?;
+    let (k, n) = (v.k(), v.n());
+    let mut out = vec![0f32; k * n];
+    if n > 0 {
+        out.par_chunks_mut(n).enumerate().for_each(|(row, o)| {
+            for (col, o) in o.iter_mut().enumerate() {
+                *o = v.value(row, col);
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The logical `[k, n]` matrix as bf16: exact for WINT2 and dense bf16, round to nearest
+/// (ties to even) of [`dequantize`]'s f32 for wint8, wint4 and dense f32.
+pub fn dequantize_bf16(w: &Weights<'_>) -> Result<Vec<bf16>, KernelError> {
+    Ok(dequantize(w)?.into_iter().map(bf16::from_f32).collect())
+}
+
+/// `y = x * W` (`[m, N]`, row-major) by the reference loop: the specification (see the
+/// module documentation). Slow: it decodes every weight once per row of `x`.
+pub fn matmul_reference(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    let v = View::new(w)?;
+    let x = activations(x, m, v.k())?;
+    let (k, n) = (v.k(), v.n());
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for col in 0..n {
+            let mut acc = 0f32;
+            for row in 0..k {
+                acc += x[i * k + row] * v.value(row, col);
+            }
+            y[i * n + col] = acc;
+        }
+    }
+    Ok(y)
+}
+
+/// `y = x * W` (`[m, N]`, row-major), fast: tiles decoded from the packed bytes, rayon over
+/// column blocks, vectorised inner loops. Within [`tolerance`] of [`matmul_reference`]
+/// (bit-identical for WINT2 and dense weights); independent of the thread count.
+pub fn matmul(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    let v = View::new(w)?;
+    let x = activations(x, m, v.k())?;
+    Ok(match &v {
+        View::Wint2(s) => run_tiles(s, &x, m),
+        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m),
+        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m),
+        View::DenseF32(s) => run_tiles(s, &x, m),
+        View::DenseBf16(s) => run_tiles(s, &x, m),
+    })
+}
+
+/// Checks `x` and widens it to f32.
+fn activations(x: Input<'_>, m: usize, k: usize) -> Result<Vec<f32>, KernelError> {
+    let expected = m.checked_mul(k).unwrap_or(usize::MAX);
+    if x.len() != expected {
+        return Err(KernelError::InputLength { expected, found: x.len() });
+    }
+    Ok(match x {
+        Input::F32(x) => x.to_vec(),
+        Input::Bf16(x) => x.iter().map(|v| v.to_f32()).collect(),
+    })
+}
+
+/// Validated weights, ready for per-element reads and tile decoding.
+enum View<'a> {
+    Wint2(wint2::Wint2View<'a>),
+    Wint8(per_channel::PerChannelView<'a, 8>),
+    Wint4(per_channel::PerChannelView<'a, 4>),
+    DenseF32(dense::DenseView<'a, 4>),
+    DenseBf16(dense::DenseView<'a, 2>),
+}
+
+impl<'a> View<'a> {
+    fn new(w: &Weights<'a>) -> Result<View<'a>, SchemeError> {
+        match *w {
+            Weights::Packed(p) => {
+                let scheme: &dyn Scheme = match p.kind {
+                    SchemeKind::Wint2 => &Wint2::default(),
+                    SchemeKind::Wint8 => &Wint8::default(),
+                    SchemeKind::Wint4 => &Wint4::default(),
+                };
+                scheme.check_shape(p.k, p.n)?;
+                let mut parts = Vec::new();
+                for (name, dtype, shape) in scheme.component_layout(p.k, p.n) {
+                    parts.push(p.expect_component(name, dtype, &shape)?);
+                }
+                Ok(match p.kind {
+                    SchemeKind::Wint2 => View::Wint2(wint2::Wint2View::new(p.k, p.n, &parts)?),
+                    SchemeKind::Wint8 => View::Wint8(per_channel::PerChannelView::new(p.k, p.n, &parts)?),
+                    SchemeKind::Wint4 => View::Wint4(per_channel::PerChannelView::new(p.k, p.n, &parts)?),
+                })
+            }
+            Weights::Dense { dtype, bytes, k, n } => match dtype {
+                Dtype::F32 => Ok(View::DenseF32(dense::DenseView::new(bytes, k, n)?)),
+                Dtype::BF16 => Ok(View::DenseBf16(dense::DenseView::new(bytes, k, n)?)),
+                found => Err(SchemeError::ComponentDtype { name: "weight", expected: Dtype::BF16, found }),
+            },
+        }
+    }
+
+    fn k(&self) -> usize {
+        match self {
+            View::Wint2(s) => s.k(),
+            View::Wint8(s) => s.k(),
+            View::Wint4(s) => s.k(),
+            View::DenseF32(s) => s.k(),
+            View::DenseBf16(s) => s.k(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            View::Wint2(s) => s.n(),
+            View::Wint8(s) => s.n(),
+            View::Wint4(s) => s.n(),
+            View::DenseF32(s) => s.n(),
+            View::DenseBf16(s) => s.n(),
+        }
+    }
+
+    /// `W[row][col]`, decoded on its own: the reference decode.
+    fn value(&self, row: usize, col: usize) -> f32 {
+        match self {
+            View::Wint2(s) => s.value(row, col),
+            View::Wint8(s) => s.value(row, col),
+            View::Wint4(s) => s.value(row, col),
+            View::DenseF32(s) => s.value(row, col),
+            View::DenseBf16(s) => s.value(row, col),
+        }
+    }
+}
+
+/// A tile of the fast path: `TILE_K` rows (in the format's storage order) by `BLOCK_N`
+/// columns.
+pub(crate) type Tile = [[f32; BLOCK_N]; TILE_K];
+
+/// A format the fast path can decode tile by tile.
+pub(crate) trait TileSource: Sync {
+    /// Rows (inputs).
+    fn k(&self) -> usize;
+    /// Columns (outputs).
+    fn n(&self) -> usize;
+    /// Decodes rows `[t * TILE_K, t * TILE_K + rows)` of columns `[n0, n0 + BLOCK_N)` into
+    /// `tile` (row `r` of the tile is the format's `r`-th stored row of the tile, which
+    /// `x` has been permuted to match); columns past `n` are written as zeros. Must be
+    /// `#[inline(always)]` so that it is compiled with the caller's target features.
+    fn decode_tile(&self, t: usize, n0: usize, tile: &mut Tile);
+
+    /// For `m = 1`, a fused decode-and-accumulate of columns `[n0, n0 + BLOCK_N)` that never
+    /// stores a tile, if the format has one; it must add the same terms in the same order as
+    /// the tile path. `#[inline(always)]` like [`TileSource::decode_tile`].
+    #[inline(always)]
+    fn block_m1(&self, _x: &[f32], _n0: usize) -> Option<[f32; BLOCK_N]> {
+        None
+    }
+}
+
+/// The fast path's driver: one task per column block, results copied into `y` in order.
+fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
+    let n = s.n();
+    let blocks: Vec<Vec<[f32; BLOCK_N]>> =
+        (0..n.div_ceil(BLOCK_N)).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N)).collect();
+    let mut y = vec![0f32; m * n];
+    for (b, acc) in blocks.iter().enumerate() {
+        let n0 = b * BLOCK_N;
+        let w = BLOCK_N.min(n - n0);
+        for (i, a) in acc.iter().enumerate() {
+            y[i * n + n0..i * n + n0 + w].copy_from_slice(&a[..w]);
+        }
+    }
+    y
+}
+
+/// One column block, with the best instruction set this CPU has.
+fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `block_avx2` is compiled with.
+            return unsafe { block_avx2(s, x, m, n0) };
+        }
+    }
+    block_impl(s, x, m, n0)
+}
+
+/// [`block_impl`] compiled with AVX2 and FMA (the body is the same Rust code).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+    block_impl(s, x, m, n0)
+}
+
+/// Walks K tile by tile: decode the tile once, then accumulate it into every row's lanes
+/// (`acc[i][c] += x[i][k] * tile[k][c]`, k ascending within the tile's stored order).
+#[inline(always)]
+fn block_impl<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+    let k = s.k();
+    if m == 1 {
+        if let Some(a) = s.block_m1(x, n0) {
+            return vec![a];
+        }
+    }
+    let mut acc = vec![[0f32; BLOCK_N]; m];
+    let mut tile: Tile = [[0f32; BLOCK_N]; TILE_K];
+    for t in 0..k.div_ceil(TILE_K) {
+        let k0 = t * TILE_K;
+        let rows = TILE_K.min(k - k0);
+        s.decode_tile(t, n0, &mut tile);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let xr = &x[i * k + k0..i * k + k0 + rows];
+            let mut lanes = *a;
+            for (&xv, trow) in xr.iter().zip(&tile[..rows]) {
+                for c in 0..BLOCK_N {
+                    lanes[c] += xv * trow[c];
+                }
+            }
+            *a = lanes;
+        }
+    }
+    acc
+}

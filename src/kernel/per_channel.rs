@@ -1,0 +1,124 @@
+//! wint8 and wint4 for the kernels: the per-element reference decode and the tile decoder.
+//!
+//! Both layouts (`fastdeploy-layout.md`) keep each column's 64-row tile contiguous: for int8,
+//! column `n`'s rows `64t .. 64t+63` are the 64 bytes at
+//! `(n/2)*2K + t*128 + (n%2)*64`; for int4, the 64 nibbles from nibble address
+//! `2*((n/4)*2K + t*128 + (n%4)*32)`, low nibble first. Inside a tile the rows are
+//! interleaved: stored position `p` holds row [`ROW_OF_POS_8`]`[p]` (int8:
+//! `p = 16g + r`, row `16g + (r even ? r/2 : 8 + r/2)`) or [`ROW_OF_POS_4`]`[p]` (int4:
+//! `p = 32h + pp`, row `32h + 8*(pp%4) + pp/4`). The fast path reads tiles in stored order
+//! and permutes `x` to match once per call (`xp[64t + p] = x[64t + row_of_pos[p]]`), so
+//! decoding is a straight walk over bytes: `tile[p][c] = f32(q) * weight_scale[n0 + c]`.
+
+use super::{Tile, TileSource, BLOCK_N, TILE_K};
+use crate::scheme::wint4::nibble_address;
+use crate::scheme::wint8::byte_index;
+use crate::scheme::{finite_bf16s, Component, SchemeError};
+
+/// Row within the tile stored at int8 position `p`.
+pub(crate) const ROW_OF_POS_8: [usize; 64] = {
+    let mut t = [0usize; 64];
+    let mut p = 0;
+    while p < 64 {
+        let r = p % 16;
+        t[p] = (p / 16) * 16 + if r % 2 == 0 { r / 2 } else { 8 + r / 2 };
+        p += 1;
+    }
+    t
+};
+
+/// Row within the tile stored at int4 nibble position `p`.
+pub(crate) const ROW_OF_POS_4: [usize; 64] = {
+    let mut t = [0usize; 64];
+    let mut p = 0;
+    while p < 64 {
+        let pp = p % 32;
+        t[p] = (p / 32) * 32 + 8 * (pp % 4) + pp / 4;
+        p += 1;
+    }
+    t
+};
+
+/// A validated packed wint8 (`BITS = 8`) or wint4 (`BITS = 4`) matrix.
+pub(crate) struct PerChannelView<'a, const BITS: usize> {
+    k: usize,
+    n: usize,
+    quant_weight: &'a [u8],
+    weight_scale: Vec<f32>,
+}
+
+impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
+    /// `parts` are `quant_weight` and `weight_scale`, already checked for dtype, shape and
+    /// length.
+    pub(crate) fn new(k: usize, n: usize, parts: &[&'a Component]) -> Result<Self, SchemeError> {
+        Ok(PerChannelView { k, n, quant_weight: &parts[0].bytes, weight_scale: finite_bf16s(parts[1])? })
+    }
+
+    /// The signed code of element (`row`, `col`) by the layout's closed-form address.
+    fn code(&self, row: usize, col: usize) -> i32 {
+        if BITS == 8 {
+            i32::from(self.quant_weight[byte_index(self.k, row, col)]) - 128
+        } else {
+            let a = nibble_address(self.k, row, col);
+            let b = self.quant_weight[a / 2];
+            i32::from(if a % 2 == 0 { b & 15 } else { b >> 4 }) - 8
+        }
+    }
+
+    /// `W[row][col] = q * weight_scale[col]`.
+    pub(crate) fn value(&self, row: usize, col: usize) -> f32 {
+        self.code(row, col) as f32 * self.weight_scale[col]
+    }
+
+    /// `x` (`[m, K]`) with each 64-row tile's columns put in stored order.
+    pub(crate) fn permute_x(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let order = if BITS == 8 { &ROW_OF_POS_8 } else { &ROW_OF_POS_4 };
+        let mut out = vec![0f32; m * self.k];
+        for (o, xr) in out.chunks_exact_mut(TILE_K).zip(x.chunks_exact(TILE_K)) {
+            for (p, o) in o.iter_mut().enumerate() {
+                *o = xr[order[p]];
+            }
+        }
+        out
+    }
+}
+
+impl<const BITS: usize> TileSource for PerChannelView<'_, BITS> {
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    fn decode_tile(&self, t: usize, n0: usize, tile: &mut Tile) {
+        let (k, n) = (self.k, self.n);
+        let w = BLOCK_N.min(n - n0);
+        for c in 0..BLOCK_N {
+            if c >= w {
+                for row in tile.iter_mut() {
+                    row[c] = 0.0;
+                }
+                continue;
+            }
+            let col = n0 + c;
+            let s = self.weight_scale[col];
+            if BITS == 8 {
+                let base = (col / 2) * 2 * k + t * 128 + (col % 2) * 64;
+                let bytes = &self.quant_weight[base..base + 64];
+                for (row, &b) in tile.iter_mut().zip(bytes) {
+                    row[c] = (i32::from(b) - 128) as f32 * s;
+                }
+            } else {
+                let base = (col / 4) * 2 * k + t * 128 + (col % 4) * 32;
+                let bytes = &self.quant_weight[base..base + 32];
+                for (rows, &b) in tile.chunks_exact_mut(2).zip(bytes) {
+                    rows[0][c] = (i32::from(b & 15) - 8) as f32 * s;
+                    rows[1][c] = (i32::from(b >> 4) - 8) as f32 * s;
+                }
+            }
+        }
+    }
+}

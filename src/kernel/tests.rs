@@ -1,0 +1,344 @@
+//! Kernel tests: the reference against decode-then-naive-matmul (exact), the fast path
+//! against the reference (bit-identical for WINT2 and dense, within [`tolerance`] for
+//! wint8/wint4), random packed bytes, thread-count independence and typed errors.
+
+use half::bf16;
+use proptest::prelude::*;
+
+use super::*;
+use crate::rng::Rng;
+use crate::scheme::{Component, Scheme, Wint2, Wint4, Wint8};
+
+/// An owned test matrix in one of the five formats.
+enum Owned {
+    Packed(Packed),
+    Dense(Dtype, Vec<u8>, usize, usize),
+}
+
+impl Owned {
+    fn weights(&self) -> Weights<'_> {
+        match self {
+            Owned::Packed(p) => Weights::Packed(p),
+            Owned::Dense(dtype, bytes, k, n) => Weights::Dense { dtype: *dtype, bytes, k: *k, n: *n },
+        }
+    }
+}
+
+fn gaussian(k: usize, n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).normals(k * n)
+}
+
+/// The five formats of a `[k, n]` Gaussian (shapes each scheme can hold are the caller's job).
+fn make(format: &str, k: usize, n: usize, seed: u64) -> Owned {
+    let w = gaussian(k, n, seed);
+    match format {
+        "wint2" => Owned::Packed(Wint2::default().encode(&w, k, n, None).unwrap()),
+        "wint8" => Owned::Packed(Wint8::default().encode(&w, k, n, None).unwrap()),
+        "wint4" => Owned::Packed(Wint4::default().encode(&w, k, n, None).unwrap()),
+        "f32" => Owned::Dense(Dtype::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), k, n),
+        "bf16" => Owned::Dense(Dtype::BF16, w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(), k, n),
+        _ => unreachable!(),
+    }
+}
+
+/// The decoded matrix by the scheme itself (or the stored dense values).
+fn decoded(o: &Owned) -> Vec<f32> {
+    match o {
+        Owned::Packed(p) => match p.kind {
+            SchemeKind::Wint2 => Wint2::default().decode(p).unwrap(),
+            SchemeKind::Wint8 => Wint8::default().decode(p).unwrap(),
+            SchemeKind::Wint4 => Wint4::default().decode(p).unwrap(),
+        },
+        Owned::Dense(Dtype::F32, b, ..) => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Owned::Dense(_, b, ..) => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    }
+}
+
+fn naive(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for col in 0..n {
+            let mut acc = 0f32;
+            for row in 0..k {
+                acc += x[i * k + row] * w[row * n + col];
+            }
+            y[i * n + col] = acc;
+        }
+    }
+    y
+}
+
+/// `|fast - reference| <= tolerance(k, sum |x| |w|)` element by element; NaN only together.
+fn assert_within(fast: &[f32], reference: &[f32], x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Result<(), String> {
+    for i in 0..m {
+        for col in 0..n {
+            let (f, r) = (fast[i * n + col], reference[i * n + col]);
+            if r.is_nan() || f.is_nan() || r.is_infinite() {
+                if f.to_bits() != r.to_bits() && !(f.is_nan() && r.is_nan()) {
+                    return Err(format!("({i}, {col}): fast {f} reference {r}"));
+                }
+                continue;
+            }
+            let abs_dot: f64 = (0..k).map(|row| (x[i * k + row] as f64 * w[row * n + col] as f64).abs()).sum();
+            let bound = tolerance(k, abs_dot);
+            if ((f as f64) - (r as f64)).abs() > bound {
+                return Err(format!("({i}, {col}): fast {f} reference {r} differ by more than {bound:e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+const FORMATS: [&str; 5] = ["wint2", "wint8", "wint4", "bf16", "f32"];
+
+#[test]
+fn reference_is_decode_then_naive_matmul_exactly() {
+    for (format, k, n) in [("wint2", 128, 5), ("wint8", 64, 6), ("wint4", 128, 8), ("bf16", 70, 5), ("f32", 3, 7)] {
+        let o = make(format, k, n, 11);
+        let w = decoded(&o);
+        assert_eq!(dequantize(&o.weights()).unwrap(), w, "{format}");
+        let as_bf16: Vec<bf16> = w.iter().map(|v| bf16::from_f32(*v)).collect();
+        assert_eq!(dequantize_bf16(&o.weights()).unwrap(), as_bf16, "{format}");
+        for m in [1, 3] {
+            let x = gaussian(m, k, 12);
+            let y = matmul_reference(Input::F32(&x), m, &o.weights()).unwrap();
+            let want = naive(&x, m, &w, k, n);
+            assert_eq!(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{format} m {m}");
+        }
+    }
+}
+
+#[test]
+fn wint2_dequantize_bf16_is_exact() {
+    let o = make("wint2", 128, 9, 3);
+    let f = dequantize(&o.weights()).unwrap();
+    let b = dequantize_bf16(&o.weights()).unwrap();
+    assert!(f.iter().zip(&b).all(|(f, b)| b.to_f32() == *f));
+}
+
+#[test]
+fn fast_matches_reference_for_many_shapes() {
+    let shapes: &[(&str, usize, usize)] = &[
+        ("wint2", 128, 1), ("wint2", 256, 33), ("wint2", 128, 70),
+        ("wint8", 64, 2), ("wint8", 192, 34), ("wint8", 128, 66),
+        ("wint4", 64, 4), ("wint4", 128, 36), ("wint4", 192, 68),
+        ("bf16", 1, 1), ("bf16", 70, 33), ("f32", 130, 65), ("f32", 64, 32),
+    ];
+    for &(format, k, n) in shapes {
+        let o = make(format, k, n, (k * n) as u64);
+        let w = decoded(&o);
+        for m in [1, 8, 64] {
+            if m == 64 && k * n > 10_000 {
+                continue;
+            }
+            let x = gaussian(m, k, 7 + m as u64);
+            let r = matmul_reference(Input::F32(&x), m, &o.weights()).unwrap();
+            let f = matmul(Input::F32(&x), m, &o.weights()).unwrap();
+            assert_within(&f, &r, &x, m, &w, k, n).unwrap_or_else(|e| panic!("{format} [{m}, {k}] x [{k}, {n}]: {e}"));
+            if matches!(format, "wint2" | "bf16" | "f32") {
+                assert_eq!(f, r, "{format} m {m}: same order, bit-identical");
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_input_is_widened_exactly() {
+    let (m, k, n) = (2, 128, 10);
+    let xb: Vec<bf16> = gaussian(m, k, 5).iter().map(|v| bf16::from_f32(*v)).collect();
+    let xf: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+    for format in FORMATS {
+        let o = make(format, k, if format == "wint4" { 12 } else { n }, 4);
+        assert_eq!(matmul(Input::Bf16(&xb), m, &o.weights()).unwrap(), matmul(Input::F32(&xf), m, &o.weights()).unwrap());
+        assert_eq!(
+            matmul_reference(xb.as_slice().into(), m, &o.weights()).unwrap(),
+            matmul_reference(xf.as_slice().into(), m, &o.weights()).unwrap()
+        );
+    }
+}
+
+#[test]
+fn fast_path_is_independent_of_thread_count() {
+    let (m, k, n) = (3, 128, 100);
+    let x = gaussian(m, k, 9);
+    for format in FORMATS {
+        let o = make(format, k, n, 8);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| matmul(Input::F32(&x), m, &o.weights()).unwrap())
+        };
+        assert_eq!(run(1), run(3), "{format}");
+    }
+}
+
+#[test]
+fn empty_shapes() {
+    let o = make("f32", 0, 3, 1);
+    assert_eq!(matmul(Input::F32(&[]), 2, &o.weights()).unwrap(), vec![0.0; 6]);
+    let o = make("bf16", 4, 0, 1);
+    assert_eq!(matmul(Input::F32(&[1.0; 8]), 2, &o.weights()).unwrap(), Vec::<f32>::new());
+    let o = make("wint2", 128, 3, 1);
+    assert_eq!(matmul(Input::F32(&[]), 0, &o.weights()).unwrap(), Vec::<f32>::new());
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let o = make("wint2", 128, 4, 1);
+    let x = vec![0.5f32; 127];
+    assert_eq!(matmul(Input::F32(&x), 1, &o.weights()), Err(KernelError::InputLength { expected: 128, found: 127 }));
+    assert_eq!(matmul_reference(Input::F32(&x), 1, &o.weights()), Err(KernelError::InputLength { expected: 128, found: 127 }));
+    assert!(matches!(matmul(Input::F32(&x), usize::MAX, &o.weights()), Err(KernelError::InputLength { expected: usize::MAX, .. })));
+
+    let bytes = vec![0u8; 12];
+    let dense = |dtype, k, n| Weights::Dense { dtype, bytes: &bytes, k, n };
+    assert!(matches!(dequantize(&dense(Dtype::F16, 2, 3)), Err(KernelError::Scheme(SchemeError::ComponentDtype { name: "weight", .. }))));
+    assert_eq!(
+        dequantize(&dense(Dtype::F32, 2, 2)),
+        Err(KernelError::Scheme(SchemeError::ComponentLength { name: "weight", expected: 16, found: 12 }))
+    );
+    assert!(matches!(dequantize(&dense(Dtype::BF16, usize::MAX, 2)), Err(KernelError::Scheme(SchemeError::ComponentLength { .. }))));
+    assert!(dequantize(&dense(Dtype::BF16, 2, 3)).is_ok());
+
+    let Owned::Packed(good) = o else { unreachable!() };
+    let x = vec![0.5f32; 128];
+    let err = |p: &Packed| matmul(Input::F32(&x), 1, &Weights::Packed(p)).unwrap_err();
+    let mut p = good.clone();
+    p.components.remove(3);
+    assert_eq!(err(&p), KernelError::Scheme(SchemeError::MissingComponent { name: "code_scale" }));
+    let mut p = good.clone();
+    p.components[0].dtype = Dtype::I8;
+    assert!(matches!(err(&p), KernelError::Scheme(SchemeError::ComponentDtype { name: "quant_weight", .. })));
+    let mut p = good.clone();
+    p.components[0].bytes.pop();
+    assert!(matches!(err(&p), KernelError::Scheme(SchemeError::ComponentLength { name: "quant_weight", .. })));
+    let mut p = good.clone();
+    p.components[2].bytes[0..2].copy_from_slice(&bf16::NAN.to_le_bytes());
+    assert!(matches!(err(&p), KernelError::Scheme(SchemeError::NonFiniteParameter { name: "super_scales", .. })));
+    let mut p = good.clone();
+    p.k = 64;
+    assert!(matches!(err(&p), KernelError::Scheme(SchemeError::BadShape { .. })));
+
+    let Owned::Packed(mut p) = make("wint8", 64, 4, 2) else { unreachable!() };
+    p.components[1].shape = vec![3];
+    assert!(matches!(dequantize(&Weights::Packed(&p)), Err(KernelError::Scheme(SchemeError::ComponentShape { name: "weight_scale", .. }))));
+    let Owned::Packed(mut p) = make("wint4", 64, 4, 2) else { unreachable!() };
+    p.components[1].bytes[2..4].copy_from_slice(&bf16::INFINITY.to_le_bytes());
+    assert!(matches!(
+        matmul(Input::F32(&[0.0; 64]), 1, &Weights::Packed(&p)),
+        Err(KernelError::Scheme(SchemeError::NonFiniteParameter { name: "weight_scale", index: 1, .. }))
+    ));
+}
+
+/// A WINT2 matrix from arbitrary bytes and parameter bit patterns.
+fn wint2_from_bits(k: usize, n: usize, qw: Vec<u8>, ws: Vec<u8>, sup: Vec<u16>, cs: Vec<u32>, zp: Vec<u32>) -> Packed {
+    let comp = |name, dtype, shape: Vec<usize>, bytes| Component { name, dtype, shape, bytes };
+    Packed {
+        kind: SchemeKind::Wint2,
+        k,
+        n,
+        components: vec![
+            comp("quant_weight", Dtype::U8, vec![k / 4, n], qw),
+            comp("weight_scale", Dtype::U8, vec![k / 128, n], ws),
+            comp("super_scales", Dtype::BF16, vec![n], sup.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            comp("code_scale", Dtype::F32, vec![n], cs.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            comp("code_zp", Dtype::F32, vec![n], zp.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ],
+    }
+}
+
+fn wint2_strategy() -> impl Strategy<Value = Packed> {
+    (1usize..=2, 1usize..=40).prop_flat_map(|(kg, n)| {
+        let k = 128 * kg;
+        // Bit patterns: mostly moderate parameters, sometimes arbitrary (huge, NaN, inf).
+        let f32s = prop::collection::vec(prop_oneof![3 => (-1e4f32..1e4).prop_map(f32::to_bits), 1 => any::<u32>()], n);
+        let bf16s = prop::collection::vec(prop_oneof![3 => (-1e3f32..1e3).prop_map(|v| bf16::from_f32(v).to_bits()), 1 => any::<u16>()], n);
+        (
+            prop::collection::vec(any::<u8>(), k / 4 * n),
+            prop::collection::vec(any::<u8>(), k / 128 * n),
+            bf16s,
+            f32s.clone(),
+            f32s,
+        )
+            .prop_map(move |(qw, ws, sup, cs, zp)| wint2_from_bits(k, n, qw, ws, sup, cs, zp))
+    })
+}
+
+fn per_channel_strategy() -> impl Strategy<Value = Packed> {
+    (any::<bool>(), 1usize..=3, 1usize..=18).prop_flat_map(|(int8, kt, nq)| {
+        let (k, n) = (64 * kt, 4 * nq);
+        let len = if int8 { k * n } else { k * n / 2 };
+        (
+            prop::collection::vec(any::<u8>(), len),
+            prop::collection::vec((-1e20f32..1e20).prop_map(|v| bf16::from_f32(v).to_bits()), n),
+        )
+            .prop_map(move |(bytes, scales)| Packed {
+                kind: if int8 { SchemeKind::Wint8 } else { SchemeKind::Wint4 },
+                k,
+                n,
+                components: vec![
+                    Component { name: "quant_weight", dtype: Dtype::I8, shape: vec![len / k, k], bytes },
+                    Component {
+                        name: "weight_scale",
+                        dtype: Dtype::BF16,
+                        shape: vec![n],
+                        bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                    },
+                ],
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Arbitrary WINT2 bytes never panic: either a typed error (a non-finite parameter), or
+    /// a fast result bit-identical to the reference and a dequantization equal to decode.
+    #[test]
+    fn wint2_random_bytes(p in wint2_strategy(), m in prop_oneof![Just(1usize), Just(3), Just(8)], seed in 0u64..100) {
+        let w = Weights::Packed(&p);
+        let x = gaussian(m, p.k, seed);
+        match (matmul(Input::F32(&x), m, &w), matmul_reference(Input::F32(&x), m, &w)) {
+            (Ok(f), Ok(r)) => {
+                let bits = |v: &[f32]| v.iter().map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() }).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&f), bits(&r));
+                let d = dequantize(&w).unwrap();
+                prop_assert_eq!(bits(&d), bits(&Wint2::default().decode(&p).unwrap()));
+            }
+            (Err(a), Err(b)) => {
+                prop_assert_eq!(a.to_string(), b.to_string());
+                let is_non_finite = matches!(a, KernelError::Scheme(SchemeError::NonFiniteParameter { .. }));
+                prop_assert!(is_non_finite);
+            }
+            (a, b) => prop_assert!(false, "fast {:?} reference {:?}", a.is_ok(), b.is_ok()),
+        }
+    }
+
+    /// Arbitrary wint8/wint4 bytes with finite scales: fast within the tolerance of the
+    /// reference, dequantization equal to decode.
+    #[test]
+    fn per_channel_random_bytes(p in per_channel_strategy(), m in prop_oneof![Just(1usize), Just(2), Just(8)], seed in 0u64..100) {
+        let w = Weights::Packed(&p);
+        let x = gaussian(m, p.k, seed);
+        let d = dequantize(&w).unwrap();
+        let decoded = match p.kind { SchemeKind::Wint8 => Wint8::default().decode(&p), _ => Wint4::default().decode(&p) }.unwrap();
+        prop_assert_eq!(&d, &decoded);
+        let f = matmul(Input::F32(&x), m, &w).unwrap();
+        let r = matmul_reference(Input::F32(&x), m, &w).unwrap();
+        prop_assert!(assert_within(&f, &r, &x, m, &d, p.k, p.n).is_ok(), "{:?}", assert_within(&f, &r, &x, m, &d, p.k, p.n));
+    }
+
+    /// Arbitrary dense bytes (any bit pattern) never panic; bf16 and f32 fast paths equal
+    /// the reference bit for bit (NaN payloads aside).
+    #[test]
+    fn dense_random_bytes(f32s in any::<bool>(), k in 0usize..140, n in 0usize..40, seed in 0u64..100, fill in any::<u64>()) {
+        let size = if f32s { 4 } else { 2 };
+        let mut rng = Rng::new(fill);
+        let bytes: Vec<u8> = (0..k * n * size).map(|_| rng.next_u64() as u8).collect();
+        let w = Weights::Dense { dtype: if f32s { Dtype::F32 } else { Dtype::BF16 }, bytes: &bytes, k, n };
+        let x = gaussian(2, k, seed);
+        let f = matmul(Input::F32(&x), 2, &w).unwrap();
+        let r = matmul_reference(Input::F32(&x), 2, &w).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() }).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&f), bits(&r));
+    }
+}
