@@ -113,6 +113,16 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// An original and a quantized checkpoint that do not belong together.
+    #[error("{} and {} do not belong together:\n  {}", original.display(), quantized.display(), problems.join("\n  "))]
+    Mismatch {
+        /// The original checkpoint.
+        original: PathBuf,
+        /// The quantized checkpoint.
+        quantized: PathBuf,
+        /// Every mismatch found.
+        problems: Vec<String>,
+    },
     /// A file writer was given a different number of bytes than its header promised.
     #[error("{}: the header promises {expected} data bytes but {got} were given", file.display())]
     WriteSize {

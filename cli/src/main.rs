@@ -8,6 +8,7 @@ mod dequant;
 mod inspect;
 mod quantize;
 mod synth;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Measure the quality and speed of ccq's schemes and readers.
     Bench(bench::BenchArgs),
+    /// Measure how far a quantized checkpoint is from its original (per tensor and on
+    /// activations); exit 1 when a threshold is exceeded.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Dequant(args) => dequant::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -41,6 +41,15 @@ impl ErrorSums {
         s
     }
 
+    /// Adds the sums of another part of the same matrix.
+    pub fn merge(&mut self, other: &ErrorSums) {
+        self.ref_energy += other.ref_energy;
+        self.quant_energy += other.quant_energy;
+        self.dot += other.dot;
+        self.err_energy += other.err_energy;
+        self.max_abs = self.max_abs.max(other.max_abs);
+    }
+
     /// NMSE = sum e^2 / sum W^2 (0 when both are zero).
     pub fn nmse(&self) -> f64 {
         ratio(self.err_energy, self.ref_energy)

@@ -11,7 +11,10 @@
 
 pub mod metrics;
 pub mod report;
+pub mod run;
 pub mod thresholds;
+
+pub use run::{verify, VerifyOptions};
 
 use metrics::Stat;
 use serde::Serialize;

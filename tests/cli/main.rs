@@ -2,6 +2,7 @@
 
 mod dequant;
 mod quantize;
+mod verify;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,208 @@
+//! Running a verification: pair each quantized tensor with its original sources, then
+//! measure it.
+//!
+//! Pairing uses the quantized checkpoint's provenance record (`ccq-provenance.json`) when it
+//! has one, and otherwise regroups the original checkpoint the way `ccq quantize` would for
+//! the quantized checkpoint's layout (so a FastDeploy checkpoint made elsewhere can still be
+//! checked against an ERNIE 4.5 original). Everything that does not match, in either
+//! direction, is reported at once before any tensor is measured.
+
+use super::metrics::ErrorSums;
+use super::{TensorRow, Thresholds, VerifyReport};
+use crate::checkpoint::Checkpoint;
+use crate::convert::plan::{group_sources, OutputLayout};
+use crate::convert::run::logical_matrix;
+use crate::error::{Error, Result};
+use crate::kernel::{self, Input, Weights};
+use crate::layout::ModelLayout;
+use crate::quantized::{OwnedWeights, QuantizedCheckpoint, QuantizedTensor};
+use crate::rng::Rng;
+use std::collections::{HashMap, HashSet};
+
+/// Mismatches listed in full before the rest are counted.
+const MAX_LISTED: usize = 20;
+
+/// Options of [`verify`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOptions {
+    /// Rows of the Gaussian probe X used for the output error.
+    pub probe_rows: usize,
+    /// Seed of the probe.
+    pub seed: u64,
+    /// Pass/fail limits.
+    pub thresholds: Thresholds,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions { probe_rows: 32, seed: 0x5EED, thresholds: Thresholds::default() }
+    }
+}
+
+/// A quantized tensor with the original tensors whose columns it holds.
+struct Pairing<'a> {
+    tensor: &'a QuantizedTensor,
+    sources: Vec<(String, usize)>,
+    transposed: bool,
+}
+
+/// Measures every quantized tensor of `quant` against `original`, one tensor at a time, and
+/// calls `progress(done, total)` after each.
+pub fn verify(
+    original: &Checkpoint,
+    quant: &QuantizedCheckpoint,
+    options: &VerifyOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<VerifyReport> {
+    let model = ModelLayout::of(original)?;
+    let pairings = pair(original, &model, quant)?;
+    let mut rows = Vec::new();
+    for (i, p) in pairings.iter().enumerate() {
+        rows.extend(measure(original, &model, quant, p, options)?);
+        progress(i + 1, pairings.len());
+    }
+    let probe = format!(
+        "output error on a fixed-seed Gaussian probe X of {} rows per tensor (seed {:#x}; no calibration activations given)",
+        options.probe_rows, options.seed
+    );
+    Ok(VerifyReport::build(
+        original.path().display().to_string(),
+        quant.checkpoint().path().display().to_string(),
+        probe,
+        rows,
+        &options.thresholds,
+    ))
+}
+
+/// Pairs each packed tensor with its sources and checks the two checkpoints belong together.
+fn pair<'a>(original: &Checkpoint, model: &ModelLayout, quant: &'a QuantizedCheckpoint) -> Result<Vec<Pairing<'a>>> {
+    let regrouped: HashMap<String, (Vec<String>, bool)> = if quant.provenance().is_some() {
+        HashMap::new()
+    } else {
+        group_sources(original, model, quant.layout())
+            .into_iter()
+            .map(|g| {
+                let name = match quant.layout() {
+                    OutputLayout::FastDeploy => g.name.strip_suffix(".weight").unwrap_or(&g.name).to_string(),
+                    OutputLayout::Native => g.name.clone(),
+                };
+                (name, (g.sources.into_iter().map(|(_, s)| s).collect(), g.transpose))
+            })
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let mut pairings = Vec::new();
+    let mut covered = HashSet::new();
+    for t in quant.tensors() {
+        let (names, transposed) = match &t.sources {
+            Some(sources) => (sources.iter().map(|s| s.name.clone()).collect(), t.transposed),
+            None => match regrouped.get(&t.name).or_else(|| regrouped.get(&format!("{}.weight", t.name))) {
+                Some((names, transposed)) => (names.clone(), *transposed),
+                None => {
+                    problems.push(format!("'{}' has no counterpart in the original", t.name));
+                    continue;
+                }
+            },
+        };
+        match source_widths(original, t, &names, transposed) {
+            Ok(sources) => {
+                covered.extend(names.iter().cloned());
+                if t.is_quantized() {
+                    pairings.push(Pairing { tensor: t, sources, transposed });
+                }
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    let missing: Vec<&str> = original.tensors().iter().map(|t| t.name.as_str()).filter(|n| !covered.contains(*n)).collect();
+    if let Some(first) = missing.first() {
+        problems.push(format!("{} original tensor(s) are not in the quantized checkpoint (first: '{first}')", missing.len()));
+    }
+    if problems.len() > MAX_LISTED {
+        let more = problems.len() - MAX_LISTED;
+        problems.truncate(MAX_LISTED);
+        problems.push(format!("... and {more} more"));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Mismatch { original: original.path().to_path_buf(), quantized: quant.checkpoint().path().to_path_buf(), problems });
+    }
+    Ok(pairings)
+}
+
+/// Each source's column count in `t`'s logical matrix, checking that the shapes agree.
+fn source_widths(original: &Checkpoint, t: &QuantizedTensor, names: &[String], transposed: bool) -> std::result::Result<Vec<(String, usize)>, String> {
+    let mut out = Vec::new();
+    let mut total = 0;
+    for name in names {
+        let e = original.get(name).map_err(|_| format!("'{}' comes from '{name}', which the original does not have", t.name))?;
+        let (k, width) = match (e.shape.as_slice(), transposed) {
+            ([rows, cols], true) => (*cols, *rows),
+            ([rows, cols], false) => (*rows, *cols),
+            _ => (e.numel(), 1),
+        };
+        if k != t.k {
+            return Err(format!("'{}' has {} inputs but its source '{name}' {:?} has {k}", t.name, t.k, e.shape));
+        }
+        total += width;
+        out.push((name.clone(), width));
+    }
+    if total != t.n {
+        return Err(format!("'{}' has {} outputs but its sources give {total}", t.name, t.n));
+    }
+    Ok(out)
+}
+
+/// The figures of one packed tensor, one row per source.
+fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoint, p: &Pairing, options: &VerifyOptions) -> Result<Vec<TensorRow>> {
+    let t = p.tensor;
+    let names: Vec<String> = p.sources.iter().map(|(n, _)| n.clone()).collect();
+    let w = logical_matrix(original, &names, t.k, t.n, p.transposed)?;
+    let owned = quant.weights(t)?;
+    let packed = match &owned {
+        OwnedWeights::Packed(packed) => Weights::Packed(packed),
+        OwnedWeights::Dense(d) => Weights::Dense { dtype: d.dtype, bytes: &d.bytes, k: d.k, n: d.n },
+    };
+    let kernel_error = |e: kernel::KernelError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
+    let w_hat = kernel::dequantize(&packed).map_err(kernel_error)?;
+    let m = options.probe_rows.max(1);
+    let x = Rng::for_stream(options.seed, "probe", t.k as u64).normals(m * t.k);
+    let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let reference = Weights::Dense { dtype: crate::Dtype::F32, bytes: &w_bytes, k: t.k, n: t.n };
+    let y = kernel::matmul(Input::F32(&x), m, &reference).map_err(kernel_error)?;
+    let y_hat = kernel::matmul(Input::F32(&x), m, &packed).map_err(kernel_error)?;
+    quant.release(t);
+    let scheme = t.scheme.map_or("none", |s| s.name()).to_string();
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    for (name, width) in &p.sources {
+        let weights = column_sums(&w, &w_hat, t.n, offset, *width);
+        let outputs = column_sums(&y, &y_hat, t.n, offset, *width);
+        let class = model.classify(name);
+        rows.push(TensorRow {
+            name: name.clone(),
+            quantized: t.name.clone(),
+            scheme: scheme.clone(),
+            role: class.role.name().to_string(),
+            layer: class.layer,
+            expert: class.expert,
+            k: t.k,
+            n: *width,
+            nmse: weights.nmse(),
+            sqnr_db: weights.sqnr_db(),
+            cosine: weights.cosine(),
+            max_abs_err: weights.max_abs,
+            output_rel_err: outputs.relative_l2(),
+        });
+        offset += width;
+    }
+    Ok(rows)
+}
+
+/// Error sums over columns `offset..offset + width` of two row-major matrices `n` wide.
+fn column_sums(reference: &[f32], quantized: &[f32], n: usize, offset: usize, width: usize) -> ErrorSums {
+    let mut total = ErrorSums::default();
+    for (r, q) in reference.chunks_exact(n).zip(quantized.chunks_exact(n)) {
+        total.merge(&ErrorSums::of(&r[offset..offset + width], &q[offset..offset + width]));
+    }
+    total
+}

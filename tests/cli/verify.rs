@@ -1,0 +1,94 @@
+//! `ccq verify` end to end: figures that match an independent computation from `ccq dequant`'s
+//! output, thresholds and exit codes, reports, and checkpoints that do not belong together.
+
+use super::{ccq, repo, stdout, temp_dir};
+use ccq::Checkpoint;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// NMSE of every tensor of `dequant` against `original`, computed here from plain values.
+fn independent_nmse(original: &Checkpoint, dequant: &Checkpoint) -> BTreeMap<String, f64> {
+    original
+        .tensors()
+        .iter()
+        .map(|t| {
+            let w = original.read_f32(&t.name).unwrap();
+            let q = dequant.read_f32(&t.name).unwrap();
+            let err: f64 = w.iter().zip(&q).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+            let energy: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+            (t.name.clone(), err / energy)
+        })
+        .collect()
+}
+
+#[test]
+fn figures_match_dequant_and_thresholds_gate() {
+    let dir = temp_dir("verify");
+    let (q, dq) = (dir.join("q"), dir.join("dq"));
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let (qs, dqs) = (q.display().to_string(), dq.display().to_string());
+    stdout(&ccq(&["quantize", &src, "-o", &qs, "--w4-end-layer", "1", "--quiet"]));
+    stdout(&ccq(&["dequant", &qs, "-o", &dqs, "--quiet"]));
+    let report = dir.join("report.html");
+    let out = ccq(&["verify", &src, &qs, "--json", "--quiet", "--report", &report.display().to_string()]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let expected = independent_nmse(&Checkpoint::open(&src).unwrap(), &Checkpoint::open(&dq).unwrap());
+    let rows = v["tensors"].as_array().unwrap();
+    assert_eq!(rows.len(), 45, "every quantized source tensor has a row");
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        let nmse = row["nmse"].as_f64().unwrap();
+        let independent = expected[name];
+        // WINT2 values are bf16 and dequant writes them exactly. wint8/wint4 values are f32
+        // `q * scale`, which dequant rounds to bf16: that adds up to about (2^-9)^2 / 3 of
+        // relative noise energy (~1.3e-6), comparable to wint8's own error, hence the
+        // absolute term.
+        let (relative, absolute) = if row["scheme"] == "wint2" { (1e-9, 0.0) } else { (0.05, 1e-5) };
+        assert!((nmse - independent).abs() <= relative * independent + absolute, "{name}: {nmse} vs {independent}");
+        for key in ["sqnr_db", "cosine", "max_abs_err", "output_rel_err", "scheme", "quantized"] {
+            assert!(!row[key].is_null(), "{name} {key}");
+        }
+        assert!(row["output_rel_err"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(v["passed"], true);
+    assert!(v["by_scheme"].as_array().unwrap().iter().any(|g| g["key"] == "wint2"));
+    assert!(v["by_expert"].as_array().unwrap().iter().any(|g| g["key"] == "layer 2 expert 3"));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<svg") && html.contains("Worst tensors") && !html.contains("<script"));
+
+    // A limit below what was measured fails with exit 1 and names the offenders.
+    let worst_wint2 = rows.iter().filter(|r| r["scheme"] == "wint2").map(|r| r["nmse"].as_f64().unwrap()).fold(0.0, f64::max);
+    let below = format!("wint2={}", worst_wint2 * 0.999);
+    let fail = ccq(&["verify", &src, &qs, "--quiet", "--max-nmse", &below]);
+    assert_eq!(fail.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fail.stdout).contains("threshold(s) exceeded"));
+    let above = format!("wint2={}", worst_wint2 * 1.001);
+    let pass = ccq(&["verify", &src, &qs, "--quiet", "--max-nmse", &above, "--max-output-err", "1"]);
+    assert_eq!(pass.status.code(), Some(0));
+    let out_fail = ccq(&["verify", &src, &qs, "--quiet", "--max-output-err", "wint8=0.001"]);
+    assert_eq!(out_fail.status.code(), Some(1));
+
+    // Thresholds that do not parse: exit 2 before any work.
+    let bad = ccq(&["verify", &src, "/nonexistent", "--max-nmse", "wint3=0.1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scheme 'wint3'"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_that_do_not_belong_together_are_refused() {
+    let dir = temp_dir("verify-mismatch");
+    let q = dir.join("q").display().to_string();
+    stdout(&ccq(&["quantize", &repo("fixtures/ernie45-tiny-pt"), "-o", &q, "--quiet"]));
+    let r = ccq(&["verify", &repo("fixtures/ernie45-tiny-paddle"), &q]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("do not belong together") && err.contains("which the original does not have") && err.contains("more"), "{err}");
+    // A different model of the same naming: shapes disagree.
+    let other = dir.join("other").display().to_string();
+    stdout(&ccq(&["synth", "-o", &other, "--preset", "small", "--layers", "3"]));
+    let r = ccq(&["verify", &other, &q]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("inputs but its source"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
