@@ -138,6 +138,16 @@ pub enum OwnedWeights {
     Dense(DenseMatrix),
 }
 
+impl OwnedWeights {
+    /// The kernels' view of these weights.
+    pub fn as_kernel(&self) -> crate::kernel::Weights<'_> {
+        match self {
+            OwnedWeights::Packed(p) => crate::kernel::Weights::Packed(p),
+            OwnedWeights::Dense(d) => crate::kernel::Weights::Dense { dtype: d.dtype, bytes: &d.bytes, k: d.k, n: d.n },
+        }
+    }
+}
+
 /// An unquantized logical `[k, n]` matrix, in its stored element type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DenseMatrix {
@@ -268,6 +278,15 @@ impl QuantizedCheckpoint {
             false => raw.to_vec(),
         };
         Ok(OwnedWeights::Dense(DenseMatrix { dtype: entry.dtype, k: t.k, n: t.n, bytes }))
+    }
+
+    /// `y = x · What` for activations `x` (`[m, t.k]` row-major): the fast kernel
+    /// ([`crate::kernel::matmul`]) straight from the packed bytes, f32 accumulation; `y` is
+    /// `[m, t.n]`.
+    pub fn matmul(&self, t: &QuantizedTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let weights = self.weights(t)?;
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel())
+            .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })
     }
 
     /// Lets the kernel drop the pages of `t`'s stored tensors (see [`Checkpoint::release`]).

@@ -15,7 +15,7 @@ use crate::convert::run::logical_matrix;
 use crate::error::{Error, Result};
 use crate::kernel::{self, Input, Weights};
 use crate::layout::ModelLayout;
-use crate::quantized::{OwnedWeights, QuantizedCheckpoint, QuantizedTensor};
+use crate::quantized::{QuantizedCheckpoint, QuantizedTensor};
 use crate::rng::Rng;
 use std::collections::{HashMap, HashSet};
 
@@ -158,10 +158,7 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
     let names: Vec<String> = p.sources.iter().map(|(n, _)| n.clone()).collect();
     let w = logical_matrix(original, &names, t.k, t.n, p.transposed)?;
     let owned = quant.weights(t)?;
-    let packed = match &owned {
-        OwnedWeights::Packed(packed) => Weights::Packed(packed),
-        OwnedWeights::Dense(d) => Weights::Dense { dtype: d.dtype, bytes: &d.bytes, k: d.k, n: d.n },
-    };
+    let packed = owned.as_kernel();
     let kernel_error = |e: kernel::KernelError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
     let w_hat = kernel::dequantize(&packed).map_err(kernel_error)?;
     let m = options.probe_rows.max(1);
@@ -171,6 +168,9 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
     let y = kernel::matmul(Input::F32(&x), m, &reference).map_err(kernel_error)?;
     let y_hat = kernel::matmul(Input::F32(&x), m, &packed).map_err(kernel_error)?;
     quant.release(t);
+    for name in &names {
+        original.release(original.get(name)?);
+    }
     let scheme = t.scheme.map_or("none", |s| s.name()).to_string();
     let mut rows = Vec::new();
     let mut offset = 0;

@@ -92,3 +92,28 @@ fn checkpoints_that_do_not_belong_together_are_refused() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("inputs but its source"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn loader_api_multiplies_by_a_packed_tensor() {
+    use ccq::quantized::QuantizedCheckpoint;
+    let dir = temp_dir("loader-matmul");
+    let q = dir.join("q");
+    stdout(&ccq(&["quantize", &repo("fixtures/ernie45-tiny-pt"), "-o", &q.display().to_string(), "--w4-end-layer", "1", "--quiet"]));
+    let ckpt = QuantizedCheckpoint::open(&q).unwrap();
+    for name in ["ernie.layers.2.mlp.experts.1.up_gate_proj", "ernie.layers.1.mlp.experts.0.down_proj", "ernie.layers.0.self_attn.qkv_proj"] {
+        let t = ckpt.get(name).unwrap();
+        let m = 3;
+        let x: Vec<f32> = (0..m * t.k).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+        let y = ckpt.matmul(t, &x, m).unwrap();
+        let w = ckpt.dequantize(t).unwrap();
+        for r in 0..m {
+            for c in 0..t.n {
+                let exact: f64 = (0..t.k).map(|k| f64::from(x[r * t.k + k]) * f64::from(w[k * t.n + c])).sum();
+                let scale: f64 = (0..t.k).map(|k| (f64::from(x[r * t.k + k]) * f64::from(w[k * t.n + c])).abs()).sum();
+                assert!((f64::from(y[r * t.n + c]) - exact).abs() <= 1e-5 * scale + 1e-12, "{name} [{r}, {c}]");
+            }
+        }
+        assert!(ckpt.matmul(t, &x[1..], m).is_err(), "wrong x length is an error");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
