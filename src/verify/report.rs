@@ -14,8 +14,15 @@ pub fn html(report: &VerifyReport) -> String {
     out.push_str("td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}");
     out.push_str(".fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}svg text{font:11px sans-serif}</style></head><body>\n");
     let _ = writeln!(out, "<h1>ccq verify</h1><p>original <code>{}</code><br>quantized <code>{}</code><br>{}</p>", escape(&report.original), escape(&report.quantized), escape(&report.probe));
-    let verdict = if report.passed { "<p class=\"pass\">all thresholds met</p>" } else { "<p class=\"fail\">thresholds exceeded</p>" };
-    out.push_str(verdict);
+    if report.passed {
+        out.push_str("<p class=\"pass\">all thresholds met</p>\n");
+    } else {
+        let _ = writeln!(out, "<p class=\"fail\">{} threshold(s) exceeded</p><ul>", report.offenders.len());
+        for o in &report.offenders {
+            let _ = writeln!(out, "<li>{}: {} {:.4e} &gt; {:.4e}</li>", escape(&o.name), o.figure, o.value, o.limit);
+        }
+        out.push_str("</ul>\n");
+    }
     out.push_str("<h2>Expert NMSE, layers x experts</h2>\n");
     out.push_str(&heatmap(&report.tensors));
     out.push_str("<h2>NMSE per scheme</h2>\n");
@@ -59,9 +66,9 @@ fn heatmap(tensors: &[TensorRow]) -> String {
     let means: Vec<f64> = cells.values().map(|(s, n)| s / *n as f64).collect();
     let (lo, hi) = means.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let (lo, hi) = (lo.max(1e-12).ln(), hi.max(1e-12).ln());
-    let cell = (600 / experts.max(1)).clamp(4, 24);
+    let cell = (640 / experts.max(1)).clamp(4, 40);
     let (left, top) = (60, 20);
-    let (width, height) = (left + cell * experts + 10, top + cell * layers.len() + 30);
+    let (width, height) = ((left + cell * experts + 10).max(560), top + cell * layers.len() + 30);
     let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\">\n");
     for (row, layer) in layers.iter().enumerate() {
         let y = top + row * cell;
@@ -99,7 +106,8 @@ fn histograms(tensors: &[TensorRow]) -> String {
         let bins = (last - first + 1) as usize;
         let peak = counts.values().copied().max().unwrap_or(1);
         let (bar, h) = (30usize, 120usize);
-        let mut svg = format!("<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\">\n", escape(scheme), bins * bar + 20, h + 40);
+        let width = (bins * bar + 20).max(240);
+        let mut svg = format!("<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\">\n", escape(scheme), h + 40);
         for (i, b) in (first..=last).enumerate() {
             let n = counts.get(&b).copied().unwrap_or(0);
             let bh = n * h / peak;
