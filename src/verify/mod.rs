@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(r.offenders.len(), 1);
         assert_eq!((r.offenders[0].name.as_str(), r.offenders[0].figure), ("a", "nmse"));
         let html = report::html(&r);
-        assert!(html.contains("<svg") && html.contains("layer 10 expert 2") && html.contains("thresholds exceeded"));
+        assert!(html.contains("<svg") && html.contains("layer 10 expert 2") && html.contains("1 threshold(s) exceeded"));
         // Self-contained: no scripts, and no address but the SVG namespace.
         assert!(!html.contains("<script"));
         assert_eq!(html.matches("http").count(), html.matches("http://www.w3.org/2000/svg").count());
