@@ -161,6 +161,13 @@ pub enum Error {
         /// Shards completed so far.
         shards_done: usize,
     },
+    /// Input a model cannot run on (token ids, sequence lengths, missing config keys), found
+    /// before any weight is read.
+    #[error("{problem}")]
+    BadInput {
+        /// What is wrong, naming the sequence, token or key.
+        problem: String,
+    },
 }
 
 impl Error {

@@ -8,6 +8,8 @@
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
 //!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
+//! - [`model`]: the ERNIE 4.5 MoE forward pass (layer by layer, on original or quantized
+//!   weights), with routing and activation hooks, and `ccq eval`'s perplexity / KL figures;
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`verify`]: error figures, thresholds and reports comparing a quantized checkpoint with
 //!   its original;
@@ -23,6 +25,7 @@ pub mod error;
 pub mod inspect;
 pub mod kernel;
 pub mod layout;
+pub mod model;
 pub mod quantized;
 pub mod rng;
 pub mod scheme;

@@ -1,0 +1,173 @@
+//! End-to-end evaluation: how far a quantized model's predictions move from the original's.
+//!
+//! Both models run on the same token sequences ([`super::forward`], batch by batch). At every
+//! position `t` of a sequence but its last, each model gives a next-token distribution
+//! `P = softmax(logits_t)` (computed in f64) and the figures are, over all such positions:
+//!
+//! ```text
+//! ppl            = exp( mean( -ln P(token_{t+1}) ) )           one per model
+//! kld_mean       = mean( sum_v P_orig(v) (ln P_orig(v) - ln P_quant(v)) )
+//! top1_agreement = mean( argmax P_orig == argmax P_quant )     ties: the lowest id
+//! ```
+//!
+//! Token files ([`read_tokens`]) are a JSON array of sequences (arrays of ids), or raw
+//! little-endian u32 ids cut into sequences of `seq_len`.
+
+use super::{forward, NoObserver, WeightSource};
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// The figures `ccq eval` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Positions scored (every token but the last of each sequence).
+    pub tokens: usize,
+    /// Perplexity of the original model.
+    pub ppl_original: f64,
+    /// Perplexity of the quantized model.
+    pub ppl_quantized: f64,
+    /// Mean KL(P_orig || P_quant) of the next-token distributions, in nats.
+    pub kld_mean: f64,
+    /// Fraction of positions where both models' most likely next token agree.
+    pub top1_agreement: f64,
+}
+
+/// Reads token sequences: with `seq_len`, raw little-endian u32 cut into sequences of that
+/// many (the last may be shorter); without, a JSON array of arrays of ids.
+pub fn read_tokens(path: &Path, seq_len: Option<usize>) -> Result<Vec<Vec<u32>>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
+    let sequences = match seq_len {
+        Some(0) => return Err(bad("--seq-len must be positive".to_string())),
+        Some(n) => {
+            if bytes.len() % 4 != 0 {
+                return Err(bad(format!("{} bytes is not a whole number of little-endian u32 token ids", bytes.len())));
+            }
+            let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            ids.chunks(n).map(<[u32]>::to_vec).collect()
+        }
+        None => {
+            let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len"))
+            })?;
+            let seqs = json.as_array().ok_or_else(|| bad("must be a JSON array of sequences (arrays of token ids)".to_string()))?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for (s, seq) in seqs.iter().enumerate() {
+                let ids = seq.as_array().ok_or_else(|| bad(format!("sequence {s} is not an array of token ids")))?;
+                let ids = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_u64()
+                            .and_then(|v| u32::try_from(v).ok())
+                            .ok_or_else(|| bad(format!("sequence {s}, position {i}: {v} is not a token id (a u32)")))
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
+                out.push(ids);
+            }
+            out
+        }
+    };
+    Ok(sequences)
+}
+
+/// Checks that two models can be compared on `sequences` (same vocabulary and shape, valid
+/// tokens, at least one position to score), before any weight is read.
+pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>]) -> Result<()> {
+    let (a, b) = (original.config(), quantized.config());
+    if (a.vocab, a.hidden, a.layers) != (b.vocab, b.hidden, b.layers) {
+        return Err(Error::BadInput {
+            problem: format!(
+                "the models differ: vocab/hidden/layers {}/{}/{} vs {}/{}/{}",
+                a.vocab, a.hidden, a.layers, b.vocab, b.hidden, b.layers
+            ),
+        });
+    }
+    a.check_tokens(sequences)?;
+    b.check_tokens(sequences)?;
+    if sequences.iter().all(|s| s.len() < 2) {
+        return Err(Error::BadInput { problem: "every sequence has a single token: nothing to predict".to_string() });
+    }
+    Ok(())
+}
+
+/// Runs both models on `sequences`, `batch_tokens` tokens at a time (at least one sequence
+/// per batch), and returns the figures.
+pub fn evaluate(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>], batch_tokens: usize) -> Result<EvalReport> {
+    check(original, quantized, sequences)?;
+    let vocab = original.config().vocab;
+    let mut acc = Accumulator::default();
+    let mut start = 0;
+    while start < sequences.len() {
+        let mut end = start + 1;
+        let mut n = sequences[start].len();
+        while end < sequences.len() && n + sequences[end].len() <= batch_tokens {
+            n += sequences[end].len();
+            end += 1;
+        }
+        let batch = &sequences[start..end];
+        let lo = forward(original, batch, &mut NoObserver)?;
+        let lq = forward(quantized, batch, &mut NoObserver)?;
+        let mut row = 0;
+        for seq in batch {
+            for t in 0..seq.len() {
+                if t + 1 < seq.len() {
+                    let r = row + t;
+                    acc.add(&lo[r * vocab..(r + 1) * vocab], &lq[r * vocab..(r + 1) * vocab], seq[t + 1] as usize);
+                }
+            }
+            row += seq.len();
+        }
+        start = end;
+    }
+    Ok(acc.report())
+}
+
+#[derive(Default)]
+struct Accumulator {
+    n: usize,
+    nll_original: f64,
+    nll_quantized: f64,
+    kld: f64,
+    agree: usize,
+}
+
+/// `ln softmax(logits)` in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|&v| v as f64 - lse).collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Accumulator {
+    fn add(&mut self, original: &[f32], quantized: &[f32], next: usize) {
+        let (po, pq) = (log_softmax(original), log_softmax(quantized));
+        self.nll_original -= po[next];
+        self.nll_quantized -= pq[next];
+        self.kld += po.iter().zip(&pq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+        self.agree += usize::from(argmax(original) == argmax(quantized));
+        self.n += 1;
+    }
+
+    fn report(&self) -> EvalReport {
+        let n = self.n.max(1) as f64;
+        EvalReport {
+            tokens: self.n,
+            ppl_original: (self.nll_original / n).exp(),
+            ppl_quantized: (self.nll_quantized / n).exp(),
+            kld_mean: self.kld / n,
+            top1_agreement: self.agree as f64 / n,
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The ERNIE 4.5 MoE text forward pass, layer by layer, on original or quantized weights.
+//!
+//! # What it computes
+//! The reference is Hugging Face's `Ernie4_5_MoeForCausalLM` (transformers
+//! `models/ernie4_5_moe/modeling_ernie4_5_moe.py`: `Ernie4_5_MoeRMSNorm`, `rotate_half` +
+//! `apply_rotary_pos_emb` with `repeat_interleave`, `Ernie4_5_MoeTopKRouter`,
+//! `Ernie4_5_MoeSparseMoeBlock`), computed in f32 throughout (the reference runs bf16
+//! activations with f32 norms, rope and router):
+//!
+//! ```text
+//! h = E[token]
+//! for each layer l:
+//!     h += o( attn( rope(q(n1(h))), rope(k(n1(h))), v(n1(h)) ) )      n1 = input_layernorm
+//!     h += mlp_l( n2(h) )                                            n2 = post_attention_layernorm
+//! logits = lm_head( norm(h) )          lm_head = E^T when tie_word_embeddings
+//!
+//! rmsnorm(x) = w * x / sqrt(mean(x^2) + rms_norm_eps)
+//! rope (interleaved, GPT-J style), for head dim d, pair (2i, 2i+1), position p:
+//!     f_i = p * rope_theta^(-2i/d)
+//!     y[2i]   = x[2i] cos f_i - x[2i+1] sin f_i
+//!     y[2i+1] = x[2i+1] cos f_i + x[2i] sin f_i
+//! attention: grouped-query (query head h reads kv head h / (heads / kv_heads)),
+//!     softmax(q k^T / sqrt(d) + causal mask) v, no biases
+//! dense mlp (layers where MoeConfig::is_moe_layer is false): down(silu(gate x) * up x)
+//! moe mlp:
+//!     p = softmax(x · G)                      G = mlp.gate.weight, f32, [hidden, experts]
+//!     S = top-moe_k experts by p + b          b = mlp.moe_statics.e_score_correction_bias
+//!     w_e = p_e / max(sum_{e' in S} p_e', moe_norm_min)  for e in S   (un-biased p)
+//!     y = sum_{e in S} w_e expert_e(x) + shared(x)       (each a SwiGLU mlp)
+//! ```
+//! Ties in the top-k are broken towards the lower expert index.
+//!
+//! # Memory
+//! [`forward`] runs a batch of sequences one layer at a time: it asks its [`WeightSource`]
+//! for one layer's weights, runs every token of the batch through it, drops them and moves
+//! on, so it holds one layer's weights, the hidden states (`tokens x hidden`) and one
+//! sequence's attention scores (`heads x len x len`) at a time.
+//!
+//! # Weights
+//! Every projection is a [`Linear`] (`y = x W`, `x` is `[m, k]`); [`source::OriginalWeights`]
+//! reads an original checkpoint (PyTorch or Paddle naming) into f32 matrices,
+//! [`source::QuantizedWeights`] hands a quantized checkpoint's packed tensors to the kernels.
+//! Fused tensors (Paddle's `qkv_proj`, `up_gate_proj`) run once and are split by columns.
+//!
+//! # Hooks
+//! An [`Observer`] sees every linear's input rows (for an expert: only the tokens routed to
+//! it, with their token indices and routing weights) and every MoE layer's [`Routing`]: what
+//! per-expert calibration statistics are gathered from.
+
+pub mod eval;
+pub mod source;
+#[cfg(test)]
+mod tests;
+
+use crate::error::{Error, Result};
+use crate::layout::{ModelConfig, MoeConfig};
+use serde_json::Value;
+
+/// The default of `moe_norm_min` in the reference (`Ernie4_5_MoeConfig`).
+pub const DEFAULT_MOE_NORM_MIN: f64 = 1e-12;
+
+/// Everything the forward pass needs from `config.json`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardConfig {
+    /// `hidden_size`.
+    pub hidden: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `num_key_value_heads` (`heads` when absent).
+    pub kv_heads: usize,
+    /// `head_dim` (`hidden / heads` when absent).
+    pub head_dim: usize,
+    /// `vocab_size`.
+    pub vocab: usize,
+    /// `intermediate_size`: the dense MLP width.
+    pub intermediate: usize,
+    /// `moe_intermediate_size` (text experts).
+    pub moe_intermediate: usize,
+    /// Routed (text) experts per MoE layer.
+    pub experts: usize,
+    /// Experts chosen per token (`moe_k`).
+    pub top_k: usize,
+    /// `moe_num_shared_experts` (their MLP is `moe_intermediate * shared` wide).
+    pub shared_experts: usize,
+    /// `rms_norm_eps`.
+    pub rms_norm_eps: f32,
+    /// `rope_theta`.
+    pub rope_theta: f64,
+    /// `max_position_embeddings` (no limit when absent).
+    pub max_positions: Option<usize>,
+    /// `moe_norm_min`.
+    pub moe_norm_min: f32,
+    /// `tie_word_embeddings`.
+    pub tie_word_embeddings: bool,
+    /// Which layers are MoE.
+    pub moe: MoeConfig,
+}
+
+impl ForwardConfig {
+    /// Reads and checks the config; a missing key is an [`Error::BadInput`] naming it.
+    pub fn from_json(json: &Value, file: &std::path::Path) -> Result<ForwardConfig> {
+        let cfg = ModelConfig::from_json(json, file)?;
+        let missing = |key: &str| Error::BadInput {
+            problem: format!("{}: config lacks \"{key}\", which the forward pass needs", file.display()),
+        };
+        let float = |key: &str| json.get(key).and_then(Value::as_f64);
+        let Some(moe) = cfg.moe.clone() else {
+            return Err(missing("moe_num_experts"));
+        };
+        if !matches!(moe.rule, crate::layout::MoeLayerRule::Ernie { .. }) {
+            return Err(missing("moe_layer_start_index"));
+        }
+        let hidden = cfg.hidden_size.ok_or_else(|| missing("hidden_size"))?;
+        let heads = cfg.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
+        let kv_heads = cfg.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(Error::BadInput {
+                problem: format!("{}: num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})", file.display()),
+            });
+        }
+        let head_dim = cfg.head_dim.unwrap_or(hidden / heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(Error::BadInput { problem: format!("{}: head_dim {head_dim} must be even and positive", file.display()) });
+        }
+        let experts = moe.num_experts[0];
+        let top_k = moe.top_k.ok_or_else(|| missing("moe_k"))?;
+        if top_k == 0 || top_k > experts {
+            return Err(Error::BadInput { problem: format!("{}: moe_k {top_k} must be in 1..={experts}", file.display()) });
+        }
+        Ok(ForwardConfig {
+            hidden,
+            layers: cfg.num_hidden_layers.ok_or_else(|| missing("num_hidden_layers"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: cfg.vocab_size.ok_or_else(|| missing("vocab_size"))?,
+            intermediate: cfg.intermediate_size.ok_or_else(|| missing("intermediate_size"))?,
+            moe_intermediate: *moe.intermediate_size.first().ok_or_else(|| missing("moe_intermediate_size"))?,
+            experts,
+            top_k,
+            shared_experts: moe.num_shared_experts,
+            rms_norm_eps: float("rms_norm_eps").ok_or_else(|| missing("rms_norm_eps"))? as f32,
+            rope_theta: float("rope_theta").ok_or_else(|| missing("rope_theta"))?,
+            max_positions: json.get("max_position_embeddings").and_then(Value::as_u64).map(|v| v as usize),
+            moe_norm_min: float("moe_norm_min").unwrap_or(DEFAULT_MOE_NORM_MIN) as f32,
+            tie_word_embeddings: cfg.tie_word_embeddings,
+            moe,
+        })
+    }
+
+    /// Whether layer `i` is an MoE layer.
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        self.moe.is_moe_layer(i, self.layers)
+    }
+
+    /// Checks token sequences before any work: not empty, every id below `vocab`, no
+    /// sequence empty or longer than `max_position_embeddings`.
+    pub fn check_tokens(&self, sequences: &[Vec<u32>]) -> Result<()> {
+        let bad = |problem: String| Err(Error::BadInput { problem });
+        if sequences.is_empty() {
+            return bad("no token sequences given".to_string());
+        }
+        for (s, seq) in sequences.iter().enumerate() {
+            if seq.is_empty() {
+                return bad(format!("sequence {s} is empty"));
+            }
+            if let Some(max) = self.max_positions.filter(|&m| seq.len() > m) {
+                return bad(format!("sequence {s} has {} tokens, more than max_position_embeddings ({max})", seq.len()));
+            }
+            if let Some((i, t)) = seq.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
+                return bad(format!("sequence {s}, position {i}: token id {t} is outside the vocabulary (vocab_size {})", self.vocab));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A projection `y = x W`: `x` is `[m, k]`, `y` is `[m, n]`, both row-major.
+pub trait Linear {
+    /// Input width.
+    fn k(&self) -> usize;
+    /// Output width.
+    fn n(&self) -> usize;
+    /// `x W` for `m` rows.
+    fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>>;
+}
+
+/// Weights a kernel multiplies by ([`crate::kernel::matmul`]): packed, or dense f32/bf16.
+pub struct KernelLinear {
+    name: String,
+    weights: crate::quantized::OwnedWeights,
+}
+
+impl KernelLinear {
+    /// A dense f32 logical `[k, n]` matrix.
+    pub fn dense_f32(name: impl Into<String>, w: &[f32], k: usize, n: usize) -> KernelLinear {
+        let bytes = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let dense = crate::quantized::DenseMatrix { dtype: crate::Dtype::F32, k, n, bytes };
+        KernelLinear { name: name.into(), weights: crate::quantized::OwnedWeights::Dense(dense) }
+    }
+
+    /// Weights as a quantized checkpoint hands them out.
+    pub fn new(name: impl Into<String>, weights: crate::quantized::OwnedWeights) -> KernelLinear {
+        KernelLinear { name: name.into(), weights }
+    }
+}
+
+impl Linear for KernelLinear {
+    fn k(&self) -> usize {
+        self.weights.as_kernel().shape().0
+    }
+
+    fn n(&self) -> usize {
+        self.weights.as_kernel().shape().1
+    }
+
+    fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
+            .map_err(|e| Error::BadTensor { tensor: self.name.clone(), problem: e.to_string() })
+    }
+}
+
+/// Projections sharing one input: either one per output (`q`, `k`, `v`) or one fused
+/// tensor whose columns are the outputs side by side (`qkv_proj`), split after the matmul.
+pub struct Projections {
+    parts: Vec<Box<dyn Linear>>,
+    widths: Vec<usize>,
+}
+
+impl Projections {
+    /// `parts` is either one linear per entry of `widths`, or one fused linear of their sum.
+    pub fn new(name: &str, parts: Vec<Box<dyn Linear>>, widths: Vec<usize>, k: usize) -> Result<Projections> {
+        let bad = |problem: String| Err(Error::BadTensor { tensor: name.to_string(), problem });
+        let total: usize = widths.iter().sum();
+        match parts.len() {
+            1 if parts[0].n() != total => return bad(format!("fused width {} is not {total}", parts[0].n())),
+            n if n == widths.len() => {
+                for (p, &w) in parts.iter().zip(&widths) {
+                    if p.n() != w {
+                        return bad(format!("output width {} is not {w}", p.n()));
+                    }
+                }
+            }
+            1 => {}
+            n => return bad(format!("{n} parts for {} outputs", widths.len())),
+        }
+        if let Some(p) = parts.iter().find(|p| p.k() != k) {
+            return bad(format!("input width {} is not {k}", p.k()));
+        }
+        Ok(Projections { parts, widths })
+    }
+
+    /// One `[m, width_i]` output per width.
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+        if self.parts.len() == self.widths.len() {
+            return self.parts.iter().map(|p| p.forward(x, m)).collect();
+        }
+        let fused = self.parts[0].forward(x, m)?;
+        let total: usize = self.widths.iter().sum();
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(self.widths.len());
+        for &w in &self.widths {
+            let mut y = Vec::with_capacity(m * w);
+            for r in 0..m {
+                y.extend_from_slice(&fused[r * total + offset..r * total + offset + w]);
+            }
+            out.push(y);
+            offset += w;
+        }
+        Ok(out)
+    }
+}
+
+/// A SwiGLU MLP: `down(silu(gate x) * up x)`.
+pub struct SwiGlu {
+    /// `[gate, up]`, separate or fused.
+    pub gate_up: Projections,
+    /// The down projection.
+    pub down: Box<dyn Linear>,
+}
+
+/// An MoE block's weights.
+pub struct MoeWeights {
+    /// Router `[hidden, experts]`, f32.
+    pub router: Vec<f32>,
+    /// `e_score_correction_bias`, one per expert (zeros when the checkpoint has none).
+    pub bias: Vec<f32>,
+    /// The routed experts.
+    pub experts: Vec<SwiGlu>,
+    /// The shared experts' MLP, when there are any.
+    pub shared: Option<SwiGlu>,
+}
+
+/// A layer's MLP.
+pub enum Mlp {
+    /// A dense SwiGLU MLP.
+    Dense(SwiGlu),
+    /// A Mixture-of-Experts block.
+    Moe(MoeWeights),
+}
+
+/// One decoder layer's weights.
+pub struct LayerWeights {
+    /// `input_layernorm.weight`.
+    pub input_norm: Vec<f32>,
+    /// `post_attention_layernorm.weight`.
+    pub post_norm: Vec<f32>,
+    /// `[q, k, v]`, separate or fused.
+    pub qkv: Projections,
+    /// The output projection.
+    pub o: Box<dyn Linear>,
+    /// The MLP.
+    pub mlp: Mlp,
+}
+
+/// Where a model's weights come from, one layer at a time.
+pub trait WeightSource {
+    /// The checked config.
+    fn config(&self) -> &ForwardConfig;
+    /// The embedding rows of `tokens`, `[tokens.len(), hidden]`.
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Layer `i`'s weights.
+    fn layer(&self, i: usize) -> Result<LayerWeights>;
+    /// The final norm weight.
+    fn final_norm(&self) -> Result<Vec<f32>>;
+    /// The output projection `[hidden, vocab]` (the embedding, transposed, when tied).
+    fn lm_head(&self) -> Result<Box<dyn Linear>>;
+}
+
+/// Which block a linear belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Block {
+    /// Self-attention.
+    Attention,
+    /// A dense MLP.
+    DenseMlp,
+    /// An MoE layer's shared experts (their input is every token entering the MoE layer,
+    /// which is also the router's input).
+    SharedExperts,
+    /// Routed expert `e`.
+    Expert(usize),
+    /// The output projection.
+    LmHead,
+}
+
+/// Which linear input: tensors that share an input are reported once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearInput {
+    /// The input of q, k and v (or the fused qkv).
+    Qkv,
+    /// The input of the attention output projection.
+    O,
+    /// The input of gate and up (or the fused up_gate); in an MoE layer with
+    /// [`Block::SharedExperts`], also the router's.
+    GateUp,
+    /// The input of the down projection.
+    Down,
+    /// The lm_head input.
+    LmHead,
+}
+
+/// The rows one linear (or group sharing an input) receives.
+#[derive(Debug)]
+pub struct LinearRows<'a> {
+    /// Decoder layer (`layers` for the lm_head).
+    pub layer: usize,
+    /// Which block.
+    pub block: Block,
+    /// Which input.
+    pub input: LinearInput,
+    /// `[m, k]` row-major.
+    pub rows: &'a [f32],
+    /// Row width.
+    pub k: usize,
+    /// For a routed expert: the batch token index of each row.
+    pub tokens: Option<&'a [usize]>,
+    /// For a routed expert: each row's routing weight.
+    pub gate_weights: Option<&'a [f32]>,
+}
+
+/// An MoE layer's routing decisions for every token of the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// The layer.
+    pub layer: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// `[tokens, top_k]`: chosen experts, in decreasing order of biased score.
+    pub experts: Vec<usize>,
+    /// `[tokens, top_k]`: their renormalised (un-biased) probabilities.
+    pub weights: Vec<f32>,
+}
+
+/// Sees what the forward pass computes; every method does nothing by default.
+pub trait Observer {
+    /// The input rows of a linear (group).
+    fn on_linear_input(&mut self, _rows: &LinearRows<'_>) {}
+    /// An MoE layer's routing.
+    fn on_routing(&mut self, _routing: &Routing) {}
+    /// Called when layer `i` (or `layers` for the head) starts.
+    fn on_layer(&mut self, _i: usize) {}
+}
+
+/// An observer that records nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Records every [`Routing`].
+#[derive(Default)]
+pub struct RoutingRecorder {
+    /// The routings, in layer order.
+    pub routings: Vec<Routing>,
+}
+
+impl Observer for RoutingRecorder {
+    fn on_routing(&mut self, routing: &Routing) {
+        self.routings.push(routing.clone());
+    }
+}
+
+/// Runs `sequences` through the model and returns the logits `[total tokens, vocab]`
+/// (sequences back to back). Tokens are checked first ([`ForwardConfig::check_tokens`]).
+pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut dyn Observer) -> Result<Vec<f32>> {
+    let cfg = source.config().clone();
+    cfg.check_tokens(sequences)?;
+    let tokens: Vec<u32> = sequences.iter().flatten().copied().collect();
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let m = tokens.len();
+    let mut h = source.embed(&tokens)?;
+    for l in 0..cfg.layers {
+        observer.on_layer(l);
+        let w = source.layer(l)?;
+        let x = rms_norm(&h, &w.input_norm, cfg.rms_norm_eps);
+        let attn = attention(&cfg, &w, l, &x, &lengths, observer)?;
+        add(&mut h, &attn);
+        let x = rms_norm(&h, &w.post_norm, cfg.rms_norm_eps);
+        let y = match &w.mlp {
+            Mlp::Dense(mlp) => swiglu(mlp, &x, m, l, Block::DenseMlp, None, observer)?,
+            Mlp::Moe(moe) => moe_block(&cfg, moe, &x, m, l, observer)?,
+        };
+        add(&mut h, &y);
+    }
+    observer.on_layer(cfg.layers);
+    let x = rms_norm(&h, &source.final_norm()?, cfg.rms_norm_eps);
+    let head = source.lm_head()?;
+    observer.on_linear_input(&LinearRows {
+        layer: cfg.layers,
+        block: Block::LmHead,
+        input: LinearInput::LmHead,
+        rows: &x,
+        k: cfg.hidden,
+        tokens: None,
+        gate_weights: None,
+    });
+    head.forward(&x, m)
+}
+
+fn add(h: &mut [f32], y: &[f32]) {
+    for (a, b) in h.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `w * x / sqrt(mean(x^2) + eps)` per row.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(d) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, g)| g * (v * r)));
+    }
+    out
+}
+
+/// Interleaved rotary embedding, in place, on `[len, heads * d]` rows at positions 0..len.
+fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64) {
+    let width = heads * d;
+    let inv: Vec<f64> = (0..d / 2).map(|i| theta.powf(-((2 * i) as f64) / d as f64)).collect();
+    for (p, row) in x.chunks_exact_mut(width).enumerate() {
+        for (i, &f) in inv.iter().enumerate() {
+            let a = p as f64 * f;
+            let (s, c) = (a.sin() as f32, a.cos() as f32);
+            for h in 0..heads {
+                let j = h * d + 2 * i;
+                let (x0, x1) = (row[j], row[j + 1]);
+                row[j] = x0 * c - x1 * s;
+                row[j + 1] = x1 * c + x0 * s;
+            }
+        }
+    }
+}
+
+fn attention(
+    cfg: &ForwardConfig,
+    w: &LayerWeights,
+    layer: usize,
+    x: &[f32],
+    lengths: &[usize],
+    observer: &mut dyn Observer,
+) -> Result<Vec<f32>> {
+    let m = x.len() / cfg.hidden;
+    observer.on_linear_input(&LinearRows {
+        layer,
+        block: Block::Attention,
+        input: LinearInput::Qkv,
+        rows: x,
+        k: cfg.hidden,
+        tokens: None,
+        gate_weights: None,
+    });
+    let mut qkv = w.qkv.forward(x, m)?.into_iter();
+    let (mut q, mut k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+    let (d, hq, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+    let (qw, kw) = (hq * d, hk * d);
+    let group = hq / hk;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut ctx = vec![0.0f32; m * qw];
+    let mut start = 0;
+    for &len in lengths {
+        rope(&mut q[start * qw..(start + len) * qw], hq, d, cfg.rope_theta);
+        rope(&mut k[start * kw..(start + len) * kw], hk, d, cfg.rope_theta);
+        let mut scores = vec![0.0f32; len];
+        for h in 0..hq {
+            let kh = h / group;
+            for i in 0..len {
+                let qi = &q[(start + i) * qw + h * d..][..d];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores[..=i].iter_mut().enumerate() {
+                    let kj = &k[(start + j) * kw + kh * d..][..d];
+                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0.0f32;
+                for s in &mut scores[..=i] {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let out = &mut ctx[(start + i) * qw + h * d..][..d];
+                for (j, s) in scores[..=i].iter().enumerate() {
+                    let p = s / sum;
+                    let vj = &v[(start + j) * kw + kh * d..][..d];
+                    for (o, vv) in out.iter_mut().zip(vj) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        }
+        start += len;
+    }
+    observer.on_linear_input(&LinearRows {
+        layer,
+        block: Block::Attention,
+        input: LinearInput::O,
+        rows: &ctx,
+        k: qw,
+        tokens: None,
+        gate_weights: None,
+    });
+    w.o.forward(&ctx, m)
+}
+
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+fn swiglu(
+    mlp: &SwiGlu,
+    x: &[f32],
+    m: usize,
+    layer: usize,
+    block: Block,
+    routed: Option<(&[usize], &[f32])>,
+    observer: &mut dyn Observer,
+) -> Result<Vec<f32>> {
+    let k = x.len() / m.max(1);
+    let rows = |input, rows, k| LinearRows {
+        layer,
+        block,
+        input,
+        rows,
+        k,
+        tokens: routed.map(|r| r.0),
+        gate_weights: routed.map(|r| r.1),
+    };
+    observer.on_linear_input(&rows(LinearInput::GateUp, x, k));
+    let mut gu = mlp.gate_up.forward(x, m)?.into_iter();
+    let (gate, up) = (gu.next().unwrap(), gu.next().unwrap());
+    let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
+    let width = act.len() / m.max(1);
+    observer.on_linear_input(&LinearRows { rows: &act, ..rows(LinearInput::Down, x, width) });
+    mlp.down.forward(&act, m)
+}
+
+/// Routes every token: top-k on `softmax(x G) + bias`, weights renormalised.
+pub fn route(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], layer: usize) -> Routing {
+    let (hd, e, top_k) = (cfg.hidden, cfg.experts, cfg.top_k);
+    let mut experts = Vec::new();
+    let mut weights = Vec::new();
+    let mut logits = vec![0.0f32; e];
+    for row in x.chunks_exact(hd) {
+        logits.iter_mut().for_each(|l| *l = 0.0);
+        for (xi, grow) in row.iter().zip(moe.router.chunks_exact(e)) {
+            for (l, g) in logits.iter_mut().zip(grow) {
+                *l += xi * g;
+            }
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        let p: Vec<f32> = exps.iter().map(|v| v / sum).collect();
+        let mut order: Vec<usize> = (0..e).collect();
+        let score = |i: usize| p[i] + moe.bias[i];
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+        let chosen = &order[..top_k];
+        let total: f32 = chosen.iter().map(|&i| p[i]).sum::<f32>().max(cfg.moe_norm_min);
+        experts.extend_from_slice(chosen);
+        weights.extend(chosen.iter().map(|&i| p[i] / total));
+    }
+    Routing { layer, top_k, experts, weights }
+}
+
+fn moe_block(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], m: usize, layer: usize, observer: &mut dyn Observer) -> Result<Vec<f32>> {
+    let hd = cfg.hidden;
+    let routing = route(cfg, moe, x, layer);
+    observer.on_routing(&routing);
+    let mut y = match &moe.shared {
+        Some(shared) => swiglu(shared, x, m, layer, Block::SharedExperts, None, observer)?,
+        None => vec![0.0f32; m * hd],
+    };
+    for (e, expert) in moe.experts.iter().enumerate() {
+        let mut tokens = Vec::new();
+        let mut gates = Vec::new();
+        for (t, (chosen, w)) in routing.experts.chunks_exact(cfg.top_k).zip(routing.weights.chunks_exact(cfg.top_k)).enumerate() {
+            if let Some(slot) = chosen.iter().position(|&c| c == e) {
+                tokens.push(t);
+                gates.push(w[slot]);
+            }
+        }
+        if tokens.is_empty() {
+            continue;
+        }
+        let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hd..(t + 1) * hd].iter().copied()).collect();
+        let out = swiglu(expert, &rows, tokens.len(), layer, Block::Expert(e), Some((&tokens, &gates)), observer)?;
+        for ((&t, g), o) in tokens.iter().zip(&gates).zip(out.chunks_exact(hd)) {
+            for (a, b) in y[t * hd..(t + 1) * hd].iter_mut().zip(o) {
+                *a += g * b;
+            }
+        }
+    }
+    Ok(y)
+}

@@ -1,0 +1,304 @@
+//! Where the forward pass gets its weights: an original checkpoint or a quantized one.
+//!
+//! Both namings are understood. PyTorch (`model.` prefix): `self_attn.{q,k,v,o}_proj`,
+//! `mlp.{gate,up,down}_proj`, linear weights `[out, in]`, router `mlp.gate.weight`
+//! `[experts, hidden]`. Paddle (`ernie.` prefix): fused `self_attn.qkv_proj` (`[q | k | v]`
+//! columns) and `mlp.up_gate_proj` (`[gate | up]`), weights `[in, out]`, router
+//! `[hidden, experts]`. Which one a layer uses is decided by which tensors exist, so a
+//! FastDeploy checkpoint made from a PyTorch one (Paddle names) reads the same way.
+//!
+//! [`OriginalWeights`] assembles f32 logical `[k, n]` matrices
+//! ([`crate::convert::run::logical_matrix`]); [`QuantizedWeights`] hands each tensor's packed
+//! components (or its unquantized matrix) to [`crate::kernel::matmul`] as
+//! [`crate::quantized::QuantizedCheckpoint::weights`] gives them. Norms, the router, its
+//! bias and the embedding are read as stored in both. The lm_head, when tied, is the
+//! embedding transposed, in f32.
+
+use super::{ForwardConfig, KernelLinear, LayerWeights, Linear, Mlp, MoeWeights, Projections, SwiGlu, WeightSource};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::quantized::QuantizedCheckpoint;
+
+/// How a checkpoint stores its linears.
+trait Store {
+    fn ckpt(&self) -> &Checkpoint;
+    /// Whether the linear `module` (no `.weight`) exists.
+    fn has_linear(&self, module: &str) -> bool;
+    /// The linear `module`, checked to be logical `[k, n]`.
+    fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>>;
+}
+
+/// A checkpoint's weights behind [`WeightSource`].
+struct Source<S> {
+    store: S,
+    cfg: ForwardConfig,
+    prefix: &'static str,
+    paddle: bool,
+}
+
+/// An original (unquantized) checkpoint, either naming.
+pub struct OriginalWeights<'a>(Source<OriginalStore<'a>>);
+
+/// A quantized checkpoint (FastDeploy or native layout), through the packed kernels.
+pub struct QuantizedWeights<'a>(Source<QuantStore<'a>>);
+
+struct OriginalStore<'a> {
+    ckpt: &'a Checkpoint,
+    paddle: bool,
+}
+
+struct QuantStore<'a> {
+    q: &'a QuantizedCheckpoint,
+}
+
+fn config_of(ckpt: &Checkpoint) -> Result<ForwardConfig> {
+    let file = ckpt.path().join(crate::checkpoint::CONFIG_FILE);
+    let json = ckpt.config().ok_or_else(|| Error::BadInput {
+        problem: format!("{}: no config.json; the forward pass needs the model's config", ckpt.path().display()),
+    })?;
+    ForwardConfig::from_json(json, &file)
+}
+
+fn is_paddle(ckpt: &Checkpoint) -> bool {
+    ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."))
+}
+
+impl<'a> OriginalWeights<'a> {
+    /// Reads and checks the config of an original checkpoint.
+    pub fn new(ckpt: &'a Checkpoint) -> Result<OriginalWeights<'a>> {
+        let paddle = is_paddle(ckpt);
+        Source::new(OriginalStore { ckpt, paddle }, config_of(ckpt)?).map(OriginalWeights)
+    }
+}
+
+impl<'a> QuantizedWeights<'a> {
+    /// Reads and checks the config of a quantized checkpoint.
+    pub fn new(q: &'a QuantizedCheckpoint) -> Result<QuantizedWeights<'a>> {
+        Source::new(QuantStore { q }, config_of(q.checkpoint())?).map(QuantizedWeights)
+    }
+}
+
+impl<S: Store> Source<S> {
+    fn new(store: S, cfg: ForwardConfig) -> Result<Source<S>> {
+        let paddle = is_paddle(store.ckpt());
+        let prefix = if paddle { "ernie." } else { "model." };
+        let source = Source { store, cfg, prefix, paddle };
+        source.ckpt().get(&source.embed_name())?;
+        Ok(source)
+    }
+
+    fn ckpt(&self) -> &Checkpoint {
+        self.store.ckpt()
+    }
+
+    fn embed_name(&self) -> String {
+        format!("{}embed_tokens.weight", self.prefix)
+    }
+
+    /// A 1-D f32 weight of `len` values (the first `len` when longer, e.g. the VL bias).
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let mut v = self.ckpt().read_f32(name)?;
+        if v.len() < len {
+            return Err(Error::BadTensor { tensor: name.to_string(), problem: format!("has {} values, expected {len}", v.len()) });
+        }
+        v.truncate(len);
+        Ok(v)
+    }
+
+    /// A stored matrix as logical `[k, n]` f32: stored `[k, n]` or `[n, k]` (by shape; by
+    /// naming when square).
+    fn matrix(&self, name: &str, k: usize, n: usize) -> Result<Vec<f32>> {
+        let entry = self.ckpt().get(name)?;
+        let transpose = match entry.shape.as_slice() {
+            [a, b] if (*a, *b) == (k, n) && (*a, *b) == (n, k) => !self.paddle,
+            [a, b] if (*a, *b) == (k, n) => false,
+            [a, b] if (*a, *b) == (n, k) => true,
+            s => return Err(Error::BadTensor { tensor: name.to_string(), problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]") }),
+        };
+        crate::convert::run::logical_matrix(self.ckpt(), &[name.to_string()], k, n, transpose)
+    }
+
+    fn projections(&self, module: &str, fused: &str, separate: &[&str], widths: Vec<usize>, k: usize) -> Result<Projections> {
+        let fused_name = format!("{module}.{fused}");
+        let parts = if self.store.has_linear(&fused_name) {
+            vec![self.store.linear(&fused_name, k, widths.iter().sum())?]
+        } else {
+            separate
+                .iter()
+                .zip(&widths)
+                .map(|(s, &w)| self.store.linear(&format!("{module}.{s}"), k, w))
+                .collect::<Result<Vec<_>>>()?
+        };
+        Projections::new(&fused_name, parts, widths, k)
+    }
+
+    fn swiglu(&self, module: &str, width: usize) -> Result<SwiGlu> {
+        let h = self.cfg.hidden;
+        Ok(SwiGlu {
+            gate_up: self.projections(module, "up_gate_proj", &["gate_proj", "up_proj"], vec![width, width], h)?,
+            down: self.store.linear(&format!("{module}.down_proj"), width, h)?,
+        })
+    }
+}
+
+impl<S: Store> WeightSource for Source<S> {
+    fn config(&self) -> &ForwardConfig {
+        &self.cfg
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let (h, vocab) = (self.cfg.hidden, self.cfg.vocab);
+        let entry = self.ckpt().get(&self.embed_name())?;
+        if entry.shape != [vocab, h] {
+            return Err(Error::BadTensor { tensor: entry.name.clone(), problem: format!("shape {:?} is not [{vocab}, {h}]", entry.shape) });
+        }
+        let conversion = self.ckpt().conversion(entry)?;
+        let bytes = self.ckpt().raw_bytes(entry)?;
+        let row = h * conversion.element_size();
+        let mut out = vec![0.0f32; tokens.len() * h];
+        for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(h)) {
+            conversion.convert(&bytes[t as usize * row..(t as usize + 1) * row], o);
+        }
+        Ok(out)
+    }
+
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        let c = &self.cfg;
+        let base = format!("{}layers.{i}", self.prefix);
+        let attn = format!("{base}.self_attn");
+        let (qw, kvw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let qkv = self.projections(&attn, "qkv_proj", &["q_proj", "k_proj", "v_proj"], vec![qw, kvw, kvw], c.hidden)?;
+        let o = self.store.linear(&format!("{attn}.o_proj"), qw, c.hidden)?;
+        let mlp = if c.is_moe_layer(i) {
+            let router = self.matrix(&format!("{base}.mlp.gate.weight"), c.hidden, c.experts)?;
+            let bias_name = format!("{base}.mlp.moe_statics.e_score_correction_bias");
+            let bias = match self.ckpt().get(&bias_name) {
+                Ok(_) => self.vector(&bias_name, c.experts)?,
+                Err(_) => vec![0.0; c.experts],
+            };
+            let experts = (0..c.experts)
+                .map(|e| self.swiglu(&format!("{base}.mlp.experts.{e}"), c.moe_intermediate))
+                .collect::<Result<Vec<_>>>()?;
+            let shared = match c.shared_experts {
+                0 => None,
+                n => Some(self.swiglu(&format!("{base}.mlp.shared_experts"), c.moe_intermediate * n)?),
+            };
+            Mlp::Moe(MoeWeights { router, bias, experts, shared })
+        } else {
+            Mlp::Dense(self.swiglu(&format!("{base}.mlp"), c.intermediate)?)
+        };
+        Ok(LayerWeights {
+            input_norm: self.vector(&format!("{base}.input_layernorm.weight"), c.hidden)?,
+            post_norm: self.vector(&format!("{base}.post_attention_layernorm.weight"), c.hidden)?,
+            qkv,
+            o,
+            mlp,
+        })
+    }
+
+    fn final_norm(&self) -> Result<Vec<f32>> {
+        self.vector(&format!("{}norm.weight", self.prefix), self.cfg.hidden)
+    }
+
+    fn lm_head(&self) -> Result<Box<dyn Linear>> {
+        let (h, vocab) = (self.cfg.hidden, self.cfg.vocab);
+        if self.cfg.tie_word_embeddings || !self.store.has_linear("lm_head") {
+            if !self.cfg.tie_word_embeddings {
+                return Err(Error::TensorNotFound { checkpoint: self.ckpt().path().to_path_buf(), tensor: "lm_head.weight".to_string() });
+            }
+            // E is stored [vocab, hidden]; the head's logical [hidden, vocab] is its transpose.
+            let w = crate::convert::run::logical_matrix(self.ckpt(), &[self.embed_name()], h, vocab, true)?;
+            return Ok(Box::new(KernelLinear::dense_f32(self.embed_name(), &w, h, vocab)));
+        }
+        self.store.linear("lm_head", h, vocab)
+    }
+}
+
+impl Store for OriginalStore<'_> {
+    fn ckpt(&self) -> &Checkpoint {
+        self.ckpt
+    }
+
+    fn has_linear(&self, module: &str) -> bool {
+        self.ckpt.get(&format!("{module}.weight")).is_ok()
+    }
+
+    fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
+        let name = format!("{module}.weight");
+        let entry = self.ckpt.get(&name)?;
+        // PyTorch stores [out, in], Paddle [in, out]; an lm_head of either may be either.
+        let transpose = match entry.shape.as_slice() {
+            [a, b] if (*a, *b) == (n, k) && (k != n || !self.paddle) => true,
+            [a, b] if (*a, *b) == (k, n) => false,
+            s => return Err(Error::BadTensor { tensor: name, problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]") }),
+        };
+        let w = crate::convert::run::logical_matrix(self.ckpt, &[name.clone()], k, n, transpose)?;
+        self.ckpt.release(entry);
+        Ok(Box::new(KernelLinear::dense_f32(name, &w, k, n)))
+    }
+}
+
+impl QuantStore<'_> {
+    fn find(&self, module: &str) -> Option<&crate::quantized::QuantizedTensor> {
+        self.q.get(module).or_else(|_| self.q.get(&format!("{module}.weight"))).ok()
+    }
+}
+
+impl Store for QuantStore<'_> {
+    fn ckpt(&self) -> &Checkpoint {
+        self.q.checkpoint()
+    }
+
+    fn has_linear(&self, module: &str) -> bool {
+        self.find(module).is_some()
+    }
+
+    fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
+        let t = self.find(module).ok_or_else(|| Error::TensorNotFound {
+            checkpoint: self.q.checkpoint().path().to_path_buf(),
+            tensor: module.to_string(),
+        })?;
+        if (t.k, t.n) != (k, n) {
+            return Err(Error::BadTensor { tensor: t.name.clone(), problem: format!("logical shape [{}, {}] is not [{k}, {n}]", t.k, t.n) });
+        }
+        let weights = self.q.weights(t)?;
+        self.q.release(t);
+        Ok(Box::new(KernelLinear::new(t.name.clone(), weights)))
+    }
+}
+
+impl WeightSource for OriginalWeights<'_> {
+    fn config(&self) -> &ForwardConfig {
+        self.0.config()
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.embed(tokens)
+    }
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        self.0.layer(i)
+    }
+    fn final_norm(&self) -> Result<Vec<f32>> {
+        self.0.final_norm()
+    }
+    fn lm_head(&self) -> Result<Box<dyn Linear>> {
+        self.0.lm_head()
+    }
+}
+
+impl WeightSource for QuantizedWeights<'_> {
+    fn config(&self) -> &ForwardConfig {
+        self.0.config()
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.0.embed(tokens)
+    }
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        self.0.layer(i)
+    }
+    fn final_norm(&self) -> Result<Vec<f32>> {
+        self.0.final_norm()
+    }
+    fn lm_head(&self) -> Result<Box<dyn Linear>> {
+        self.0.lm_head()
+    }
+}

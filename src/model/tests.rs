@@ -1,0 +1,238 @@
+//! The forward pass against numpy golden values, across namings and layouts, and its errors.
+
+use super::eval::{evaluate, read_tokens};
+use super::source::{OriginalWeights, QuantizedWeights};
+use super::*;
+use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset, Rule};
+use crate::layout::ModelLayout;
+use crate::quantized::QuantizedCheckpoint;
+use crate::Checkpoint;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// `fixtures/ernie45-tiny-pt` converted with `preset` and `overrides` into `layout`.
+fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -> PathBuf {
+    let src = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let model = ModelLayout::of(&src).unwrap();
+    let rules = overrides.iter().map(|r| Rule::parse(r).unwrap()).collect();
+    let policy = Policy { preset: Preset::from_name(preset, 0).unwrap(), rules };
+    let options = PlanOptions { layout, policy: &policy, fallback: None, shard_size: u64::MAX };
+    let plan = Plan::build(&src, &model, &options).unwrap();
+    let dir = std::env::temp_dir().join(format!("ccq-model-{tag}-{}", std::process::id()));
+    let opts = ConvertOptions {
+        effort: Default::default(),
+        force: true,
+        resume: false,
+        fingerprint_extra: String::new(),
+        stop_after_shards: None,
+        provenance_options: json!({}),
+    };
+    let quant_config = match layout {
+        OutputLayout::FastDeploy => Some(convert::fastdeploy::quantization_config(&plan).unwrap()),
+        OutputLayout::Native => None,
+    };
+    let config = src.config().cloned();
+    let extra = |work: &Path| match &quant_config {
+        Some(q) => convert::fastdeploy::write_config(config.as_ref(), q.clone(), work),
+        None => convert::run::write_json(&work.join("config.json"), config.as_ref().unwrap()),
+    };
+    convert::convert(&src, &plan, &dir, &opts, &extra, &mut |_| {}).unwrap();
+    dir
+}
+
+struct Golden {
+    sequences: Vec<Vec<u32>>,
+    /// Per sequence: `[len][vocab]`.
+    logits: Vec<Vec<Vec<f64>>>,
+    /// Per sequence, per MoE layer: (layer, experts per token, weights per token).
+    routing: Vec<Vec<(usize, Vec<Vec<usize>>, Vec<Vec<f64>>)>>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> T {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn golden() -> Golden {
+    let text = std::fs::read_to_string(fixture("forward-golden.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let seqs = v["sequences"].as_array().unwrap();
+    Golden {
+        sequences: seqs.iter().map(|s| parse(&s["tokens"])).collect(),
+        logits: seqs.iter().map(|s| parse(&s["logits"])).collect(),
+        routing: seqs
+            .iter()
+            .map(|s| {
+                s["routing"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| (parse(&r["layer"]), parse(&r["experts"]), parse(&r["weights"])))
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+fn run(source: &dyn WeightSource, sequences: &[Vec<u32>]) -> (Vec<f32>, Vec<Routing>) {
+    let mut rec = RoutingRecorder::default();
+    let logits = forward(source, sequences, &mut rec).unwrap();
+    (logits, rec.routings)
+}
+
+/// Logits within 1e-4 of the row's largest magnitude; routing choices exact; routing
+/// weights within 1e-5. All sequences run as one batch.
+#[test]
+fn matches_numpy_golden() {
+    let g = golden();
+    let ckpt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let source = OriginalWeights::new(&ckpt).unwrap();
+    let vocab = source.config().vocab;
+    let (logits, routings) = run(&source, &g.sequences);
+    assert_eq!(routings.len(), 2);
+    let mut row = 0;
+    for (s, seq) in g.sequences.iter().enumerate() {
+        for t in 0..seq.len() {
+            let want = &g.logits[s][t];
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (j, w) in want.iter().enumerate() {
+                let got = logits[(row + t) * vocab + j] as f64;
+                assert!((got - w).abs() <= 1e-4 * scale, "sequence {s} position {t} logit {j}: {got} vs {w}");
+            }
+            for (r, (layer, experts, weights)) in routings.iter().zip(&g.routing[s]) {
+                assert_eq!(r.layer, *layer);
+                let k = r.top_k;
+                assert_eq!(&r.experts[(row + t) * k..(row + t + 1) * k], experts[t].as_slice(), "layer {layer} seq {s} pos {t}");
+                for (a, b) in r.weights[(row + t) * k..(row + t + 1) * k].iter().zip(&weights[t]) {
+                    assert!((*a as f64 - b).abs() <= 1e-5, "layer {layer} seq {s} pos {t}: weight {a} vs {b}");
+                }
+            }
+        }
+        row += seq.len();
+    }
+}
+
+/// The same weights in Paddle naming (fused qkv / up_gate, [in, out]; written by the
+/// FastDeploy layout with nothing quantized) give bit-identical logits and routing, read
+/// as an original checkpoint and as a quantized one; so does the native layout.
+#[test]
+fn namings_and_layouts_agree_bit_for_bit() {
+    let g = golden();
+    let pt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let want = run(&OriginalWeights::new(&pt).unwrap(), &g.sequences);
+    let paddle_dir = quantize("paddle-none", OutputLayout::FastDeploy, "wint8", &[".=none"]);
+    let paddle = Checkpoint::open(&paddle_dir).unwrap();
+    assert!(paddle.get("ernie.layers.0.self_attn.qkv_proj.weight").is_ok());
+    assert_eq!(run(&OriginalWeights::new(&paddle).unwrap(), &g.sequences), want);
+    let q = QuantizedCheckpoint::open(&paddle_dir).unwrap();
+    assert_eq!(run(&QuantizedWeights::new(&q).unwrap(), &g.sequences), want);
+    let native_dir = quantize("native-none", OutputLayout::Native, "wint8", &[".=none"]);
+    let q = QuantizedCheckpoint::open(&native_dir).unwrap();
+    assert_eq!(run(&QuantizedWeights::new(&q).unwrap(), &g.sequences), want);
+    let report = evaluate(&OriginalWeights::new(&pt).unwrap(), &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16).unwrap();
+    assert_eq!((report.kld_mean, report.top1_agreement), (0.0, 1.0));
+    assert_eq!(report.ppl_original, report.ppl_quantized);
+    assert_eq!(report.tokens, g.sequences.iter().map(|s| s.len() - 1).sum::<usize>());
+    std::fs::remove_dir_all(paddle_dir).unwrap();
+    std::fs::remove_dir_all(native_dir).unwrap();
+}
+
+/// wint8 everywhere, both layouts, through the packed kernels: predictions barely move.
+#[test]
+fn wint8_moves_predictions_little() {
+    let g = golden();
+    let pt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let original = OriginalWeights::new(&pt).unwrap();
+    for layout in [OutputLayout::FastDeploy, OutputLayout::Native] {
+        let dir = quantize(&format!("w8-{layout:?}"), layout, "wint8", &[]);
+        let q = QuantizedCheckpoint::open(&dir).unwrap();
+        assert!(q.tensors().iter().any(|t| t.scheme == Some(crate::SchemeKind::Wint8)));
+        let report = evaluate(&original, &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16).unwrap();
+        assert!(report.kld_mean > 0.0 && report.kld_mean < 1e-3, "{layout:?}: {report:?}");
+        assert!(report.top1_agreement >= 0.9, "{layout:?}: {report:?}");
+        assert!((report.ppl_quantized / report.ppl_original - 1.0).abs() < 0.01, "{layout:?}: {report:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Expert rows reach only the experts routed to, with their token indices and weights.
+#[test]
+fn observer_sees_routed_rows() {
+    #[derive(Default)]
+    struct Count {
+        expert_rows: std::collections::BTreeMap<(usize, usize), usize>,
+        shared_rows: usize,
+        routings: Vec<Routing>,
+    }
+    impl Observer for Count {
+        fn on_linear_input(&mut self, r: &LinearRows<'_>) {
+            assert_eq!(r.rows.len() % r.k, 0);
+            match (r.block, r.input) {
+                (Block::Expert(e), LinearInput::GateUp) => {
+                    let m = r.rows.len() / r.k;
+                    assert_eq!(r.tokens.unwrap().len(), m);
+                    assert_eq!(r.gate_weights.unwrap().len(), m);
+                    *self.expert_rows.entry((r.layer, e)).or_default() += m;
+                }
+                (Block::SharedExperts, LinearInput::GateUp) => self.shared_rows += r.rows.len() / r.k,
+                _ => {}
+            }
+        }
+        fn on_routing(&mut self, r: &Routing) {
+            self.routings.push(r.clone());
+        }
+    }
+    let g = golden();
+    let ckpt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let mut count = Count::default();
+    forward(&OriginalWeights::new(&ckpt).unwrap(), &g.sequences, &mut count).unwrap();
+    let tokens: usize = g.sequences.iter().map(Vec::len).sum();
+    assert_eq!(count.shared_rows, 2 * tokens);
+    for r in &count.routings {
+        for e in 0..4 {
+            let routed = r.experts.iter().filter(|&&x| x == e).count();
+            assert_eq!(count.expert_rows.get(&(r.layer, e)).copied().unwrap_or(0), routed);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_named_before_work() {
+    let ckpt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
+    let source = OriginalWeights::new(&ckpt).unwrap();
+    let err = |seqs: &[Vec<u32>]| forward(&source, seqs, &mut NoObserver).unwrap_err().to_string();
+    assert_eq!(err(&[]), "no token sequences given");
+    assert_eq!(err(&[vec![1], vec![]]), "sequence 1 is empty");
+    assert_eq!(err(&[vec![1, 256]]), "sequence 0, position 1: token id 256 is outside the vocabulary (vocab_size 256)");
+    assert_eq!(err(&[vec![0; 4097]]), "sequence 0 has 4097 tokens, more than max_position_embeddings (4096)");
+    assert!(evaluate(&source, &source, &[vec![3]], 16).unwrap_err().to_string().contains("nothing to predict"));
+
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("ernie45-tiny-pt/config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("moe_k");
+    let e = ForwardConfig::from_json(&cfg, Path::new("config.json")).unwrap_err().to_string();
+    assert_eq!(e, "config.json: config lacks \"moe_k\", which the forward pass needs");
+    cfg.as_object_mut().unwrap().remove("moe_num_experts");
+    let e = ForwardConfig::from_json(&cfg, Path::new("config.json")).unwrap_err().to_string();
+    assert!(e.contains("\"moe_num_experts\""), "{e}");
+}
+
+#[test]
+fn token_files() {
+    let dir = std::env::temp_dir().join(format!("ccq-model-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_file = dir.join("t.json");
+    std::fs::write(&json_file, "[[1, 2, 3], [4]]").unwrap();
+    assert_eq!(read_tokens(&json_file, None).unwrap(), vec![vec![1, 2, 3], vec![4]]);
+    let raw = dir.join("t.bin");
+    std::fs::write(&raw, [1u32, 2, 3, 4, 5].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    assert_eq!(read_tokens(&raw, Some(2)).unwrap(), vec![vec![1, 2], vec![3, 4], vec![5]]);
+    assert!(read_tokens(&raw, None).unwrap_err().to_string().contains("--seq-len"));
+    std::fs::write(&raw, [0u8; 6]).unwrap();
+    assert!(read_tokens(&raw, Some(2)).unwrap_err().to_string().contains("6 bytes"));
+    std::fs::write(&json_file, "[[1, -2]]").unwrap();
+    assert!(read_tokens(&json_file, None).unwrap_err().to_string().contains("position 1"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
