@@ -5,6 +5,7 @@
 
 mod bench;
 mod dequant;
+mod eval;
 mod inspect;
 mod quantize;
 mod synth;
@@ -39,6 +40,9 @@ enum Command {
     /// Measure how far a quantized checkpoint is from its original (per tensor and on
     /// activations); exit 1 when a threshold is exceeded.
     Verify(verify::VerifyArgs),
+    /// Run the original and the quantized model on the same tokens: perplexity of each, KL
+    /// divergence of the next-token distributions, top-1 agreement.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Dequant(args) => dequant::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

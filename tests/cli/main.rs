@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `ccq` binary.
 
 mod dequant;
+mod eval;
 mod quantize;
 mod verify;
 
