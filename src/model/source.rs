@@ -232,7 +232,7 @@ impl Store for OriginalStore<'_> {
             [a, b] if (*a, *b) == (k, n) => false,
             s => return Err(Error::BadTensor { tensor: name, problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]") }),
         };
-        let w = crate::convert::run::logical_matrix(self.ckpt, &[name.clone()], k, n, transpose)?;
+        let w = crate::convert::run::logical_matrix(self.ckpt, std::slice::from_ref(&name), k, n, transpose)?;
         self.ckpt.release(entry);
         Ok(Box::new(KernelLinear::dense_f32(name, &w, k, n)))
     }

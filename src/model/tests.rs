@@ -44,12 +44,15 @@ fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -
     dir
 }
 
+/// (layer, experts per token, weights per token).
+type GoldenRouting = (usize, Vec<Vec<usize>>, Vec<Vec<f64>>);
+
 struct Golden {
     sequences: Vec<Vec<u32>>,
     /// Per sequence: `[len][vocab]`.
     logits: Vec<Vec<Vec<f64>>>,
-    /// Per sequence, per MoE layer: (layer, experts per token, weights per token).
-    routing: Vec<Vec<(usize, Vec<Vec<usize>>, Vec<Vec<f64>>)>>,
+    /// Per sequence, per MoE layer.
+    routing: Vec<Vec<GoldenRouting>>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> T {
