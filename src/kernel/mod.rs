@@ -58,6 +58,7 @@
 //! Tests hold every shape to this bound. For WINT2 and dense weights the fast path keeps the
 //! reference's order and operations, and tests hold it bit-identical.
 
+mod arch;
 mod dense;
 mod per_channel;
 mod wint2;
@@ -201,17 +202,28 @@ pub fn matmul_reference(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f
 }
 
 /// `y = x * W` (`[m, N]`, row-major), fast: tiles decoded from the packed bytes, rayon over
-/// column blocks, vectorised inner loops. Within [`tolerance`] of [`matmul_reference`]
-/// (bit-identical for WINT2 and dense weights); independent of the thread count.
+/// column blocks, vectorised inner loops, instruction-set kernels picked at run time.
+/// Within [`tolerance`] of [`matmul_reference`]; independent of the thread count.
 pub fn matmul(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    matmul_path(x, m, w, true)
+}
+
+/// [`matmul`] with every instruction-set-specific kernel turned off: the portable fast path
+/// that CPUs without them run (bit-identical to [`matmul_reference`] for WINT2 and dense
+/// weights, within [`tolerance`] for wint8 / wint4). For tests and benchmarks.
+pub fn matmul_portable(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    matmul_path(x, m, w, false)
+}
+
+fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Vec<f32>, KernelError> {
     let v = View::new(w)?;
     let x = activations(x, m, v.k())?;
     Ok(match &v {
-        View::Wint2(s) => run_tiles(s, &x, m),
-        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m),
-        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m),
-        View::DenseF32(s) => run_tiles(s, &x, m),
-        View::DenseBf16(s) => run_tiles(s, &x, m),
+        View::Wint2(s) => run_tiles(s, &x, m, arch),
+        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
+        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
+        View::DenseF32(s) => run_tiles(s, &x, m, arch),
+        View::DenseBf16(s) => run_tiles(s, &x, m, arch),
     })
 }
 
@@ -319,13 +331,20 @@ pub(crate) trait TileSource: Sync {
     fn block_m1(&self, _x: &[f32], _n0: usize) -> Option<[f32; BLOCK_N]> {
         None
     }
+
+    /// An instruction-set-specific kernel for columns `[n0, n0 + BLOCK_N)` and all `m` rows
+    /// (`acc[i][c]`), if the format has one, this CPU runs it and the block qualifies; it may
+    /// sum in another order (within [`tolerance`]).
+    fn block_arch(&self, _x: &[f32], _m: usize, _n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+        None
+    }
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
-fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
+fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
     let n = s.n();
     let blocks: Vec<Vec<[f32; BLOCK_N]>> =
-        (0..n.div_ceil(BLOCK_N)).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N)).collect();
+        (0..n.div_ceil(BLOCK_N)).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect();
     let mut y = vec![0f32; m * n];
     for (b, acc) in blocks.iter().enumerate() {
         let n0 = b * BLOCK_N;
@@ -337,8 +356,14 @@ fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
     y
 }
 
-/// One column block, with the best instruction set this CPU has.
-fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+/// One column block, with the best instruction set this CPU has (`arch`), else portable.
+fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Vec<[f32; BLOCK_N]> {
+    if !arch {
+        return block_impl(s, x, m, n0);
+    }
+    if let Some(acc) = s.block_arch(x, m, n0) {
+        return acc;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

@@ -117,7 +117,47 @@ impl TileSource for Wint2View<'_> {
         }
         Some(acc)
     }
+
+    /// The AVX-512 kernel ([`arch::x86`](super::arch::x86)) for full blocks whose parameters
+    /// keep it exact, when the CPU has AVX-512 F + BW + BF16 and `m <= ARCH_MAX_M`.
+    fn block_arch(&self, x: &[f32], m: usize, n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::arch::x86::{wint2_block_avx512, wint2_block_ok, Wint2Block, WIDTH};
+            const _: () = assert!(WIDTH == BLOCK_N);
+            if m == 0 || m > ARCH_MAX_M || n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
+                return None;
+            }
+            let (code_scale, code_c) = self.code_maps(n0);
+            let super_scale: [f32; BLOCK_N] = std::array::from_fn(|c| self.super_scales[n0 + c]);
+            if !(0..BLOCK_N).all(|c| wint2_block_ok(code_scale[c], code_c[c], super_scale[c])) {
+                return None;
+            }
+            let b = Wint2Block {
+                quant_weight: self.quant_weight,
+                weight_scale: self.weight_scale,
+                k: self.k,
+                n: self.n,
+                n0,
+                code_scale,
+                code_c,
+                super_scale,
+            };
+            // SAFETY: the features were detected above; the block is full (`n0 + 32 <= n`),
+            // `k % 128 == 0` (checked shape) and the components have their checked sizes.
+            Some(unsafe { wint2_block_avx512(&b, x, m) })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, m, n0);
+            None
+        }
+    }
 }
+
+/// Largest `m` the AVX-512 WINT2 kernel takes (it decodes once per 8 rows of `x`; beyond
+/// this the tile path, which decodes once for all rows, is used).
+const ARCH_MAX_M: usize = 16;
 
 impl Wint2View<'_> {
     /// Columns `[n0, n0 + BLOCK_N)`'s code maps `(code_scale, code_zp + 0.5)`; padding
