@@ -119,13 +119,14 @@ impl TileSource for Wint2View<'_> {
     }
 
     /// The AVX-512 kernel ([`arch::x86`](super::arch::x86)) for full blocks whose parameters
-    /// keep it exact, when the CPU has AVX-512 F + BW + BF16 and `m <= ARCH_MAX_M`.
+    /// keep it exact, when the CPU has AVX-512 F + BW + BF16 (any `m`: it decodes once per
+    /// 8 rows of `x`, which still beats the tile path's unfused 8-lane sums at `m = 64`).
     fn block_arch(&self, x: &[f32], m: usize, n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
             use super::arch::x86::{wint2_block_avx512, wint2_block_ok, Wint2Block, WIDTH};
             const _: () = assert!(WIDTH == BLOCK_N);
-            if m == 0 || m > ARCH_MAX_M || n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
+            if m == 0 || n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
                 return None;
             }
             let (code_scale, code_c) = self.code_maps(n0);
@@ -154,10 +155,6 @@ impl TileSource for Wint2View<'_> {
         }
     }
 }
-
-/// Largest `m` the AVX-512 WINT2 kernel takes (it decodes once per 8 rows of `x`; beyond
-/// this the tile path, which decodes once for all rows, is used).
-const ARCH_MAX_M: usize = 16;
 
 impl Wint2View<'_> {
     /// Columns `[n0, n0 + BLOCK_N)`'s code maps `(code_scale, code_zp + 0.5)`; padding

@@ -29,6 +29,9 @@
 
 use std::arch::x86_64::*;
 
+/// Byte rows of `quant_weight` fetched ahead of use.
+const PREFETCH_ROWS: usize = 16;
+
 /// Columns per block (two 16-lane vectors).
 pub(crate) const WIDTH: usize = 32;
 
@@ -149,6 +152,10 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
             for pp in 0..16 {
                 let p = g * 16 + pp;
                 let row = b.quant_weight.as_ptr().add(p * n + n0);
+                // The block reads 32 bytes per row at a stride of `n`: fetch ahead.
+                if p + PREFETCH_ROWS < k / 4 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(PREFETCH_ROWS * n) as *const i8);
+                }
                 let d = [codes(row, cs[0], cc[0]), codes(row.add(16), cs[1], cc[1])];
                 for j in 0..4 {
                     let mask = _mm512_set1_epi32(masks[j]);
