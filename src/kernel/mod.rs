@@ -39,6 +39,14 @@
 //! On x86-64 the same code is also compiled with AVX2 + FMA enabled and picked at run time
 //! when the CPU has them (`is_x86_feature_detected!`), else the baseline build runs.
 //!
+//! WINT2 has an instruction-set kernel (`arch/x86.rs`, AVX-512 F + BW + BF16, picked at run
+//! time): 32 columns in two 16-lane vectors, each weight decoded to exactly the format's
+//! bf16 value (exact product `q * s`, one hardware round-to-nearest-even to bf16), products
+//! summed with FMA into several accumulators, for up to 8 rows of `x` per decode. Blocks
+//! whose parameters could push an intermediate out of the normal or `i32` range, partial
+//! blocks at the right edge, and CPUs without the features use the portable path, which is
+//! [`matmul_portable`] when forced.
+//!
 //! Determinism: each output element is computed by exactly one task, in an order fixed by
 //! the shape alone, so results do not depend on the thread count.
 //!
@@ -55,8 +63,11 @@
 //! |y_fast - y_ref| <= 2 * gamma(K + 1) * sum_k |x[i][k]| * |W[k][n]|     (see [`tolerance`])
 //! ```
 //!
-//! Tests hold every shape to this bound. For WINT2 and dense weights the fast path keeps the
-//! reference's order and operations, and tests hold it bit-identical.
+//! Tests hold every shape to this bound, for [`matmul`] and [`matmul_portable`]. For dense
+//! weights the fast path keeps the reference's order and operations, and tests hold it
+//! bit-identical; so does the portable WINT2 path. The AVX-512 WINT2 kernel sums in another
+//! order (FMA, per-lane accumulators), so for WINT2 [`matmul`] is held to the bound only;
+//! its weights are still exactly the format's.
 
 mod arch;
 mod dense;
