@@ -10,6 +10,9 @@
 //! d      = floor(fma(f32(b), code_scale, code_zp + 0.5))     (one rounding, as the format)
 //! a_j    = f32(d & (63 << sh_j))  = u_j * 2^sh_j             (exact, < 2^15)
 //! p_j    = fms(a_j, s * 2^-sh_j, 32 s) = (u_j - 32) * s = q_j * s
+//! (for sh_j = 9, 6, 3 the conversion is folded away: the bits 0x4B000000 | (d & mask) are
+//! the f32 2^23 + a_j, and fms(that, s 2^-sh_j, 2^(23 - sh_j) s + 32 s) is again q_j * s,
+//! the constant being exact since it spans at most 26 - sh_j <= 23 bits)
 //! w_j    = bf16_rne(p_j)                                     (vcvtne2ps2bf16)
 //! ```
 //!
@@ -137,6 +140,7 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
         let cc = [_mm512_loadu_ps(b.code_c.as_ptr()), _mm512_loadu_ps(b.code_c.as_ptr().add(16))];
         let sup = [_mm512_loadu_ps(b.super_scale.as_ptr()), _mm512_loadu_ps(b.super_scale.as_ptr().add(16))];
         let zero = _mm512_setzero_si512();
+        let magic = _mm512_set1_epi32(0x4B00_0000);
         let pow = [1.0 / 512.0, 1.0 / 64.0, 1.0 / 8.0, 1.0f32];
         let masks = [63 << 9, 63 << 6, 63 << 3, 63i32];
         let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; NA];
@@ -149,6 +153,13 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
                 let f = _mm512_set1_ps(pow[j]);
                 [_mm512_mul_ps(s[0], f), _mm512_mul_ps(s[1], f)]
             });
+            // `2^(23 - sh) s + 32 s`: at most 26 - sh <= 23 significant bits for sh >= 3, so
+            // exact (one rounding of an exact fma result), and `(2^23 + u 2^sh) s 2^-sh - it`
+            // is `(u - 32) s` exactly.
+            let cj: [[__m512; 2]; 3] = std::array::from_fn(|j| {
+                let f = _mm512_set1_ps(pow[j] * 8_388_608.0);
+                [_mm512_fmadd_ps(s[0], f, s32[0]), _mm512_fmadd_ps(s[1], f, s32[1])]
+            });
             for pp in 0..16 {
                 let p = g * 16 + pp;
                 let row = b.quant_weight.as_ptr().add(p * n + n0);
@@ -159,10 +170,16 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
                 let d = [codes(row, cs[0], cc[0]), codes(row.add(16), cs[1], cc[1])];
                 for j in 0..4 {
                     let mask = _mm512_set1_epi32(masks[j]);
-                    let a0 = _mm512_cvtepi32_ps(_mm512_and_si512(d[0], mask));
-                    let a1 = _mm512_cvtepi32_ps(_mm512_and_si512(d[1], mask));
-                    let w0 = _mm512_fmsub_ps(a0, sj[j][0], s32[0]);
-                    let w1 = _mm512_fmsub_ps(a1, sj[j][1], s32[1]);
+                    let (w0, w1) = if j < 3 {
+                        // Bits `2^23 | u << sh` are the f32 `2^23 + u 2^sh` (one ternary op).
+                        let f0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[0], mask, magic));
+                        let f1 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[1], mask, magic));
+                        (_mm512_fmsub_ps(f0, sj[j][0], cj[j][0]), _mm512_fmsub_ps(f1, sj[j][1], cj[j][1]))
+                    } else {
+                        let a0 = _mm512_cvtepi32_ps(_mm512_and_si512(d[0], mask));
+                        let a1 = _mm512_cvtepi32_ps(_mm512_and_si512(d[1], mask));
+                        (_mm512_fmsub_ps(a0, sj[j][0], s32[0]), _mm512_fmsub_ps(a1, sj[j][1], s32[1]))
+                    };
                     let wb: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(w1, w0));
                     let lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wb));
                     let hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wb));
