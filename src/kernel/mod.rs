@@ -349,13 +349,35 @@ pub(crate) trait TileSource: Sync {
     fn block_arch(&self, _x: &[f32], _m: usize, _n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
         None
     }
+
+    /// Like [`TileSource::block_arch`] for `m = 1` and the two blocks at `n0`, `n0 + BLOCK_N`
+    /// in one pass (which blocks are paired depends on the shape alone, so results stay
+    /// independent of the thread count).
+    fn block_pair_m1_arch(&self, _x: &[f32], _n0: usize) -> Option<[[f32; BLOCK_N]; 2]> {
+        None
+    }
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
 fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
     let n = s.n();
-    let blocks: Vec<Vec<[f32; BLOCK_N]>> =
-        (0..n.div_ceil(BLOCK_N)).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect();
+    let nb = n.div_ceil(BLOCK_N);
+    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch {
+        // Blocks 2i and 2i + 1 together where the format has a paired kernel.
+        let pairs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(2))
+            .into_par_iter()
+            .map(|i| {
+                let n0 = 2 * i * BLOCK_N;
+                match (2 * i + 1 < nb).then(|| s.block_pair_m1_arch(x, n0)).flatten() {
+                    Some([a, b]) => vec![vec![a], vec![b]],
+                    None => (2 * i..nb.min(2 * i + 2)).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),
+                }
+            })
+            .collect();
+        pairs.into_iter().flatten().collect()
+    } else {
+        (0..nb).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect()
+    };
     let mut y = vec![0f32; m * n];
     for (b, acc) in blocks.iter().enumerate() {
         let n0 = b * BLOCK_N;

@@ -64,6 +64,19 @@ pub(crate) fn wint2_block_ok(code_scale: f32, code_c: f32, super_scale: f32) -> 
     sup_ok && code_ok
 }
 
+/// Two adjacent blocks at `m = 1` in one pass over the rows of `quant_weight`.
+///
+/// # Safety
+/// As [`wint2_block_avx512`], for both blocks (of the same matrix), `x.len() == b0.k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn wint2_pair_m1_avx512(b0: &Wint2Block<'_>, b1: &Wint2Block<'_>, x: &[f32]) -> [[f32; WIDTH]; 2] {
+    let mut o = [[[0f32; WIDTH]; 1]; 2];
+    let [o0, o1] = &mut o;
+    // SAFETY: same contract as this function.
+    unsafe { rows_nb::<1, 2, 2>([b0, b1], x, 0, [o0, o1]) };
+    [o[0][0], o[1][0]]
+}
+
 /// `acc[i][c] = sum_k x[i][k] * W[k][n0 + c]` for the `m` rows of `x` (`[m, k]`).
 ///
 /// # Safety
@@ -132,37 +145,59 @@ unsafe fn group_scales(p: *const u8, g: usize, sup: __m512) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], r0: usize, out: &mut [[f32; WIDTH]]) {
-    let (k, n, n0) = (b.k, b.n, b.n0);
+    // SAFETY: same contract.
+    unsafe { rows_nb::<MR, NA, 1>([b], x, r0, [out]) }
+}
+
+/// [`rows`] over `NB` blocks of the same matrix at once (adjacent blocks share cache lines
+/// and pages of `quant_weight`: one pass over its rows serves them all).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn rows_nb<const MR: usize, const NA: usize, const NB: usize>(
+    bs: [&Wint2Block<'_>; NB],
+    x: &[f32],
+    r0: usize,
+    outs: [&mut [[f32; WIDTH]]; NB],
+) {
+    let (k, n) = (bs[0].k, bs[0].n);
     // SAFETY (all pointer reads below): byte rows `p < k / 4` and scale rows `g / 2 < k / 128`
     // of `[.., n]` matrices, columns `n0 .. n0 + 32 <= n`; x rows `r0 .. r0 + MR <= m`.
     unsafe {
-        let cs = [_mm512_loadu_ps(b.code_scale.as_ptr()), _mm512_loadu_ps(b.code_scale.as_ptr().add(16))];
-        let cc = [_mm512_loadu_ps(b.code_c.as_ptr()), _mm512_loadu_ps(b.code_c.as_ptr().add(16))];
-        let sup = [_mm512_loadu_ps(b.super_scale.as_ptr()), _mm512_loadu_ps(b.super_scale.as_ptr().add(16))];
+        let cs: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_scale.as_ptr()), _mm512_loadu_ps(bs[i].code_scale.as_ptr().add(16))]);
+        let cc: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_c.as_ptr()), _mm512_loadu_ps(bs[i].code_c.as_ptr().add(16))]);
+        let sup: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].super_scale.as_ptr()), _mm512_loadu_ps(bs[i].super_scale.as_ptr().add(16))]);
         let zero = _mm512_setzero_si512();
         let magic = _mm512_set1_epi32(0x4B00_0000);
         let pow = [1.0 / 512.0, 1.0 / 64.0, 1.0 / 8.0, 1.0f32];
         let masks = [63 << 9, 63 << 6, 63 << 3, 63i32];
-        let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; NA];
+        let mut acc = [[[[_mm512_setzero_ps(); 2]; MR]; NA]; NB];
         let xp: [*const f32; MR] = std::array::from_fn(|r| x.as_ptr().add((r0 + r) * k));
         for g in 0..k / 64 {
-            let ws = b.weight_scale.as_ptr().add((g / 2) * n + n0);
-            let s = [group_scales(ws, g, sup[0]), group_scales(ws.add(16), g, sup[1])];
-            let s32 = [_mm512_mul_ps(s[0], _mm512_set1_ps(32.0)), _mm512_mul_ps(s[1], _mm512_set1_ps(32.0))];
-            let sj: [[__m512; 2]; 4] = std::array::from_fn(|j| {
-                let f = _mm512_set1_ps(pow[j]);
-                [_mm512_mul_ps(s[0], f), _mm512_mul_ps(s[1], f)]
-            });
-            // `2^(23 - sh) s + 32 s`: at most 26 - sh <= 23 significant bits for sh >= 3, so
-            // exact (one rounding of an exact fma result), and `(2^23 + u 2^sh) s 2^-sh - it`
-            // is `(u - 32) s` exactly.
-            let cj: [[__m512; 2]; 3] = std::array::from_fn(|j| {
-                let f = _mm512_set1_ps(pow[j] * 8_388_608.0);
-                [_mm512_fmadd_ps(s[0], f, s32[0]), _mm512_fmadd_ps(s[1], f, s32[1])]
-            });
+            let mut sj = [[[_mm512_setzero_ps(); 2]; 4]; NB];
+            let mut s32 = [[_mm512_setzero_ps(); 2]; NB];
+            let mut cj = [[[_mm512_setzero_ps(); 2]; 3]; NB];
+            for nb in 0..NB {
+                let ws = bs[nb].weight_scale.as_ptr().add((g / 2) * n + bs[nb].n0);
+                let s = [group_scales(ws, g, sup[nb][0]), group_scales(ws.add(16), g, sup[nb][1])];
+                s32[nb] = [_mm512_mul_ps(s[0], _mm512_set1_ps(32.0)), _mm512_mul_ps(s[1], _mm512_set1_ps(32.0))];
+                sj[nb] = std::array::from_fn(|j| {
+                    let f = _mm512_set1_ps(pow[j]);
+                    [_mm512_mul_ps(s[0], f), _mm512_mul_ps(s[1], f)]
+                });
+                // `2^(23 - sh) s + 32 s`: at most 26 - sh <= 23 significant bits for sh >= 3,
+                // so exact (one rounding of an exact fma result), and
+                // `(2^23 + u 2^sh) s 2^-sh - it` is `(u - 32) s` exactly.
+                cj[nb] = std::array::from_fn(|j| {
+                    let f = _mm512_set1_ps(pow[j] * 8_388_608.0);
+                    [_mm512_fmadd_ps(s[0], f, s32[nb][0]), _mm512_fmadd_ps(s[1], f, s32[nb][1])]
+                });
+            }
             for pp in 0..16 {
                 let p = g * 16 + pp;
-                let row = b.quant_weight.as_ptr().add(p * n + n0);
+                for nb in 0..NB {
+                let (sj, s32, cj, cs, cc) = (&sj[nb], &s32[nb], &cj[nb], &cs[nb], &cc[nb]);
+                let acc = &mut acc[nb];
+                let row = bs[nb].quant_weight.as_ptr().add(p * n + bs[nb].n0);
                 // The block reads 32 bytes per row at a stride of `n`: fetch ahead.
                 if p + PREFETCH_ROWS < k / 4 {
                     _mm_prefetch::<_MM_HINT_T0>(row.add(PREFETCH_ROWS * n) as *const i8);
@@ -190,8 +225,12 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
                         a[1] = _mm512_fmadd_ps(xv, hi, a[1]);
                     }
                 }
+                }
             }
         }
+        for nb in 0..NB {
+        let acc = &acc[nb];
+        let out = &mut *outs[nb];
         for r in 0..MR {
             let (mut lo, mut hi) = (acc[0][r][0], acc[0][r][1]);
             for set in &acc[1..] {
@@ -210,6 +249,7 @@ unsafe fn rows<const MR: usize, const NA: usize>(b: &Wint2Block<'_>, x: &[f32], 
                 o[col] = l[lane];
                 o[col + 4] = h[lane];
             }
+        }
         }
     }
 }
