@@ -6,6 +6,10 @@
 //! in the same run, a `memcpy` of as many bytes as the format's packed size. The dense f32
 //! rows are the f32 matmul baseline (the same tiled kernel on plain f32 weights).
 //!
+//! WINT2 gets a second row, `wint2-portable`: the same call with the instruction-set
+//! kernels turned off ([`matmul_portable`](crate::kernel::matmul_portable)), the path CPUs
+//! without AVX-512 BF16 run and the old fast path, timed in the same run for a ratio.
+//!
 //! Figures per row: `weights/s = K * N / t` (each call reads every weight once, whatever
 //! `M`), `GFLOP/s = 2 * M * K * N / t`, `GB/s = packed bytes / t` (all components).
 //!
@@ -16,7 +20,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::kernel::{matmul, Input, KernelError, Weights};
+use crate::kernel::{matmul, matmul_portable, Input, KernelError, Weights};
 use crate::rng::Rng;
 use crate::scheme::{Component, Packed, Scheme, SchemeKind, Wint2, Wint4, Wint8};
 use crate::Dtype;
@@ -24,7 +28,7 @@ use crate::Dtype;
 /// One timed configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelRow {
-    /// Format label: `wint2`, `wint4`, `wint8`, `bf16`, `f32`.
+    /// Format label: `wint2`, `wint2-portable`, `wint4`, `wint8`, `bf16`, `f32`.
     pub format: &'static str,
     /// Rows of `x`.
     pub m: usize,
@@ -139,25 +143,29 @@ pub fn run(fixtures: &[(&'static str, BenchWeights)], ms: &[usize], reps: usize,
     let mut rows = Vec::new();
     for &m in ms {
         for (format, w) in fixtures {
-            let (k, n) = w.weights().shape();
-            let x = Rng::new(seed).normals(m * k);
-            let mut err = None;
-            let seconds = median_seconds(reps, || {
-                if let Err(e) = matmul(Input::F32(&x), m, &w.weights()) {
-                    err = Some(e);
+            let paths: &[(&'static str, bool)] = if *format == "wint2" { &[("wint2", true), ("wint2-portable", false)] } else { &[(*format, true)] };
+            for &(label, arch) in paths {
+                let (k, n) = w.weights().shape();
+                let x = Rng::new(seed).normals(m * k);
+                let mut err = None;
+                let seconds = median_seconds(reps, || {
+                    let y = if arch { matmul(Input::F32(&x), m, &w.weights()) } else { matmul_portable(Input::F32(&x), m, &w.weights()) };
+                    if let Err(e) = y {
+                        err = Some(e);
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e);
                 }
-            });
-            if let Some(e) = err {
-                return Err(e);
+                let bytes = w.bytes();
+                let src = vec![1u8; bytes];
+                let mut dst = vec![0u8; bytes];
+                let memcpy_seconds = median_seconds(reps, || {
+                    dst.copy_from_slice(std::hint::black_box(&src));
+                    std::hint::black_box(&mut dst);
+                });
+                rows.push(KernelRow { format: label, m, k, n, threads: rayon::current_num_threads(), seconds, packed_bytes: bytes, memcpy_seconds });
             }
-            let bytes = w.bytes();
-            let src = vec![1u8; bytes];
-            let mut dst = vec![0u8; bytes];
-            let memcpy_seconds = median_seconds(reps, || {
-                dst.copy_from_slice(std::hint::black_box(&src));
-                std::hint::black_box(&mut dst);
-            });
-            rows.push(KernelRow { format, m, k, n, threads: rayon::current_num_threads(), seconds, packed_bytes: bytes, memcpy_seconds });
         }
     }
     Ok(rows)
@@ -217,7 +225,8 @@ mod tests {
     fn run_reports_every_format() {
         let f = fixtures(128, 8, 1, 1);
         let rows = run(&f, &[1, 2], 1, 2).unwrap();
-        assert_eq!(rows.len(), 10);
-        assert!(Table(&rows).to_string().lines().count() == 11);
+        assert_eq!(rows.len(), 12);
+        assert!(rows.iter().any(|r| r.format == "wint2-portable"));
+        assert!(Table(&rows).to_string().lines().count() == 13);
     }
 }

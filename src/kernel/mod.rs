@@ -39,6 +39,14 @@
 //! On x86-64 the same code is also compiled with AVX2 + FMA enabled and picked at run time
 //! when the CPU has them (`is_x86_feature_detected!`), else the baseline build runs.
 //!
+//! WINT2 has an instruction-set kernel (`arch/x86.rs`, AVX-512 F + BW + BF16, picked at run
+//! time): 32 columns in two 16-lane vectors, each weight decoded to exactly the format's
+//! bf16 value (exact product `q * s`, one hardware round-to-nearest-even to bf16), products
+//! summed with FMA into several accumulators, for up to 8 rows of `x` per decode. Blocks
+//! whose parameters could push an intermediate out of the normal or `i32` range, partial
+//! blocks at the right edge, and CPUs without the features use the portable path, which is
+//! [`matmul_portable`] when forced.
+//!
 //! Determinism: each output element is computed by exactly one task, in an order fixed by
 //! the shape alone, so results do not depend on the thread count.
 //!
@@ -55,9 +63,13 @@
 //! |y_fast - y_ref| <= 2 * gamma(K + 1) * sum_k |x[i][k]| * |W[k][n]|     (see [`tolerance`])
 //! ```
 //!
-//! Tests hold every shape to this bound. For WINT2 and dense weights the fast path keeps the
-//! reference's order and operations, and tests hold it bit-identical.
+//! Tests hold every shape to this bound, for [`matmul`] and [`matmul_portable`]. For dense
+//! weights the fast path keeps the reference's order and operations, and tests hold it
+//! bit-identical; so does the portable WINT2 path. The AVX-512 WINT2 kernel sums in another
+//! order (FMA, per-lane accumulators), so for WINT2 [`matmul`] is held to the bound only;
+//! its weights are still exactly the format's.
 
+mod arch;
 mod dense;
 mod per_channel;
 mod wint2;
@@ -201,17 +213,28 @@ pub fn matmul_reference(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f
 }
 
 /// `y = x * W` (`[m, N]`, row-major), fast: tiles decoded from the packed bytes, rayon over
-/// column blocks, vectorised inner loops. Within [`tolerance`] of [`matmul_reference`]
-/// (bit-identical for WINT2 and dense weights); independent of the thread count.
+/// column blocks, vectorised inner loops, instruction-set kernels picked at run time.
+/// Within [`tolerance`] of [`matmul_reference`]; independent of the thread count.
 pub fn matmul(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    matmul_path(x, m, w, true)
+}
+
+/// [`matmul`] with every instruction-set-specific kernel turned off: the portable fast path
+/// that CPUs without them run (bit-identical to [`matmul_reference`] for WINT2 and dense
+/// weights, within [`tolerance`] for wint8 / wint4). For tests and benchmarks.
+pub fn matmul_portable(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
+    matmul_path(x, m, w, false)
+}
+
+fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Vec<f32>, KernelError> {
     let v = View::new(w)?;
     let x = activations(x, m, v.k())?;
     Ok(match &v {
-        View::Wint2(s) => run_tiles(s, &x, m),
-        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m),
-        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m),
-        View::DenseF32(s) => run_tiles(s, &x, m),
-        View::DenseBf16(s) => run_tiles(s, &x, m),
+        View::Wint2(s) => run_tiles(s, &x, m, arch),
+        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
+        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
+        View::DenseF32(s) => run_tiles(s, &x, m, arch),
+        View::DenseBf16(s) => run_tiles(s, &x, m, arch),
     })
 }
 
@@ -319,13 +342,42 @@ pub(crate) trait TileSource: Sync {
     fn block_m1(&self, _x: &[f32], _n0: usize) -> Option<[f32; BLOCK_N]> {
         None
     }
+
+    /// An instruction-set-specific kernel for columns `[n0, n0 + BLOCK_N)` and all `m` rows
+    /// (`acc[i][c]`), if the format has one, this CPU runs it and the block qualifies; it may
+    /// sum in another order (within [`tolerance`]).
+    fn block_arch(&self, _x: &[f32], _m: usize, _n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+        None
+    }
+
+    /// Like [`TileSource::block_arch`] for `m = 1` and the two blocks at `n0`, `n0 + BLOCK_N`
+    /// in one pass (which blocks are paired depends on the shape alone, so results stay
+    /// independent of the thread count).
+    fn block_pair_m1_arch(&self, _x: &[f32], _n0: usize) -> Option<[[f32; BLOCK_N]; 2]> {
+        None
+    }
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
-fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
+fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
     let n = s.n();
-    let blocks: Vec<Vec<[f32; BLOCK_N]>> =
-        (0..n.div_ceil(BLOCK_N)).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N)).collect();
+    let nb = n.div_ceil(BLOCK_N);
+    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch {
+        // Blocks 2i and 2i + 1 together where the format has a paired kernel.
+        let pairs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(2))
+            .into_par_iter()
+            .map(|i| {
+                let n0 = 2 * i * BLOCK_N;
+                match (2 * i + 1 < nb).then(|| s.block_pair_m1_arch(x, n0)).flatten() {
+                    Some([a, b]) => vec![vec![a], vec![b]],
+                    None => (2 * i..nb.min(2 * i + 2)).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),
+                }
+            })
+            .collect();
+        pairs.into_iter().flatten().collect()
+    } else {
+        (0..nb).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect()
+    };
     let mut y = vec![0f32; m * n];
     for (b, acc) in blocks.iter().enumerate() {
         let n0 = b * BLOCK_N;
@@ -337,8 +389,14 @@ fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
     y
 }
 
-/// One column block, with the best instruction set this CPU has.
-fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+/// One column block, with the best instruction set this CPU has (`arch`), else portable.
+fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Vec<[f32; BLOCK_N]> {
+    if !arch {
+        return block_impl(s, x, m, n0);
+    }
+    if let Some(acc) = s.block_arch(x, m, n0) {
+        return acc;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

@@ -117,6 +117,61 @@ impl TileSource for Wint2View<'_> {
         }
         Some(acc)
     }
+
+    /// The AVX-512 kernel ([`arch::x86`](super::arch::x86)) for full blocks whose parameters
+    /// keep it exact, when the CPU has AVX-512 F + BW + BF16 (any `m`: it decodes once per
+    /// 8 rows of `x`, which still beats the tile path's unfused 8-lane sums at `m = 64`).
+    fn block_arch(&self, x: &[f32], m: usize, n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if m == 0 {
+                return None;
+            }
+            let b = self.arch_block(n0)?;
+            // SAFETY: `arch_block` checked the features and the block's invariants.
+            Some(unsafe { super::arch::x86::wint2_block_avx512(&b, x, m) })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, m, n0);
+            None
+        }
+    }
+
+    fn block_pair_m1_arch(&self, x: &[f32], n0: usize) -> Option<[[f32; BLOCK_N]; 2]> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (b0, b1) = (self.arch_block(n0)?, self.arch_block(n0 + BLOCK_N)?);
+            // SAFETY: `arch_block` checked the features and both blocks' invariants.
+            Some(unsafe { super::arch::x86::wint2_pair_m1_avx512(&b0, &b1, x) })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, n0);
+            None
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Wint2View<'a> {
+    /// Block `[n0, n0 + 32)` for the AVX-512 kernel, if the CPU has AVX-512 F + BW + BF16,
+    /// the block is full and its parameters keep the kernel exact.
+    fn arch_block(&self, n0: usize) -> Option<super::arch::x86::Wint2Block<'a>> {
+        use super::arch::x86::{wint2_block_ok, Wint2Block, WIDTH};
+        const _: () = assert!(WIDTH == BLOCK_N);
+        if n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
+            return None;
+        }
+        let (code_scale, code_c) = self.code_maps(n0);
+        let super_scale: [f32; BLOCK_N] = std::array::from_fn(|c| self.super_scales[n0 + c]);
+        if !(0..BLOCK_N).all(|c| wint2_block_ok(code_scale[c], code_c[c], super_scale[c])) {
+            return None;
+        }
+        // Invariants: full block (`n0 + 32 <= n`), `k % 128 == 0` (checked shape), the
+        // components have their checked sizes.
+        Some(Wint2Block { quant_weight: self.quant_weight, weight_scale: self.weight_scale, k: self.k, n: self.n, n0, code_scale, code_c, super_scale })
+    }
 }
 
 impl Wint2View<'_> {
