@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod convert;
 pub mod dtype;

@@ -4,6 +4,7 @@
 //! 2 bad input or any other error, printed once as `ccq: error: ...` with its causes.
 
 mod bench;
+mod calibrate;
 mod dequant;
 mod eval;
 mod inspect;
@@ -43,6 +44,8 @@ enum Command {
     /// Run the original and the quantized model on the same tokens: perplexity of each, KL
     /// divergence of the next-token distributions, top-1 agreement.
     Eval(eval::EvalArgs),
+    /// Gather per-expert activation statistics on real tokens for `quantize --calib`.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

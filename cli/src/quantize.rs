@@ -64,6 +64,10 @@ pub struct QuantizeArgs {
     /// Read U16 tensors as bf16 payload (Paddle's converter stores bf16 weights as U16).
     #[arg(long)]
     u16_as_bf16: bool,
+    /// Calibration statistics from `ccq calibrate`: every quantized tensor's encoder minimises
+    /// the error weighted by its input's mean square activation per channel (per expert).
+    #[arg(long, value_name = "STATS")]
+    calib: Option<PathBuf>,
     /// Testing aid: stop (as if interrupted) after writing this many shards.
     #[arg(long, hide = true)]
     stop_after_shards: Option<usize>,
@@ -97,6 +101,23 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         OutputLayout::FastDeploy => Some(fastdeploy::quantization_config(&plan).map_err(anyhow::Error::msg)?),
         OutputLayout::Native => None,
     };
+    let calibration = match &args.calib {
+        Some(path) => {
+            let stats = ccq::calibrate::Stats::read(path)?;
+            let quantized = plan.tensors.iter().filter(|t| t.choice.is_some());
+            stats.check_covers(path, quantized.map(|t| (t.name.as_str(), t.sources.as_slice(), t.k)))?;
+            let importance: std::collections::BTreeMap<String, Vec<f32>> = plan
+                .tensors
+                .iter()
+                .filter(|t| t.choice.is_some())
+                .filter_map(|t| Some((t.name.clone(), stats.for_weight(&t.sources[0])?.mean_sq.clone())))
+                .collect();
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let info = serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes), "stats": stats.meta});
+            Some((std::sync::Arc::new(importance), info))
+        }
+        None => None,
+    };
     if args.dry_run {
         print!("{}", render_plan(&plan));
         return Ok(ExitCode::SUCCESS);
@@ -118,8 +139,10 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             "rules": policy.rules.iter().map(|r| format!("{}={}", r.pattern.as_str(), convert::policy::choice_name(r.choice))).collect::<Vec<_>>(),
             "fallback": args.fallback,
             "layout": layout.name(),
+            "calibration": calibration.as_ref().map(|c| c.1.clone()),
         }),
-        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort),
+        importance: calibration.as_ref().map(|c| c.0.clone()),
+        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort, calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string())),
     };
     let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };
     let extra = |work: &Path| -> ccq::Result<()> {

@@ -37,6 +37,11 @@ pub struct VerifyArgs {
     /// Rows of the Gaussian probe used for the output error.
     #[arg(long, default_value_t = 32)]
     probe_rows: usize,
+    /// Calibration statistics (`ccq calibrate`): the output error is weighted by the real
+    /// activations' second moments (diagonal, or the full X^T X when recorded) instead of a
+    /// Gaussian probe.
+    #[arg(long, value_name = "STATS")]
+    calib: Option<PathBuf>,
     /// Read U16 tensors of the original as bf16 payload.
     #[arg(long)]
     u16_as_bf16: bool,
@@ -53,7 +58,11 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     };
     let original = Checkpoint::open_with(&args.original, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
     let quantized = QuantizedCheckpoint::open(&args.quantized)?;
-    let options = VerifyOptions { probe_rows: args.probe_rows.max(1), thresholds, ..VerifyOptions::default() };
+    let calibration = match &args.calib {
+        Some(path) => Some((std::sync::Arc::new(ccq::calibrate::Stats::read(path)?), path.clone())),
+        None => None,
+    };
+    let options = VerifyOptions { probe_rows: args.probe_rows.max(1), thresholds, calibration, ..VerifyOptions::default() };
     let quiet = args.quiet;
     let mut last = std::time::Instant::now();
     let verdict = verify(&original, &quantized, &options, &mut |done, total| {

@@ -25,7 +25,7 @@ use std::time::Instant;
 pub const PROGRESS_FILE: &str = "ccq-progress.json";
 
 /// Options of [`convert`] beyond the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConvertOptions {
     /// WINT2 encoder effort.
     pub effort: Effort,
@@ -41,6 +41,9 @@ pub struct ConvertOptions {
     /// The caller's description of the options that chose the schemes (preset, rules, ...),
     /// recorded under `options` in `ccq-provenance.json` next to the effort.
     pub provenance_options: Value,
+    /// Per planned tensor name, the importance (mean square activation per input row, from
+    /// `ccq calibrate`) its encoder minimises the weighted error under; `None`: uniform.
+    pub importance: Option<std::sync::Arc<BTreeMap<String, Vec<f32>>>>,
 }
 
 /// Progress reported after each tensor.
@@ -110,7 +113,7 @@ pub fn convert(
         if record_matches(&record, &name, &path)? {
             reused += 1;
         } else {
-            write_shard(ckpt, plan, shard, &path, options.effort, &mut state, progress)?;
+            write_shard(ckpt, plan, shard, &path, options, &mut state, progress)?;
             record_shard(&mut record, &name, &path)?;
             write_json(&work.join(PROGRESS_FILE), &record)?;
             if options.stop_after_shards == Some(i + 1 - reused) {
@@ -195,7 +198,7 @@ fn write_shard(
     plan: &Plan,
     shard: &[usize],
     path: &Path,
-    effort: Effort,
+    options: &ConvertOptions,
     state: &mut Progress,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
@@ -207,7 +210,8 @@ fn write_shard(
     let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
     for &t in shard {
         let tensor = &plan.tensors[t];
-        write_tensor(ckpt, tensor, plan.layout, effort, &mut writer)?;
+        let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name)).map(Vec::as_slice);
+        write_tensor(ckpt, tensor, plan.layout, options.effort, importance, &mut writer)?;
         state.tensors_done += 1;
         state.bytes_done += tensor.bytes_in;
         progress(*state);
@@ -245,6 +249,7 @@ fn write_tensor(
     t: &PlannedTensor,
     layout: OutputLayout,
     effort: Effort,
+    importance: Option<&[f32]>,
     writer: &mut SafetensorsWriter,
 ) -> Result<()> {
     if t.is_raw_copy(layout) {
@@ -255,7 +260,7 @@ fn write_tensor(
             None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
             Some(kind) => {
                 let packed = scheme_with_effort(kind, effort)
-                    .encode(&w, t.k, t.n, None)
+                    .encode(&w, t.k, t.n, importance)
                     .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
                 for c in &packed.components {
                     writer.write(&c.bytes)?;

@@ -31,11 +31,14 @@ pub struct VerifyOptions {
     pub seed: u64,
     /// Pass/fail limits.
     pub thresholds: Thresholds,
+    /// Calibration statistics (`ccq calibrate`) and their file: when given, the output error
+    /// is weighted by them instead of measured on the Gaussian probe.
+    pub calibration: Option<(std::sync::Arc<crate::calibrate::Stats>, std::path::PathBuf)>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { probe_rows: 32, seed: 0x5EED, thresholds: Thresholds::default() }
+        VerifyOptions { probe_rows: 32, seed: 0x5EED, thresholds: Thresholds::default(), calibration: None }
     }
 }
 
@@ -56,15 +59,30 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let model = ModelLayout::of(original)?;
     let pairings = pair(original, &model, quant)?;
+    if let Some((stats, path)) = &options.calibration {
+        let names: Vec<(String, Vec<String>, usize)> =
+            pairings.iter().map(|p| (p.tensor.name.clone(), p.sources.iter().map(|s| s.0.clone()).collect(), p.tensor.k)).collect();
+        stats.check_covers(path, names.iter().map(|(n, s, k)| (n.as_str(), s.as_slice(), *k)))?;
+    }
     let mut rows = Vec::new();
     for (i, p) in pairings.iter().enumerate() {
         rows.extend(measure(original, &model, quant, p, options)?);
         progress(i + 1, pairings.len());
     }
-    let probe = format!(
-        "output error on a fixed-seed Gaussian probe X of {} rows per tensor (seed {:#x}; no calibration activations given)",
-        options.probe_rows, options.seed
-    );
+    let probe = match &options.calibration {
+        Some((stats, path)) if stats.inputs.values().all(|s| s.xtx.is_some()) => format!(
+            "output error from the calibration statistics {} (full X^T X): sqrt(tr(E^T H E) / tr(W^T H W)), H = X^T X / tokens, E = W - What",
+            path.display()
+        ),
+        Some((_, path)) => format!(
+            "output error from the calibration statistics {} (diagonal): sqrt(sum_k h_k sum_n (W - What)^2 / sum_k h_k sum_n W^2), h_k = mean square activation of input k",
+            path.display()
+        ),
+        None => format!(
+            "output error on a fixed-seed Gaussian probe X of {} rows per tensor (seed {:#x}; no calibration activations given)",
+            options.probe_rows, options.seed
+        ),
+    };
     Ok(VerifyReport::build(
         original.path().display().to_string(),
         quant.checkpoint().path().display().to_string(),
@@ -176,7 +194,13 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
     let mut offset = 0;
     for (name, width) in &p.sources {
         let weights = column_sums(&w, &w_hat, t.n, offset, *width);
-        let outputs = column_sums(&y, &y_hat, t.n, offset, *width);
+        let output_rel_err = match &options.calibration {
+            Some((stats, _)) => {
+                let st = stats.for_weight(name).ok_or_else(|| Error::BadInput { problem: format!("no calibration statistics for '{name}'") })?;
+                weighted_error(&w, &w_hat, t.k, t.n, offset, *width, st)
+            }
+            None => column_sums(&y, &y_hat, t.n, offset, *width).relative_l2(),
+        };
         let class = model.classify(name);
         rows.push(TensorRow {
             name: name.clone(),
@@ -191,7 +215,7 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
             sqnr_db: weights.sqnr_db(),
             cosine: weights.cosine(),
             max_abs_err: weights.max_abs,
-            output_rel_err: outputs.relative_l2(),
+            output_rel_err,
         });
         offset += width;
     }
@@ -205,4 +229,44 @@ fn column_sums(reference: &[f32], quantized: &[f32], n: usize, offset: usize, wi
         total.merge(&ErrorSums::of(&r[offset..offset + width], &q[offset..offset + width]));
     }
     total
+}
+
+/// The calibration-weighted relative output error of columns `offset..offset + width`:
+/// with `X^T X` (`H`), `sqrt(tr(E^T H E) / tr(W^T H W))`; otherwise, with the per-channel mean
+/// squares `h`, `sqrt(sum_k h_k sum_n E_kn^2 / sum_k h_k sum_n W_kn^2)`. `E = W - What`.
+pub fn weighted_error(w: &[f32], w_hat: &[f32], k: usize, n: usize, offset: usize, width: usize, st: &crate::calibrate::InputStats) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    match &st.xtx {
+        Some(h) => {
+            // sum_n e_n^T H e_n over the columns, accumulated row pair by row pair.
+            let e: Vec<f64> = (0..k * width).map(|i| (w[(i / width) * n + offset + i % width] - w_hat[(i / width) * n + offset + i % width]) as f64).collect();
+            let x: Vec<f64> = (0..k * width).map(|i| w[(i / width) * n + offset + i % width] as f64).collect();
+            for a in 0..k {
+                for b in 0..k {
+                    let hab = h[a * k + b] as f64;
+                    if hab == 0.0 {
+                        continue;
+                    }
+                    let (ea, eb) = (&e[a * width..(a + 1) * width], &e[b * width..(b + 1) * width]);
+                    let (xa, xb) = (&x[a * width..(a + 1) * width], &x[b * width..(b + 1) * width]);
+                    num += hab * ea.iter().zip(eb).map(|(p, q)| p * q).sum::<f64>();
+                    den += hab * xa.iter().zip(xb).map(|(p, q)| p * q).sum::<f64>();
+                }
+            }
+        }
+        None => {
+            for r in 0..k {
+                let h = st.mean_sq[r] as f64;
+                let row = &w[r * n + offset..r * n + offset + width];
+                let row_hat = &w_hat[r * n + offset..r * n + offset + width];
+                num += h * row.iter().zip(row_hat).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+                den += h * row.iter().map(|a| (*a as f64).powi(2)).sum::<f64>();
+            }
+        }
+    }
+    if den > 0.0 {
+        (num.max(0.0) / den).sqrt()
+    } else {
+        0.0
+    }
 }

@@ -1,0 +1,535 @@
+//! Per-expert calibration statistics gathered from the forward pass ([`crate::model`]).
+//!
+//! A [`Calibrator`] is an [`Observer`]: for every linear *input* (tensors that share an input,
+//! such as q|k|v or gate|up, share its statistics) it accumulates, over the tokens that really
+//! reach it (for a routed expert: only the tokens routed to it), the per-input-channel sum of
+//! squares `sum_sq[k] = sum_t w_t x_t[k]^2`, the token count `n` and the weight sum
+//! `W = sum_t w_t` (`w_t = 1`, or the token's routing weight with [`Weighting::Gate`]), and
+//! with [`Hessian::Full`] also `X^T X = sum_t w_t x_t x_t^T`. Per MoE layer it also records
+//! the statistics of every token entering the layer (`moe_input`).
+//!
+//! The importance an encoder gets is the mean square activation per input channel,
+//! `h[k] = sum_sq[k] / W`. An expert that saw `n_e < min_tokens` tokens is blended with its
+//! layer's all-token mean `m_layer` (for a down projection: with the mean of the layer's
+//! experts' down inputs, pooled):
+//!
+//! ```text
+//! h_e = (n_e * (sum_sq_e / W_e) + (min_tokens - n_e) * m_layer) / min_tokens
+//! ```
+//!
+//! (with uniform weighting `n_e * sum_sq_e / W_e = sum_sq_e`), the same for `X^T X / W`. Such
+//! experts are listed as fallbacks. The layout of the statistics file is in
+//! `docs/calibration.md`.
+
+use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::{Block, ForwardConfig, LinearInput, LinearRows, Observer, Routing};
+use crate::Dtype;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Metadata key of the statistics file holding the JSON description.
+pub const METADATA_KEY: &str = "ccq.calibration";
+
+/// Which second moments are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hessian {
+    /// Per-channel sums of squares only.
+    Diag,
+    /// Also the full `X^T X`.
+    Full,
+}
+
+/// How tokens are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weighting {
+    /// Every token counts 1.
+    Uniform,
+    /// A routed expert's token counts its routing weight (other linears: 1).
+    Gate,
+}
+
+/// Options of a calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalibOptions {
+    /// Experts with fewer tokens are blended with their layer's statistics.
+    pub min_tokens: usize,
+    /// Which second moments.
+    pub hessian: Hessian,
+    /// Token weighting.
+    pub weighting: Weighting,
+}
+
+impl Default for CalibOptions {
+    fn default() -> Self {
+        CalibOptions { min_tokens: 16, hessian: Hessian::Diag, weighting: Weighting::Uniform }
+    }
+}
+
+/// Raw sums of one linear input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSums {
+    /// Input width.
+    pub k: usize,
+    /// Tokens seen.
+    pub tokens: f64,
+    /// Sum of token weights.
+    pub weight_sum: f64,
+    /// `sum_t w_t x_t[k]^2`.
+    pub sum_sq: Vec<f64>,
+    /// `sum_t w_t x_t x_t^T`, row-major `[k, k]`, with [`Hessian::Full`].
+    pub xtx: Option<Vec<f64>>,
+}
+
+impl InputSums {
+    fn new(k: usize, full: bool) -> InputSums {
+        InputSums { k, tokens: 0.0, weight_sum: 0.0, sum_sq: vec![0.0; k], xtx: full.then(|| vec![0.0; k * k]) }
+    }
+
+    fn add(&mut self, rows: &[f32], weights: Option<&[f32]>, scale: f64) {
+        for (i, row) in rows.chunks_exact(self.k).enumerate() {
+            let w = weights.map_or(1.0, |g| g[i] as f64) * scale;
+            self.tokens += scale;
+            self.weight_sum += w;
+            for (s, &x) in self.sum_sq.iter_mut().zip(row) {
+                *s += w * (x as f64) * (x as f64);
+            }
+            if let Some(xtx) = &mut self.xtx {
+                for (a, &xa) in row.iter().enumerate() {
+                    let wa = w * xa as f64;
+                    for (o, &xb) in xtx[a * self.k..(a + 1) * self.k].iter_mut().zip(row) {
+                        *o += wa * xb as f64;
+                    }
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &InputSums) {
+        self.tokens += other.tokens;
+        self.weight_sum += other.weight_sum;
+        self.sum_sq.iter_mut().zip(&other.sum_sq).for_each(|(a, b)| *a += b);
+        if let (Some(a), Some(b)) = (&mut self.xtx, &other.xtx) {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// `sum / weight_sum` (zeros when nothing was seen).
+    fn mean(&self, sum: &[f64]) -> Vec<f64> {
+        let w = self.weight_sum;
+        sum.iter().map(|s| if w > 0.0 { s / w } else { 0.0 }).collect()
+    }
+}
+
+/// Gathers statistics while [`crate::model::forward`] runs.
+pub struct Calibrator {
+    cfg: ForwardConfig,
+    prefix: &'static str,
+    options: CalibOptions,
+    /// Raw sums by input id.
+    pub sums: BTreeMap<String, InputSums>,
+}
+
+/// Input ids and the weight tensors reading each.
+fn input_id(prefix: &str, layers: usize, layer: usize, block: Block, input: LinearInput) -> String {
+    if block == Block::LmHead || layer >= layers {
+        return "lm_head".to_string();
+    }
+    let base = format!("{prefix}layers.{layer}");
+    let module = match block {
+        Block::Attention => format!("{base}.self_attn"),
+        Block::DenseMlp => format!("{base}.mlp"),
+        Block::SharedExperts => format!("{base}.mlp.shared_experts"),
+        Block::Expert(e) => format!("{base}.mlp.experts.{e}"),
+        Block::LmHead => unreachable!(),
+    };
+    let leaf = match input {
+        LinearInput::Qkv => "qkv",
+        LinearInput::O => "o_proj",
+        LinearInput::GateUp => "gate_up",
+        LinearInput::Down => "down_proj",
+        LinearInput::LmHead => "lm_head",
+    };
+    format!("{module}.{leaf}")
+}
+
+fn moe_input_id(prefix: &str, layer: usize) -> String {
+    format!("{prefix}layers.{layer}.mlp.moe_input")
+}
+
+/// The weight tensors (`*.weight`) that read input `id`, by naming convention.
+fn weight_candidates(id: &str) -> Vec<String> {
+    let (module, leaves): (&str, &[&str]) = if let Some(m) = id.strip_suffix(".qkv") {
+        (m, &["qkv_proj", "q_proj", "k_proj", "v_proj"])
+    } else if let Some(m) = id.strip_suffix(".gate_up") {
+        (m, &["up_gate_proj", "gate_proj", "up_proj"])
+    } else if let Some(m) = id.strip_suffix(".moe_input") {
+        (m, &["gate"])
+    } else {
+        return vec![format!("{id}.weight")];
+    };
+    leaves.iter().map(|l| format!("{module}.{l}.weight")).collect()
+}
+
+impl Calibrator {
+    /// A calibrator for `cfg`; `paddle` selects the `ernie.` naming.
+    pub fn new(cfg: &ForwardConfig, paddle: bool, options: CalibOptions) -> Calibrator {
+        Calibrator { cfg: cfg.clone(), prefix: if paddle { "ernie." } else { "model." }, options, sums: BTreeMap::new() }
+    }
+
+    fn sums(&mut self, id: String, k: usize) -> &mut InputSums {
+        let full = self.options.hessian == Hessian::Full;
+        self.sums.entry(id).or_insert_with(|| InputSums::new(k, full))
+    }
+
+    /// Tokens each expert of MoE layer `l` received.
+    pub fn expert_tokens(&self, l: usize) -> Vec<usize> {
+        (0..self.cfg.experts)
+            .map(|e| {
+                let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), LinearInput::GateUp);
+                self.sums.get(&id).map_or(0, |s| s.tokens.round() as usize)
+            })
+            .collect()
+    }
+
+    /// Finishes: blends the experts below `min_tokens` and names the weights of each input.
+    pub fn finish(self, ckpt: &Checkpoint) -> Stats {
+        let mut inputs = BTreeMap::new();
+        let mut expert_tokens = BTreeMap::new();
+        let mut fallbacks = BTreeMap::new();
+        let moe_layers: Vec<usize> = (0..self.cfg.layers).filter(|&l| self.cfg.is_moe_layer(l)).collect();
+        for &l in &moe_layers {
+            let counts = self.expert_tokens(l);
+            let min = self.options.min_tokens;
+            let fell: Vec<usize> = (0..self.cfg.experts).filter(|&e| counts[e] < min).collect();
+            // Layer-level means: gate_up from the MoE input, down pooled over the experts.
+            let mut pooled_down: Option<InputSums> = None;
+            for e in 0..self.cfg.experts {
+                if let Some(s) = self.sums.get(&input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), LinearInput::Down)) {
+                    match &mut pooled_down {
+                        Some(p) => p.merge(s),
+                        None => pooled_down = Some(s.clone()),
+                    }
+                }
+            }
+            let moe_in = self.sums.get(&moe_input_id(self.prefix, l));
+            for &e in &fell {
+                for (input, layer_sums, k) in [
+                    (LinearInput::GateUp, moe_in, self.cfg.hidden),
+                    (LinearInput::Down, pooled_down.as_ref(), self.cfg.moe_intermediate),
+                ] {
+                    let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), input);
+                    let own = self.sums.get(&id).cloned().unwrap_or_else(|| InputSums::new(k, self.options.hessian == Hessian::Full));
+                    inputs.insert(id, blend(&own, layer_sums, min));
+                }
+            }
+            expert_tokens.insert(l, counts);
+            fallbacks.insert(l, fell);
+        }
+        for (id, s) in &self.sums {
+            if !inputs.contains_key(id) {
+                inputs.insert(id.clone(), InputStats::from_sums(s, false));
+            }
+        }
+        let mut weights = BTreeMap::new();
+        for id in inputs.keys() {
+            for name in weight_candidates(id) {
+                if ckpt.get(&name).is_ok() {
+                    weights.insert(name, id.clone());
+                }
+            }
+        }
+        Stats { inputs, weights, expert_tokens, fallbacks, meta: json!({}) }
+    }
+}
+
+fn blend(own: &InputSums, layer: Option<&InputSums>, min: usize) -> InputStats {
+    let n = own.tokens;
+    let min_f = min as f64;
+    let own_mean = own.mean(&own.sum_sq);
+    let layer_mean = layer.map_or_else(|| vec![0.0; own.k], |l| l.mean(&l.sum_sq));
+    let mix = |a: &[f64], b: &[f64]| -> Vec<f32> { a.iter().zip(b).map(|(a, b)| ((n * a + (min_f - n) * b) / min_f) as f32).collect() };
+    let mean_sq = mix(&own_mean, &layer_mean);
+    let xtx = own.xtx.as_ref().map(|x| {
+        let own_x = own.mean(x);
+        let layer_x = layer.and_then(|l| l.xtx.as_ref().map(|lx| l.mean(lx))).unwrap_or_else(|| vec![0.0; x.len()]);
+        mix(&own_x, &layer_x)
+    });
+    InputStats { k: own.k, tokens: n.round() as u64, sum_sq: own.sum_sq.iter().map(|&v| v as f32).collect(), mean_sq, xtx, fell_back: true }
+}
+
+impl Observer for Calibrator {
+    fn on_linear_input(&mut self, r: &LinearRows<'_>) {
+        let id = input_id(self.prefix, self.cfg.layers, r.layer, r.block, r.input);
+        let gates = match (self.options.weighting, r.block) {
+            (Weighting::Gate, Block::Expert(_)) => r.gate_weights,
+            _ => None,
+        };
+        self.sums(id, r.k).add(r.rows, gates, 1.0);
+        // Every token is routed to exactly top_k experts, so the experts' gate_up inputs, each
+        // counted 1/top_k, are the MoE layer's input.
+        if let (Block::Expert(_), LinearInput::GateUp) = (r.block, r.input) {
+            let top_k = self.cfg.top_k as f64;
+            let id = moe_input_id(self.prefix, r.layer);
+            self.sums(id, r.k).add(r.rows, None, 1.0 / top_k);
+        }
+    }
+
+    fn on_routing(&mut self, _routing: &Routing) {}
+}
+
+/// The statistics of one linear input, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputStats {
+    /// Input width.
+    pub k: usize,
+    /// Tokens seen.
+    pub tokens: u64,
+    /// Raw `sum_t w_t x_t[k]^2`.
+    pub sum_sq: Vec<f32>,
+    /// The importance `h`: mean square per channel, blended for fallback experts.
+    pub mean_sq: Vec<f32>,
+    /// `X^T X / W` (blended likewise), `[k, k]`, with [`Hessian::Full`].
+    pub xtx: Option<Vec<f32>>,
+    /// Whether blended with the layer's statistics.
+    pub fell_back: bool,
+}
+
+impl InputStats {
+    fn from_sums(s: &InputSums, fell_back: bool) -> InputStats {
+        InputStats {
+            k: s.k,
+            tokens: s.tokens.round() as u64,
+            sum_sq: s.sum_sq.iter().map(|&v| v as f32).collect(),
+            mean_sq: s.mean(&s.sum_sq).into_iter().map(|v| v as f32).collect(),
+            xtx: s.xtx.as_ref().map(|x| s.mean(x).into_iter().map(|v| v as f32).collect()),
+            fell_back,
+        }
+    }
+}
+
+/// A statistics file's contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// By input id.
+    pub inputs: BTreeMap<String, InputStats>,
+    /// Source weight tensor name -> input id.
+    pub weights: BTreeMap<String, String>,
+    /// Per MoE layer, the tokens of every expert.
+    pub expert_tokens: BTreeMap<usize, Vec<usize>>,
+    /// Per MoE layer, the experts blended with the layer's statistics.
+    pub fallbacks: BTreeMap<usize, Vec<usize>>,
+    /// Free-form provenance (token file, checkpoint fingerprint, options).
+    pub meta: Value,
+}
+
+/// The `--json` summary of `ccq calibrate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Token file, checkpoint and options.
+    pub meta: Value,
+    /// Linear inputs with statistics.
+    pub inputs: usize,
+    /// Per MoE layer (by index): the token count of every expert.
+    pub expert_tokens: BTreeMap<String, Vec<usize>>,
+    /// Per MoE layer: experts below `min_tokens`, blended with the layer's statistics.
+    pub fallbacks: BTreeMap<String, Vec<usize>>,
+}
+
+/// A fingerprint of a checkpoint's tensor names, dtypes and shapes (FNV-1a 64, hex).
+pub fn checkpoint_fingerprint(ckpt: &Checkpoint) -> String {
+    let mut names: Vec<String> = ckpt.tensors().iter().map(|t| format!("{}|{:?}|{:?}", t.name, t.dtype, t.shape)).collect();
+    names.sort();
+    fnv_hex(names.join("\n").as_bytes())
+}
+
+/// FNV-1a 64 of `bytes`, hex.
+pub fn fnv_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Stats {
+    /// The `--json` summary.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            meta: self.meta.clone(),
+            inputs: self.inputs.len(),
+            expert_tokens: self.expert_tokens.iter().map(|(l, v)| (l.to_string(), v.clone())).collect(),
+            fallbacks: self.fallbacks.iter().map(|(l, v)| (l.to_string(), v.clone())).collect(),
+        }
+    }
+
+    /// The statistics of the input weight tensor `name` reads.
+    pub fn for_weight(&self, name: &str) -> Option<&InputStats> {
+        self.inputs.get(self.weights.get(name)?)
+    }
+
+    /// Writes the statistics file atomically (layout: `docs/calibration.md`).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut specs = Vec::new();
+        let mut inputs_meta = serde_json::Map::new();
+        for (id, s) in &self.inputs {
+            specs.push(TensorSpec::new(format!("{id}.sum_sq"), Dtype::F32, vec![s.k]));
+            specs.push(TensorSpec::new(format!("{id}.mean_sq"), Dtype::F32, vec![s.k]));
+            if s.xtx.is_some() {
+                specs.push(TensorSpec::new(format!("{id}.xtx"), Dtype::F32, vec![s.k, s.k]));
+            }
+            inputs_meta.insert(id.clone(), json!({"k": s.k, "tokens": s.tokens, "fell_back": s.fell_back}));
+        }
+        let description = json!({
+            "format": "ccq-calibration",
+            "version": 1,
+            "meta": self.meta,
+            "inputs": inputs_meta,
+            "weights": self.weights,
+            "expert_tokens": self.expert_tokens.iter().map(|(l, v)| (l.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "fallbacks": self.fallbacks.iter().map(|(l, v)| (l.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), (METADATA_KEY.to_string(), description.to_string())]);
+        let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        for s in self.inputs.values() {
+            writer.write(&bytes(&s.sum_sq))?;
+            writer.write(&bytes(&s.mean_sq))?;
+            if let Some(x) = &s.xtx {
+                writer.write(&bytes(x))?;
+            }
+        }
+        writer.finish()?;
+        Ok(())
+    }
+
+    /// Reads a statistics file written by [`Stats::write`].
+    pub fn read(path: &Path) -> Result<Stats> {
+        let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if bytes.len() < 8 {
+            return Err(bad("not a safetensors file".to_string()));
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = bytes
+            .get(8..8 + n)
+            .and_then(|h| serde_json::from_slice(h).ok())
+            .ok_or_else(|| bad("not a safetensors file".to_string()))?;
+        let description: Value = header
+            .get("__metadata__")
+            .and_then(|m| m.get(METADATA_KEY))
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| bad(format!("no '{METADATA_KEY}' metadata: not a statistics file written by ccq calibrate")))?;
+        let data = &bytes[8 + n..];
+        let tensor = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let entry = header.get(name).ok_or_else(|| bad(format!("tensor '{name}' is missing")))?;
+            let off = entry.get("data_offsets").and_then(Value::as_array).ok_or_else(|| bad(format!("tensor '{name}' has no offsets")))?;
+            let (a, b) = (off[0].as_u64().unwrap_or(0) as usize, off[1].as_u64().unwrap_or(0) as usize);
+            if entry.get("dtype").and_then(Value::as_str) != Some("F32") || b - a != len * 4 || b > data.len() {
+                return Err(bad(format!("tensor '{name}' is not F32 with {len} values")));
+            }
+            Ok(data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        };
+        let mut inputs = BTreeMap::new();
+        let listed = description.get("inputs").and_then(Value::as_object).ok_or_else(|| bad("no inputs listed".to_string()))?;
+        for (id, m) in listed {
+            let k = m.get("k").and_then(Value::as_u64).ok_or_else(|| bad(format!("input '{id}' has no k")))? as usize;
+            let xtx = if header.get(format!("{id}.xtx")).is_some() { Some(tensor(&format!("{id}.xtx"), k * k)?) } else { None };
+            inputs.insert(
+                id.clone(),
+                InputStats {
+                    k,
+                    tokens: m.get("tokens").and_then(Value::as_u64).unwrap_or(0),
+                    sum_sq: tensor(&format!("{id}.sum_sq"), k)?,
+                    mean_sq: tensor(&format!("{id}.mean_sq"), k)?,
+                    xtx,
+                    fell_back: m.get("fell_back").and_then(Value::as_bool).unwrap_or(false),
+                },
+            );
+        }
+        let weights: BTreeMap<String, String> = serde_json::from_value(description.get("weights").cloned().unwrap_or(json!({})))
+            .map_err(|e| bad(format!("bad weights map: {e}")))?;
+        let layer_map = |key: &str| -> BTreeMap<usize, Vec<usize>> {
+            serde_json::from_value::<BTreeMap<String, Vec<usize>>>(description.get(key).cloned().unwrap_or(json!({})))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(l, v)| Some((l.parse().ok()?, v)))
+                .collect()
+        };
+        Ok(Stats {
+            inputs,
+            weights,
+            expert_tokens: layer_map("expert_tokens"),
+            fallbacks: layer_map("fallbacks"),
+            meta: description.get("meta").cloned().unwrap_or(json!({})),
+        })
+    }
+
+    /// Checks that every quantized weight (`tensors`: (output name, source names, K)) has
+    /// statistics of width K; all problems are listed at once.
+    pub fn check_covers<'a>(&self, path: &Path, tensors: impl Iterator<Item = (&'a str, &'a [String], usize)>) -> Result<()> {
+        let mut problems = Vec::new();
+        for (name, sources, k) in tensors {
+            for s in sources {
+                match self.for_weight(s) {
+                    None => problems.push(format!("no statistics for '{s}' (of '{name}')")),
+                    Some(st) if st.k != k => problems.push(format!("'{s}' has {k} inputs but its statistics have {}", st.k)),
+                    Some(_) => {}
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let n = problems.len();
+        problems.truncate(10);
+        Err(Error::BadInput {
+            problem: format!(
+                "{}: the calibration statistics do not match the checkpoint ({n} problem(s)): {}{}",
+                path.display(),
+                problems.join("; "),
+                if n > 10 { "; ..." } else { "" }
+            ),
+        })
+    }
+}
+
+/// Runs the forward pass over `sequences`, `batch_tokens` tokens at a time, and gathers the
+/// statistics of `ckpt`.
+pub fn calibrate(ckpt: &Checkpoint, sequences: &[Vec<u32>], options: CalibOptions, batch_tokens: usize) -> Result<Stats> {
+    let source = crate::model::source::OriginalWeights::new(ckpt)?;
+    let cfg = crate::model::WeightSource::config(&source).clone();
+    cfg.check_tokens(sequences)?;
+    let paddle = ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."));
+    let mut cal = Calibrator::new(&cfg, paddle, options);
+    let mut start = 0;
+    while start < sequences.len() {
+        let mut end = start + 1;
+        let mut n = sequences[start].len();
+        while end < sequences.len() && n + sequences[end].len() <= batch_tokens {
+            n += sequences[end].len();
+            end += 1;
+        }
+        crate::model::forward(&source, &sequences[start..end], &mut cal)?;
+        start = end;
+    }
+    let mut stats = cal.finish(ckpt);
+    stats.meta = json!({
+        "checkpoint": ckpt.path().display().to_string(),
+        "checkpoint_fingerprint": checkpoint_fingerprint(ckpt),
+        "sequences": sequences.len(),
+        "tokens": sequences.iter().map(Vec::len).sum::<usize>(),
+        "min_tokens": options.min_tokens,
+        "hessian": match options.hessian { Hessian::Diag => "diag", Hessian::Full => "full" },
+        "weighting": match options.weighting { Weighting::Uniform => "uniform", Weighting::Gate => "gate" },
+    });
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests;
