@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `ccq` binary.
 
+mod calibrate;
 mod dequant;
 mod eval;
 mod quantize;
