@@ -507,16 +507,8 @@ pub fn calibrate(ckpt: &Checkpoint, sequences: &[Vec<u32>], options: CalibOption
     cfg.check_tokens(sequences)?;
     let paddle = ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."));
     let mut cal = Calibrator::new(&cfg, paddle, options);
-    let mut start = 0;
-    while start < sequences.len() {
-        let mut end = start + 1;
-        let mut n = sequences[start].len();
-        while end < sequences.len() && n + sequences[end].len() <= batch_tokens {
-            n += sequences[end].len();
-            end += 1;
-        }
-        crate::model::forward(&source, &sequences[start..end], &mut cal)?;
-        start = end;
+    for batch in crate::model::batches(sequences, batch_tokens) {
+        crate::model::forward(&source, batch, &mut cal)?;
     }
     let mut stats = cal.finish(ckpt);
     stats.meta = json!({

@@ -98,15 +98,7 @@ pub fn evaluate(original: &dyn WeightSource, quantized: &dyn WeightSource, seque
     check(original, quantized, sequences)?;
     let vocab = original.config().vocab;
     let mut acc = Accumulator::default();
-    let mut start = 0;
-    while start < sequences.len() {
-        let mut end = start + 1;
-        let mut n = sequences[start].len();
-        while end < sequences.len() && n + sequences[end].len() <= batch_tokens {
-            n += sequences[end].len();
-            end += 1;
-        }
-        let batch = &sequences[start..end];
+    for batch in super::batches(sequences, batch_tokens) {
         let lo = forward(original, batch, &mut NoObserver)?;
         let lq = forward(quantized, batch, &mut NoObserver)?;
         let mut row = 0;
@@ -119,7 +111,6 @@ pub fn evaluate(original: &dyn WeightSource, quantized: &dyn WeightSource, seque
             }
             row += seq.len();
         }
-        start = end;
     }
     Ok(acc.report())
 }

@@ -463,6 +463,26 @@ fn add(h: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Splits `sequences` into consecutive batches of at most `batch_tokens` tokens (a longer
+/// sequence gets a batch of its own), the unit [`forward`] is called on.
+pub fn batches(sequences: &[Vec<u32>], batch_tokens: usize) -> impl Iterator<Item = &[Vec<u32>]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= sequences.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        let mut n = sequences[start].len();
+        while end < sequences.len() && n + sequences[end].len() <= batch_tokens {
+            n += sequences[end].len();
+            end += 1;
+        }
+        let batch = &sequences[start..end];
+        start = end;
+        Some(batch)
+    })
+}
+
 /// `w * x / sqrt(mean(x^2) + eps)` per row.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
