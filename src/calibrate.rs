@@ -262,6 +262,11 @@ fn blend(own: &InputSums, layer: Option<&InputSums>, min: usize) -> InputStats {
 }
 
 impl Observer for Calibrator {
+    /// Calibration needs the inputs of every linear, lm_head's included, but not the logits.
+    fn needs_logits(&self) -> bool {
+        false
+    }
+
     fn on_linear_input(&mut self, r: &LinearRows<'_>) {
         let id = input_id(self.prefix, self.cfg.layers, r.layer, r.block, r.input);
         let gates = match (self.options.weighting, r.block) {

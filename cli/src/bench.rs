@@ -15,9 +15,10 @@ use ccq::scheme::Effort;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: `wint2` (quality and speed of the codec), `inspect` (header-only
-    /// reading of a 300B-shaped sparse checkpoint) or `kernels` (fast matmul of every format
-    /// at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul).
-    #[arg(value_parser = ["wint2", "inspect", "kernels"])]
+    /// reading of a 300B-shaped sparse checkpoint), `calibrate` (calibration tokens/s and
+    /// peak memory on the tiny shape and one 21B-A3B-shaped MoE layer) or `kernels` (fast
+    /// matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul).
+    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels"])]
     pub what: String,
     /// inspect: routed experts per MoE layer of the synthetic 300B-shaped checkpoint (64 is
     /// the real model; 512 gives about 79k tensors).
@@ -47,6 +48,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match args.what.as_str() {
         "inspect" => bench_inspect(args),
+        "calibrate" => bench_calibrate(args),
         "kernels" => bench_kernels(args),
         _ => bench_wint2(args),
     }
@@ -101,6 +103,40 @@ fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
             g / 22.0,
             g / 61.0
         );
+    }
+    Ok(())
+}
+
+/// `ccq bench calibrate`: calibration throughput on the tiny fixture shape and on one
+/// 21B-A3B-shaped MoE layer, growing the experts and the sequence length.
+fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
+    use ccq::bench::calibrate::{prepare, time_calibration};
+    // (preset, layers, experts, [(seq_len, sequences)])
+    let cases: [(&str, usize, usize, &[(usize, usize)]); 3] = [
+        ("tiny", 3, 4, &[(64, 8), (256, 8)]),
+        ("21b-a3b", 2, 16, &[(64, 4), (256, 4)]),
+        ("21b-a3b", 2, 64, &[(64, 4), (256, 4)]),
+    ];
+    println!("shape | layers | experts | seq len | sequences | tokens | seconds | tokens/s | peak RSS so far (MiB)");
+    for (preset, layers, experts, runs) in cases {
+        let dir = std::env::temp_dir().join(format!("ccq-bench-calibrate-{}", std::process::id()));
+        let model = prepare(&dir, preset, layers, experts)?;
+        for &(seq_len, sequences) in runs {
+            let t = time_calibration(&dir, preset, &model, seq_len, sequences)?;
+            println!(
+                "{} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {}",
+                t.preset,
+                t.layers,
+                t.experts,
+                t.seq_len,
+                t.sequences,
+                t.seq_len * t.sequences,
+                t.seconds,
+                t.tokens_per_second(),
+                t.peak_rss_mib.map_or("?".to_string(), |m| format!("{m:.0}"))
+            );
+        }
+        std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
 }

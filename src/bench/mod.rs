@@ -1,6 +1,7 @@
 //! Benchmark support: deterministic fixtures, the quality/speed tables of the schemes, and
 //! the header-only speed of `ccq inspect`, the speed of the matmul kernels.
 
+pub mod calibrate;
 pub mod inspect;
 pub mod kernels;
 pub mod wint2;

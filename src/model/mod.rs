@@ -401,6 +401,12 @@ pub trait Observer {
     fn on_routing(&mut self, _routing: &Routing) {}
     /// Called when layer `i` (or `layers` for the head) starts.
     fn on_layer(&mut self, _i: usize) {}
+    /// Whether the caller needs the logits. An observer that only gathers inputs (calibration)
+    /// says no, and [`forward`] then stops after showing it the lm_head input, skipping the
+    /// largest matmul of the model.
+    fn needs_logits(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that records nothing.
@@ -421,7 +427,8 @@ impl Observer for RoutingRecorder {
 }
 
 /// Runs `sequences` through the model and returns the logits `[total tokens, vocab]`
-/// (sequences back to back). Tokens are checked first ([`ForwardConfig::check_tokens`]).
+/// (sequences back to back), or nothing when the observer does not need them
+/// ([`Observer::needs_logits`]). Tokens are checked first ([`ForwardConfig::check_tokens`]).
 pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut dyn Observer) -> Result<Vec<f32>> {
     let cfg = source.config().clone();
     cfg.check_tokens(sequences)?;
@@ -444,7 +451,6 @@ pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut
     }
     observer.on_layer(cfg.layers);
     let x = rms_norm(&h, &source.final_norm()?, cfg.rms_norm_eps);
-    let head = source.lm_head()?;
     observer.on_linear_input(&LinearRows {
         layer: cfg.layers,
         block: Block::LmHead,
@@ -454,7 +460,10 @@ pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut
         tokens: None,
         gate_weights: None,
     });
-    head.forward(&x, m)
+    if !observer.needs_logits() {
+        return Ok(Vec::new());
+    }
+    source.lm_head()?.forward(&x, m)
 }
 
 fn add(h: &mut [f32], y: &[f32]) {
