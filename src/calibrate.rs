@@ -412,39 +412,31 @@ impl Stats {
         Ok(())
     }
 
-    /// Reads a statistics file written by [`Stats::write`].
+    /// Reads a statistics file written by [`Stats::write`], through the checkpoint reader (so
+    /// every byte of the safetensors container is validated first).
     pub fn read(path: &Path) -> Result<Stats> {
         let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.len() < 8 {
-            return Err(bad("not a safetensors file".to_string()));
-        }
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: Value = bytes
-            .get(8..8 + n)
-            .and_then(|h| serde_json::from_slice(h).ok())
-            .ok_or_else(|| bad("not a safetensors file".to_string()))?;
-        let description: Value = header
-            .get("__metadata__")
-            .and_then(|m| m.get(METADATA_KEY))
-            .and_then(Value::as_str)
+        let ckpt = Checkpoint::open(path)?;
+        let description: Value = ckpt
+            .shards()
+            .first()
+            .and_then(|shard| shard.metadata.get(METADATA_KEY))
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| bad(format!("no '{METADATA_KEY}' metadata: not a statistics file written by ccq calibrate")))?;
-        let data = &bytes[8 + n..];
         let tensor = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let entry = header.get(name).ok_or_else(|| bad(format!("tensor '{name}' is missing")))?;
-            let off = entry.get("data_offsets").and_then(Value::as_array).ok_or_else(|| bad(format!("tensor '{name}' has no offsets")))?;
-            let (a, b) = (off[0].as_u64().unwrap_or(0) as usize, off[1].as_u64().unwrap_or(0) as usize);
-            if entry.get("dtype").and_then(Value::as_str) != Some("F32") || b - a != len * 4 || b > data.len() {
+            let entry = ckpt.get(name).map_err(|_| bad(format!("tensor '{name}' is missing")))?;
+            if entry.dtype != Dtype::F32 || entry.numel() != len {
                 return Err(bad(format!("tensor '{name}' is not F32 with {len} values")));
             }
-            Ok(data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            ckpt.read_f32(name)
         };
+        let header_has = |name: &str| ckpt.get(name).is_ok();
         let mut inputs = BTreeMap::new();
         let listed = description.get("inputs").and_then(Value::as_object).ok_or_else(|| bad("no inputs listed".to_string()))?;
         for (id, m) in listed {
             let k = m.get("k").and_then(Value::as_u64).ok_or_else(|| bad(format!("input '{id}' has no k")))? as usize;
-            let xtx = if header.get(format!("{id}.xtx")).is_some() { Some(tensor(&format!("{id}.xtx"), k * k)?) } else { None };
+            let k_squared = k.checked_mul(k).ok_or_else(|| bad(format!("input '{id}' has k = {k}, too large")))?;
+            let xtx = if header_has(&format!("{id}.xtx")) { Some(tensor(&format!("{id}.xtx"), k_squared)?) } else { None };
             inputs.insert(
                 id.clone(),
                 InputStats {

@@ -152,3 +152,25 @@ fn calibrated_quantization_lowers_the_weighted_error() {
     std::fs::remove_dir_all(plain).unwrap();
     std::fs::remove_dir_all(calib).unwrap();
 }
+
+#[test]
+fn malformed_statistics_files_are_errors_not_panics() {
+    let dir = std::env::temp_dir().join(format!("ccq-calib-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stats.safetensors");
+    for json in [
+        r#"{"a.sum_sq":{"dtype":"F32","shape":[1],"data_offsets":[]}}"#,
+        r#"{"a.sum_sq":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,0]}}"#,
+        r#"{"__metadata__":{"ccq.calibration":"{\"inputs\":{\"a\":{\"k\":4294967296}}}"}}"#,
+    ] {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Stats::read(&path).is_err(), "{json}");
+    }
+    let mut huge = u64::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    std::fs::write(&path, &huge).unwrap();
+    assert!(Stats::read(&path).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -129,15 +129,28 @@ impl ForwardConfig {
         if top_k == 0 || top_k > experts {
             return Err(Error::BadInput { problem: format!("{}: moe_k {top_k} must be in 1..={experts}", file.display()) });
         }
+        let positive = |key: &str, value: Option<usize>| -> Result<usize> {
+            match value {
+                None => Err(missing(key)),
+                Some(0) => Err(Error::BadInput { problem: format!("{}: \"{key}\" must be positive", file.display()) }),
+                Some(v) => Ok(v),
+            }
+        };
+        let hidden = positive("hidden_size", Some(hidden))?;
+        // Every projection must be addressable: heads x head_dim x hidden cannot overflow.
+        let elements = |h: usize| h.checked_mul(head_dim).and_then(|w| w.checked_mul(hidden));
+        if elements(heads).and(elements(kv_heads)).is_none() {
+            return Err(Error::BadInput { problem: format!("{}: head_dim {head_dim} is too large", file.display()) });
+        }
         Ok(ForwardConfig {
             hidden,
-            layers: cfg.num_hidden_layers.ok_or_else(|| missing("num_hidden_layers"))?,
+            layers: positive("num_hidden_layers", cfg.num_hidden_layers)?,
             heads,
             kv_heads,
             head_dim,
-            vocab: cfg.vocab_size.ok_or_else(|| missing("vocab_size"))?,
-            intermediate: cfg.intermediate_size.ok_or_else(|| missing("intermediate_size"))?,
-            moe_intermediate: *moe.intermediate_size.first().ok_or_else(|| missing("moe_intermediate_size"))?,
+            vocab: positive("vocab_size", cfg.vocab_size)?,
+            intermediate: positive("intermediate_size", cfg.intermediate_size)?,
+            moe_intermediate: positive("moe_intermediate_size", moe.intermediate_size.first().copied())?,
             experts,
             top_k,
             shared_experts: moe.num_shared_experts,

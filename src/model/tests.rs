@@ -224,6 +224,23 @@ fn bad_input_is_named_before_work() {
 }
 
 #[test]
+fn zero_or_huge_dimensions_are_refused() {
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("ernie45-tiny-pt/config.json")).unwrap()).unwrap();
+    for (key, value) in [
+        ("hidden_size", serde_json::json!(0)),
+        ("vocab_size", serde_json::json!(0)),
+        ("intermediate_size", serde_json::json!(0)),
+        ("moe_intermediate_size", serde_json::json!(0)),
+        ("head_dim", serde_json::json!(1u64 << 62)),
+    ] {
+        let mut cfg = base.clone();
+        cfg[key] = value;
+        let e = ForwardConfig::from_json(&cfg, Path::new("config.json")).unwrap_err().to_string();
+        assert!(e.contains("positive") || e.contains("too large"), "{key}: {e}");
+    }
+}
+
+#[test]
 fn token_files() {
     let dir = std::env::temp_dir().join(format!("ccq-model-tokens-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
