@@ -351,14 +351,9 @@ pub fn checkpoint_fingerprint(ckpt: &Checkpoint) -> String {
     fnv_hex(names.join("\n").as_bytes())
 }
 
-/// FNV-1a 64 of `bytes`, hex.
+/// FNV-1a 64 of `bytes` ([`crate::rng::fnv1a64`]), hex.
 pub fn fnv_hex(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::rng::fnv1a64(bytes))
 }
 
 impl Stats {

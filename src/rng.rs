@@ -3,6 +3,12 @@
 //! SplitMix64 (Steele, Lea and Flood 2014) for uniform bits, Box-Muller for normals. The same
 //! seed gives the same stream on every platform and at every thread count.
 
+/// FNV-1a, 64 bits: `h = (h ^ byte) * 0x100000001b3` from `h = 0xcbf29ce484222325`. A small,
+/// stable, non-cryptographic hash for seeds and fingerprints.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// SplitMix64 state.
 #[derive(Debug, Clone)]
 pub struct Rng {
@@ -19,10 +25,7 @@ impl Rng {
     /// A generator whose seed mixes `seed` with a string (e.g. a tensor name) and an index.
     pub fn for_stream(seed: u64, name: &str, index: u64) -> Rng {
         // FNV-1a over the name, then mixed with the seed and index by a SplitMix step.
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for b in name.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = fnv1a64(name.as_bytes());
         let mut mix = Rng::new(seed ^ h.rotate_left(17) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         Rng::new(mix.next_u64())
     }

@@ -1,8 +1,8 @@
 //! `ccq calibrate`: per-expert activation statistics from the forward pass on real tokens.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ccq::calibrate::{calibrate, fnv_hex, CalibOptions, Hessian, Weighting};
-use ccq::model::eval::read_tokens;
+use ccq::model::eval::parse_tokens;
 use ccq::Checkpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +40,9 @@ pub struct CalibrateArgs {
 
 /// Runs `ccq calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
-    let sequences = read_tokens(&args.tokens, args.seq_len)?;
+    // Read once: the same bytes are parsed and fingerprinted in the statistics' metadata.
+    let token_bytes = std::fs::read(&args.tokens).with_context(|| format!("reading {}", args.tokens.display()))?;
+    let sequences = parse_tokens(&token_bytes, args.seq_len, &args.tokens)?;
     if args.min_tokens == 0 {
         bail!("--min-tokens must be positive");
     }
@@ -52,7 +54,6 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     };
     let start = std::time::Instant::now();
     let mut stats = calibrate(&ckpt, &sequences, options, args.batch_tokens.max(1))?;
-    let token_bytes = std::fs::read(&args.tokens)?;
     stats.meta["tokens_file"] = serde_json::json!(args.tokens.display().to_string());
     stats.meta["tokens_fnv64"] = serde_json::json!(fnv_hex(&token_bytes));
     stats.meta["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());

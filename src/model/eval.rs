@@ -37,6 +37,11 @@ pub struct EvalReport {
 /// many (the last may be shorter); without, a JSON array of arrays of ids.
 pub fn read_tokens(path: &Path, seq_len: Option<usize>) -> Result<Vec<Vec<u32>>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_tokens(&bytes, seq_len, path)
+}
+
+/// Parses the contents of a token file (see [`read_tokens`]); `path` is named in errors.
+pub fn parse_tokens(bytes: &[u8], seq_len: Option<usize>, path: &Path) -> Result<Vec<Vec<u32>>> {
     let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
     let sequences = match seq_len {
         Some(0) => return Err(bad("--seq-len must be positive".to_string())),
