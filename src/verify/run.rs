@@ -179,12 +179,19 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
     let packed = owned.as_kernel();
     let kernel_error = |e: kernel::KernelError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
     let w_hat = kernel::dequantize(&packed).map_err(kernel_error)?;
-    let m = options.probe_rows.max(1);
-    let x = Rng::for_stream(options.seed, "probe", t.k as u64).normals(m * t.k);
-    let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let reference = Weights::Dense { dtype: crate::Dtype::F32, bytes: &w_bytes, k: t.k, n: t.n };
-    let y = kernel::matmul(Input::F32(&x), m, &reference).map_err(kernel_error)?;
-    let y_hat = kernel::matmul(Input::F32(&x), m, &packed).map_err(kernel_error)?;
+    // The Gaussian probe is only run when no calibration statistics weight the error.
+    let outputs = match &options.calibration {
+        Some((stats, _)) => OutputReference::Calibration(stats),
+        None => {
+            let m = options.probe_rows.max(1);
+            let x = Rng::for_stream(options.seed, "probe", t.k as u64).normals(m * t.k);
+            let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let reference = Weights::Dense { dtype: crate::Dtype::F32, bytes: &w_bytes, k: t.k, n: t.n };
+            let y = kernel::matmul(Input::F32(&x), m, &reference).map_err(kernel_error)?;
+            let y_hat = kernel::matmul(Input::F32(&x), m, &packed).map_err(kernel_error)?;
+            OutputReference::Probe { y, y_hat }
+        }
+    };
     quant.release(t);
     for name in &names {
         original.release(original.get(name)?);
@@ -194,12 +201,12 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
     let mut offset = 0;
     for (name, width) in &p.sources {
         let weights = column_sums(&w, &w_hat, t.n, offset, *width);
-        let output_rel_err = match &options.calibration {
-            Some((stats, _)) => {
+        let output_rel_err = match &outputs {
+            OutputReference::Calibration(stats) => {
                 let st = stats.for_weight(name).ok_or_else(|| Error::BadInput { problem: format!("no calibration statistics for '{name}'") })?;
                 weighted_error(&w, &w_hat, t.k, t.n, offset, *width, st)
             }
-            None => column_sums(&y, &y_hat, t.n, offset, *width).relative_l2(),
+            OutputReference::Probe { y, y_hat } => column_sums(y, y_hat, t.n, offset, *width).relative_l2(),
         };
         let class = model.classify(name);
         rows.push(TensorRow {
@@ -220,6 +227,14 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
         offset += width;
     }
     Ok(rows)
+}
+
+/// What the output error of a tensor is measured against.
+enum OutputReference<'a> {
+    /// Calibration statistics: the activation-weighted error.
+    Calibration(&'a crate::calibrate::Stats),
+    /// `X W` and `X What` on the Gaussian probe.
+    Probe { y: Vec<f32>, y_hat: Vec<f32> },
 }
 
 /// Error sums over columns `offset..offset + width` of two row-major matrices `n` wide.
