@@ -39,13 +39,17 @@
 //! On x86-64 the same code is also compiled with AVX2 + FMA enabled and picked at run time
 //! when the CPU has them (`is_x86_feature_detected!`), else the baseline build runs.
 //!
-//! WINT2 has an instruction-set kernel (`arch/x86.rs`, AVX-512 F + BW + BF16, picked at run
-//! time): 32 columns in two 16-lane vectors, each weight decoded to exactly the format's
+//! WINT2 has instruction-set kernels (`arch/x86.rs`, picked at run time). With AVX-512 F +
+//! BW + BF16: 32 columns in two 16-lane vectors, each weight decoded to exactly the format's
 //! bf16 value (exact product `q * s`, one hardware round-to-nearest-even to bf16), products
-//! summed with FMA into several accumulators, for up to 8 rows of `x` per decode. Blocks
-//! whose parameters could push an intermediate out of the normal or `i32` range, partial
-//! blocks at the right edge, and CPUs without the features use the portable path, which is
-//! [`matmul_portable`] when forced.
+//! summed with FMA into several accumulators, for up to 8 rows of `x` per decode. For
+//! `m = 1` (a decode step) with AVX-512 VBMI as well: up to 256 columns per pass, rows in
+//! the lanes, each 64-row group transposed in registers and its weights looked up in a
+//! 16 KiB table of `bf16_rne(q * (1 + mantissa / 128))` (exact: the group scale's power of
+//! two is applied to the group's partial sum). Blocks whose parameters could push an
+//! intermediate out of the normal or `i32` range, partial blocks at the right edge, and
+//! CPUs without the features use the portable path, which is [`matmul_portable`] when
+//! forced.
 //!
 //! Determinism: each output element is computed by exactly one task, in an order fixed by
 //! the shape alone, so results do not depend on the thread count.
@@ -85,6 +89,9 @@ use crate::Dtype;
 
 /// Output columns per block of the fast path: four 8-lane vectors of f32.
 pub const BLOCK_N: usize = 32;
+
+/// Column blocks per task at `m = 1` (256 columns: four cache lines of WINT2 bytes per row).
+const M1_RUN: usize = 8;
 /// Rows of K per tile of the fast path (one WINT2 local-scale group, one CUTLASS tile).
 pub const TILE_K: usize = 64;
 
@@ -350,10 +357,11 @@ pub(crate) trait TileSource: Sync {
         None
     }
 
-    /// Like [`TileSource::block_arch`] for `m = 1` and the two blocks at `n0`, `n0 + BLOCK_N`
-    /// in one pass (which blocks are paired depends on the shape alone, so results stay
-    /// independent of the thread count).
-    fn block_pair_m1_arch(&self, _x: &[f32], _n0: usize) -> Option<[[f32; BLOCK_N]; 2]> {
+    /// For `m = 1`, `count` adjacent blocks from `n0` at once with an instruction-set kernel
+    /// (formats whose kernels share one pass over the rows between blocks), or `None`.
+    /// Which blocks run together depends on the shape alone, so results stay independent of
+    /// the thread count.
+    fn blocks_m1_arch(&self, _x: &[f32], _n0: usize, _count: usize) -> Option<Vec<[f32; BLOCK_N]>> {
         None
     }
 }
@@ -363,18 +371,18 @@ fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> 
     let n = s.n();
     let nb = n.div_ceil(BLOCK_N);
     let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch {
-        // Blocks 2i and 2i + 1 together where the format has a paired kernel.
-        let pairs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(2))
+        // Runs of `M1_RUN` blocks, for formats with a kernel that shares a pass between them.
+        let runs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(M1_RUN))
             .into_par_iter()
             .map(|i| {
-                let n0 = 2 * i * BLOCK_N;
-                match (2 * i + 1 < nb).then(|| s.block_pair_m1_arch(x, n0)).flatten() {
-                    Some([a, b]) => vec![vec![a], vec![b]],
-                    None => (2 * i..nb.min(2 * i + 2)).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),
+                let (first, end) = (i * M1_RUN, nb.min((i + 1) * M1_RUN));
+                match s.blocks_m1_arch(x, first * BLOCK_N, end - first) {
+                    Some(run) => run.into_iter().map(|b| vec![b]).collect(),
+                    None => (first..end).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),
                 }
             })
             .collect();
-        pairs.into_iter().flatten().collect()
+        runs.into_iter().flatten().collect()
     } else {
         (0..nb).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect()
     };

@@ -379,24 +379,39 @@ proptest! {
 }
 
 /// The weights the fast path uses are exactly the format's: `x = I` (`m = K`, one-hot rows,
-/// and `m = 1` one-hot vectors) gives back the dequantized matrix value for value, for
-/// encoder output and for random bytes with in-range random parameters (signed, tiny and
-/// large scales, every local scale), on the AVX-512 kernel where the CPU has it.
+/// and `m = 1` one-hot vectors for every row) gives back the dequantized matrix value for
+/// value, for encoder output and for random bytes with in-range random parameters (signed,
+/// tiny and large scales, every local scale, code maps at the edge of the lookup kernel's
+/// range and past it), on the AVX-512 kernels where the CPU has them. The widths cover
+/// every `m = 1` kernel: runs of 8, 4, 2 and 1 blocks and a partial block at the edge.
 #[test]
 fn wint2_fast_weights_are_exact() {
     let mut rng = Rng::new(77);
     let mut mats = vec![];
-    for (k, n) in [(128, 64), (256, 96)] {
+    for (k, n) in [(128, 64), (256, 96), (128, 288), (256, 224), (128, 300)] {
         let Owned::Packed(p) = make("wint2", k, n, 9) else { unreachable!() };
         mats.push(p);
-        let mut bytes = |len: usize| (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>();
-        let (qw, ws) = (bytes(k / 4 * n), bytes(k / 128 * n));
-        let mut rng2 = Rng::new(k as u64);
-        let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (rng2.next_u64() % 1_000_000) as f32 / 1e6;
-        let sup: Vec<u16> = (0..n).map(|c| bf16::from_f32(f(-1.0, 1.0) * [1e-20, 1.0, 3e4, 1e20][c % 4]).to_bits()).collect();
-        let cs: Vec<u32> = (0..n).map(|_| f(-200.0, 200.0).to_bits()).collect();
-        let zp: Vec<u32> = (0..n).map(|_| f(-20000.0, 20000.0).to_bits()).collect();
-        mats.push(wint2_from_bits(k, n, qw, ws, sup, cs, zp));
+        for outliers in [false, true] {
+            let mut bytes = |len: usize| (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>();
+            let (qw, ws) = (bytes(k / 4 * n), bytes(k / 128 * n));
+            let mut rng2 = Rng::new((k * n) as u64 + u64::from(outliers));
+            let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (rng2.next_u64() % 1_000_000) as f32 / 1e6;
+            let sup: Vec<u16> = (0..n).map(|c| bf16::from_f32(f(-1.0, 1.0) * [1e-20, 1.0, 3e4, 1e20][c % 4]).to_bits()).collect();
+            // Column 5 of every 11: |255 cs| + |c| just under 2^21 (the lookup kernel's edge);
+            // with outliers, columns 17 and 36 of every 37 past it, codes up to 1.5 * 2^22
+            // and beyond (those runs take the paired kernel).
+            let cs: Vec<u32> = (0..n)
+                .map(|c| match (c % 11, c % 37) {
+                    (_, 17) if outliers => [24_672.0f32, -24_672.0][c % 2],
+                    (_, 36) if outliers => f(-2e5, 2e5),
+                    (5, _) => [8000.0f32, -8000.0][c % 2],
+                    _ => f(-200.0, 200.0),
+                })
+                .map(f32::to_bits)
+                .collect();
+            let zp: Vec<u32> = (0..n).map(|_| f(-20000.0, 20000.0).to_bits()).collect();
+            mats.push(wint2_from_bits(k, n, qw, ws, sup, cs, zp));
+        }
     }
     for p in &mats {
         let (k, n) = (p.k, p.n);
@@ -407,9 +422,25 @@ fn wint2_fast_weights_are_exact() {
             eye[i * k + i] = 1.0;
         }
         assert_eq!(matmul(Input::F32(&eye), k, &w).unwrap(), d, "[{k}, {n}] identity");
-        for row in [0, 1, 2, 3, 63, 64, k - 1] {
+        for row in 0..k {
             let y = matmul(Input::F32(&eye[row * k..(row + 1) * k]), 1, &w).unwrap();
             assert_eq!(y, d[row * n..(row + 1) * n], "[{k}, {n}] row {row}");
+        }
+    }
+}
+
+/// The `m = 1` kernels agree with the reference within the tolerance on Gaussian
+/// activations, for every run length (and so every kernel) the driver picks.
+#[test]
+fn wint2_m1_kernels_match_reference() {
+    for (k, n) in [(128, 256), (256, 160), (384, 100), (128, 288)] {
+        let o = make("wint2", k, n, 21);
+        let w = decoded(&o);
+        for seed in 0..3 {
+            let x = gaussian(1, k, seed);
+            let f = matmul(Input::F32(&x), 1, &o.weights()).unwrap();
+            let r = matmul_reference(Input::F32(&x), 1, &o.weights()).unwrap();
+            assert_within(&f, &r, &x, 1, &w, k, n).unwrap_or_else(|e| panic!("[{k}, {n}] seed {seed}: {e}"));
         }
     }
 }

@@ -138,17 +138,67 @@ impl TileSource for Wint2View<'_> {
         }
     }
 
-    fn block_pair_m1_arch(&self, x: &[f32], n0: usize) -> Option<[[f32; BLOCK_N]; 2]> {
+    /// Runs of adjacent blocks at `m = 1`: the lookup kernel over 8, 4 and 2 blocks (256,
+    /// 128, 64 columns) where the CPU has AVX-512 VBMI and the code maps are in its range,
+    /// else the paired AVX-512 kernel, else one block at a time (partial blocks and
+    /// parameters outside the kernels' range take the portable path).
+    fn blocks_m1_arch(&self, x: &[f32], n0: usize, count: usize) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
-            let (b0, b1) = (self.arch_block(n0)?, self.arch_block(n0 + BLOCK_N)?);
-            // SAFETY: `arch_block` checked the features and both blocks' invariants.
-            Some(unsafe { super::arch::x86::wint2_pair_m1_avx512(&b0, &b1, x) })
+            if !super::arch::has_wint2_avx512() {
+                return None;
+            }
+            let mut out = Vec::with_capacity(count);
+            while out.len() < count {
+                let first = out.len();
+                // The longest run from `first` that the AVX-512 kernels take.
+                let run: Vec<_> = (first..count).map_while(|b| self.arch_block(n0 + b * BLOCK_N)).collect();
+                if run.is_empty() {
+                    out.extend(super::block(self, x, 1, n0 + first * BLOCK_N, true));
+                } else {
+                    self.run_m1_avx512(&run, x, &mut out);
+                }
+            }
+            Some(out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, n0);
+            let _ = (x, n0, count);
             None
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wint2View<'_> {
+    /// `m = 1` over adjacent blocks that all passed [`Self::arch_block`], widest kernel first.
+    fn run_m1_avx512(&self, blocks: &[super::arch::x86::Wint2Block<'_>], x: &[f32], out: &mut Vec<[f32; BLOCK_N]>) {
+        use super::arch::x86;
+        let vbmi = super::arch::has_wint2_vbmi();
+        let lookup = |run: &[x86::Wint2Block<'_>], len: usize| vbmi && run.len() >= len && run[..len].iter().all(|b| b.lookup_ok);
+        let mut rest = blocks;
+        // SAFETY: `arch_block` checked the AVX-512 features and each block's invariants;
+        // the blocks are adjacent; VBMI and the lookup range are checked for the lookup kernel.
+        unsafe {
+            while !rest.is_empty() {
+                let take = if lookup(rest, 8) {
+                    out.extend(x86::wint2_lines_m1_vbmi::<4>(&rest[..8], x));
+                    8
+                } else if lookup(rest, 4) {
+                    out.extend(x86::wint2_lines_m1_vbmi::<2>(&rest[..4], x));
+                    4
+                } else if lookup(rest, 2) {
+                    out.extend(x86::wint2_lines_m1_vbmi::<1>(&rest[..2], x));
+                    2
+                } else if rest.len() >= 2 {
+                    out.extend(x86::wint2_pair_m1_avx512(&rest[0], &rest[1], x));
+                    2
+                } else {
+                    out.extend(x86::wint2_block_avx512(&rest[0], x, 1));
+                    1
+                };
+                rest = &rest[take..];
+            }
         }
     }
 }
@@ -158,7 +208,7 @@ impl<'a> Wint2View<'a> {
     /// Block `[n0, n0 + 32)` for the AVX-512 kernel, if the CPU has AVX-512 F + BW + BF16,
     /// the block is full and its parameters keep the kernel exact.
     fn arch_block(&self, n0: usize) -> Option<super::arch::x86::Wint2Block<'a>> {
-        use super::arch::x86::{wint2_block_ok, Wint2Block, WIDTH};
+        use super::arch::x86::{wint2_block_ok, wint2_lookup_ok, Wint2Block, WIDTH};
         const _: () = assert!(WIDTH == BLOCK_N);
         if n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
             return None;
@@ -170,7 +220,8 @@ impl<'a> Wint2View<'a> {
         }
         // Invariants: full block (`n0 + 32 <= n`), `k % 128 == 0` (checked shape), the
         // components have their checked sizes.
-        Some(Wint2Block { quant_weight: self.quant_weight, weight_scale: self.weight_scale, k: self.k, n: self.n, n0, code_scale, code_c, super_scale })
+        let lookup_ok = (0..BLOCK_N).all(|c| wint2_lookup_ok(code_scale[c], code_c[c]));
+        Some(Wint2Block { quant_weight: self.quant_weight, weight_scale: self.weight_scale, k: self.k, n: self.n, n0, code_scale, code_c, super_scale, lookup_ok })
     }
 }
 

@@ -16,3 +16,16 @@ pub(crate) fn has_wint2_avx512() -> bool {
         false
     }
 }
+
+/// Whether the lookup-based WINT2 `m = 1` kernel can run (the above plus AVX-512 VBMI).
+#[inline]
+pub(crate) fn has_wint2_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_wint2_avx512() && is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
