@@ -181,8 +181,9 @@ pub(crate) unsafe fn wint2_lines_m1_vbmi<const L: usize>(blocks: &[Wint2Block<'_
                 let (mantissa, scale) = group_scale_parts(ws.add((g / 2) * n + 64 * l), g, &super_scale[l]);
                 let bytes = buffers[g % 2][l].as_ptr() as *const u8;
                 let (cs, cc, acc) = (&code_scale[l], &code_c[l], &mut acc[l]);
-                // Column c = 16 L + z sits in 128-bit lane L of transposed register z; its
-                // windows (software-pipelined one column ahead of their lookups).
+                // A three-stage software pipeline over the columns: windows two columns
+                // ahead of the sums, lookups one ahead. Column c = 16 L + z sits in 128-bit
+                // lane L of transposed register z.
                 let windows_of = |c: usize| {
                     let d = codes_low(bytes.add(64 * (c % 16) + 16 * (c / 16)), _mm512_set1_ps(cs[c]), _mm512_set1_ps(cc[c]));
                     _mm512_multishift_epi64_epi8(windows, d)
@@ -197,7 +198,7 @@ pub(crate) unsafe fn wint2_lines_m1_vbmi<const L: usize>(blocks: &[Wint2Block<'_
                 let mut u_next = windows_of(1);
                 let mut w_next = lookup(0, windows_of(0));
                 for c in 0..64 {
-                    // One row of the group after next per 4 columns: fetched well ahead, spread out.
+                    // One row of group g + PREFETCH_GROUPS per 4 columns: well ahead, spread out.
                     if c % 4 == 0 && g + PREFETCH_GROUPS < k / 64 {
                         _mm_prefetch::<_MM_HINT_T1>(qw.add((16 * (g + PREFETCH_GROUPS) + c / 4) * n + 64 * l) as *const i8);
                     }
