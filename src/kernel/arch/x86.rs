@@ -316,26 +316,32 @@ fn bf16_round(v: __m512) -> __m512 {
     _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(0xFFFF_0000u32 as i32)))
 }
 
-/// Codes of 16 columns from 16 bytes at `p`.
+/// `v = fma(f32(b), code_scale, c)` of the 16 bytes at `p` (one rounding, as the format).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn code_values(p: *const u8, cs: __m512, c: __m512) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let bytes = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) });
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(bytes), cs, c)
+}
+
+/// Codes `floor(v)` of the 16 bytes at `p` (16 columns of one byte row).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn codes(p: *const u8, cs: __m512, c: __m512) -> __m512i {
-    // SAFETY: the caller guarantees 16 readable bytes at `p`.
-    let bytes = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) });
-    let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bytes), cs, c);
-    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(f)
+    // SAFETY: the caller's contract.
+    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(unsafe { code_values(p, cs, c) })
 }
 
-/// Codes of 16 bytes at `p` (one column's byte rows) as the bits of the f32
-/// `1.5 * 2^23 + floor(v)`, `v = fma(f32(b), code_scale, c)` (one rounding, as the format),
-/// by an addition rounded down: while `|v| < 2^22` ([`wint2_lookup_ok`]) its low 22 bits are
-/// `floor(v) mod 2^22`, so bits 0..14, all the windows read, are those of the format's code.
+/// Codes of the 16 bytes at `p` (one column's byte rows) as the bits of the f32
+/// `1.5 * 2^23 + floor(v)`, by an addition rounded down: while `|v| < 2^22`
+/// ([`wint2_lookup_ok`]) its low 22 bits are `floor(v) mod 2^22`, so bits 0..14, all the
+/// windows read, are those of the format's code.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn codes_low(p: *const u8, cs: __m512, c: __m512) -> __m512i {
-    // SAFETY: the caller guarantees 16 readable bytes at `p`.
-    let bytes = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) });
-    let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bytes), cs, c);
+    // SAFETY: the caller's contract.
+    let v = unsafe { code_values(p, cs, c) };
     _mm512_castps_si512(_mm512_add_round_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(v, _mm512_set1_ps(12_582_912.0)))
 }
 
