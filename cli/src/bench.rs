@@ -91,8 +91,10 @@ fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
     let data = fixtures(K, N, 8, 0x5EED);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
     let mut rows = pool.install(|| run(&data, &[1, 8, 64], 7, 0xC0DE))?;
+    // The one-core M = 1 rows carry the headline ratio: more calls, so that a burst of load
+    // on a shared machine moves the median less.
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let one = single.install(|| run(&data, &[1], 9, 0xC0DE))?;
+    let one = single.install(|| run(&data, &[1], 31, 0xC0DE))?;
     rows.extend(one.iter().cloned());
     print!("{}", Table(&rows));
     if let Some(w2) = one.iter().find(|r| r.format == "wint2") {
