@@ -167,19 +167,14 @@ pub(crate) unsafe fn wint2_lines_m1_vbmi<const L: usize>(blocks: &[Wint2Block<'_
         let group = |g: usize| -> [[__m512i; 16]; L] {
             std::array::from_fn(|l| transpose_16x64(std::array::from_fn(|p| _mm512_loadu_si512(qw.add((16 * g + p) * n + 64 * l) as *const _))))
         };
-        // Double-buffered: group g + 1 is loaded and transposed before group g's columns, so
-        // that its loads are in flight while they run.
-        let mut buffers = [group(0), [[_mm512_setzero_si512(); 16]; L]];
         for g in 0..k / 64 {
-            if g + 1 < k / 64 {
-                buffers[(g + 1) % 2] = group(g + 1);
-            }
+            let columns = group(g);
             // xr[r] lane i = x[64 g + 4 i + r]: the order the lookups produce rows in.
             let xg: [f32; 64] = std::array::from_fn(|t| x[64 * g + 4 * (t % 16) + t / 16]);
             let xr: [__m512; 4] = std::array::from_fn(|r| _mm512_loadu_ps(xg.as_ptr().add(16 * r)));
             for l in 0..L {
                 let (mantissa, scale) = group_scale_parts(ws.add((g / 2) * n + 64 * l), g, &super_scale[l]);
-                let bytes = buffers[g % 2][l].as_ptr() as *const u8;
+                let bytes = columns[l].as_ptr() as *const u8;
                 let (cs, cc, acc) = (&code_scale[l], &code_c[l], &mut acc[l]);
                 // A three-stage software pipeline over the columns: windows two columns
                 // ahead of the sums, lookups one ahead. Column c = 16 L + z sits in 128-bit
