@@ -90,8 +90,6 @@ use crate::Dtype;
 /// Output columns per block of the fast path: four 8-lane vectors of f32.
 pub const BLOCK_N: usize = 32;
 
-/// Column blocks per task at `m = 1` (256 columns: four cache lines of WINT2 bytes per row).
-const M1_RUN: usize = 8;
 /// Rows of K per tile of the fast path (one WINT2 local-scale group, one CUTLASS tile).
 pub const TILE_K: usize = 64;
 
@@ -364,18 +362,25 @@ pub(crate) trait TileSource: Sync {
     fn blocks_m1_arch(&self, _x: &[f32], _n0: usize, _count: usize) -> Option<Vec<[f32; BLOCK_N]>> {
         None
     }
+
+    /// Adjacent blocks per task at `m = 1`: how many [`TileSource::blocks_m1_arch`] takes at
+    /// once (1, the default: one task per block).
+    fn m1_run(&self) -> usize {
+        1
+    }
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
 fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
     let n = s.n();
     let nb = n.div_ceil(BLOCK_N);
-    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch {
-        // Runs of `M1_RUN` blocks, for formats with a kernel that shares a pass between them.
-        let runs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(M1_RUN))
+    let run = s.m1_run();
+    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch && run > 1 {
+        // Runs of blocks, for formats with a kernel that shares a pass between them.
+        let runs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(run))
             .into_par_iter()
             .map(|i| {
-                let (first, end) = (i * M1_RUN, nb.min((i + 1) * M1_RUN));
+                let (first, end) = (i * run, nb.min((i + 1) * run));
                 match s.blocks_m1_arch(x, first * BLOCK_N, end - first) {
                     Some(run) => run.into_iter().map(|b| vec![b]).collect(),
                     None => (first..end).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),

@@ -138,6 +138,12 @@ impl TileSource for Wint2View<'_> {
         }
     }
 
+    /// 256 columns: four cache lines of `quant_weight` per row, one pass of the widest
+    /// lookup kernel.
+    fn m1_run(&self) -> usize {
+        8
+    }
+
     /// Runs of adjacent blocks at `m = 1`: the lookup kernel over 8, 4 and 2 blocks (256,
     /// 128, 64 columns) where the CPU has AVX-512 VBMI and the code maps are in its range,
     /// else the paired AVX-512 kernel, else one block at a time (partial blocks and
