@@ -4,7 +4,7 @@
 //! source, unquantized ones bit for bit; corrupted checkpoints fail with typed errors naming
 //! the tensor.
 
-use super::{ccq, repo, stdout, temp_dir};
+use super::{ccq, fails_with, refused, repo, stdout, tensor_set, temp_dir};
 use ccq::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use ccq::convert::scheme_for;
 use ccq::quantized::QuantizedCheckpoint;
@@ -26,10 +26,6 @@ fn dequant(quant: &Path, out: &Path) -> String {
     let r = ccq(&["dequant", &quant.display().to_string(), "-o", &out.display().to_string()]);
     assert!(r.status.success(), "ccq dequant failed: {}", String::from_utf8_lossy(&r.stderr));
     String::from_utf8_lossy(&r.stderr).into_owned()
-}
-
-fn tensor_set(ckpt: &Checkpoint) -> BTreeMap<String, (Dtype, Vec<usize>)> {
-    ckpt.tensors().iter().map(|t| (t.name.clone(), (t.dtype, t.shape.clone()))).collect()
 }
 
 fn json(path: &Path) -> Value {
@@ -202,9 +198,7 @@ fn without_provenance_names_stay_as_stored_and_schemes_are_inferred() {
     assert!(config.get("quantization_config").is_none() && config["dtype"] == "bfloat16");
 
     // The output exists now: --force is needed to replace it.
-    let again = ccq(&["dequant", &quant.display().to_string(), "-o", &out.display().to_string()]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    fails_with(&["dequant", &quant.display().to_string(), "-o", &out.display().to_string()], "--force");
 
     // A quantization_config that disagrees with the components is caught.
     let mut config = json(&quant.join("config.json"));
@@ -275,9 +269,7 @@ fn corrupted_packed_tensors_are_errors_naming_them() {
         let path = fastdeploy_checkpoint(&dir.join(format!("bad{i}")), &specs);
         let err = QuantizedCheckpoint::open(&path).unwrap_err();
         assert!(matches!(&err, Error::Packed { tensor: t, .. } | Error::BadTensor { tensor: t, .. } if t == tensor), "{err:?}");
-        let out = ccq(&["dequant", &path, "-o", &dir.join(format!("out{i}")).display().to_string()]);
-        assert_eq!(out.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(&["dequant", &path, "-o", &dir.join(format!("out{i}")).display().to_string()]);
         assert!(stderr.contains(tensor) && stderr.contains(problem), "{stderr}");
         assert!(!dir.join(format!("out{i}")).exists());
     }

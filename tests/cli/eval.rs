@@ -1,20 +1,13 @@
 //! `ccq eval` end to end: the figures against a wint8 checkpoint and against one with nothing
 //! quantized (KL 0, agreement 1 exactly), both token file formats, and bad input.
 
-use super::{ccq, repo, stdout, temp_dir};
+use super::{ccq, fails_with, repo, stdout, temp_dir};
 use serde_json::Value;
 
 fn eval_json(original: &str, quant: &str, tokens: &str, extra: &[&str]) -> Value {
     let mut args = vec!["eval", original, quant, "--tokens", tokens, "--json"];
     args.extend_from_slice(extra);
     serde_json::from_str(&stdout(&ccq(&args))).unwrap()
-}
-
-fn fails_with(args: &[&str], message: &str) {
-    let r = ccq(args);
-    assert_eq!(r.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains(message), "expected {message:?} in {err}");
 }
 
 #[test]

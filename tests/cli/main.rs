@@ -7,6 +7,7 @@ mod quantize;
 mod verify;
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,6 +28,25 @@ fn temp_dir(tag: &str) -> PathBuf {
 fn stdout(out: &Output) -> String {
     assert!(out.status.success(), "ccq failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Runs ccq expecting bad input: exit 2; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let r = ccq(args);
+    let err = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    err
+}
+
+/// Runs ccq expecting bad input: exit 2 with `message` in its stderr.
+fn fails_with(args: &[&str], message: &str) {
+    let err = refused(args);
+    assert!(err.contains(message), "expected {message:?} in {err}");
+}
+
+/// Every tensor of a checkpoint: name -> (dtype, shape).
+fn tensor_set(ckpt: &ccq::Checkpoint) -> BTreeMap<String, (ccq::Dtype, Vec<usize>)> {
+    ckpt.tensors().iter().map(|t| (t.name.clone(), (t.dtype, t.shape.clone()))).collect()
 }
 
 fn inspect_json(path: &str) -> Value {
@@ -94,9 +114,7 @@ fn synth_then_inspect_both_namings_with_mtp_and_lm_head() {
     let text = stdout(&ccq(&["inspect", &out]));
     assert!(text.contains("multi-token-prediction block present"), "{text}");
 
-    let existing = ccq(&["synth", "-o", &out]);
-    assert_eq!(existing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&existing.stderr).contains("--force"));
+    fails_with(&["synth", "-o", &out], "--force");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -147,8 +165,6 @@ fn bad_input_exits_2_with_one_clear_message() {
     assert!(err.starts_with("ccq: error: ") && err.contains("broken.safetensors"), "{err}");
     assert!(out.stdout.is_empty(), "no partial answer on stdout");
 
-    let out = ccq(&["inspect", &dir.join("nowhere").display().to_string()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+    fails_with(&["inspect", &dir.join("nowhere").display().to_string()], "nowhere");
     std::fs::remove_dir_all(&dir).unwrap();
 }

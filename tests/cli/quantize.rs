@@ -2,7 +2,7 @@
 //! schemes' own encoders, determinism across thread counts, interruption and resume, and bad
 //! input.
 
-use super::{ccq, repo, stdout, temp_dir};
+use super::{ccq, fails_with, refused, repo, stdout, tensor_set, temp_dir};
 use ccq::scheme::{Scheme, Wint2, Wint4, Wint8};
 use ccq::{Checkpoint, Dtype};
 use std::collections::BTreeMap;
@@ -55,10 +55,6 @@ fn expected_fastdeploy_tensors(w4_end: usize) -> BTreeMap<String, (Dtype, Vec<us
         }
     }
     t
-}
-
-fn tensor_set(ckpt: &Checkpoint) -> BTreeMap<String, (Dtype, Vec<usize>)> {
-    ckpt.tensors().iter().map(|t| (t.name.clone(), (t.dtype, t.shape.clone()))).collect()
 }
 
 fn quantize(src: &str, out: &Path, extra: &[&str]) -> String {
@@ -208,9 +204,7 @@ fn existing_output_needs_force_and_dry_run_writes_nothing() {
     assert!(plan.contains("ernie.layers.2.mlp.experts.0.up_gate_proj.weight") && plan.contains("wint4"));
     assert!(plan.contains("40 tensors in 1 shard(s), fastdeploy layout"), "{plan}");
     std::fs::create_dir_all(&out).unwrap();
-    let refused = ccq(&["quantize", &src, "-o", &out.display().to_string()]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    fails_with(&["quantize", &src, "-o", &out.display().to_string()], "--force");
     quantize(&src, &out, &["--force", "--preset", "wint8"]);
     assert!(out.join("model.safetensors").exists());
     std::fs::remove_dir_all(&out).unwrap();
@@ -233,11 +227,8 @@ fn overrides_and_policy_files_change_the_plan() {
     assert!(plan.lines().any(|l| l.starts_with("model.layers.0.self_attn.o_proj.weight") && l.contains(" none ")), "{plan}");
     assert!(plan.lines().any(|l| l.starts_with("model.layers.0.self_attn.q_proj.weight") && l.contains(" wint4 ")));
     // FastDeploy's loader takes one dense scheme: a mix it could not load is refused.
-    let mixed = ccq(&["quantize", &src, "--dry-run", "--policy", &policy]);
-    assert_eq!(mixed.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&mixed.stderr).contains("one scheme for all attention"));
-    let bad = ccq(&["quantize", &src, "--dry-run", "--set", "(=wint4"]);
-    assert_eq!(bad.status.code(), Some(2));
+    fails_with(&["quantize", &src, "--dry-run", "--policy", &policy], "one scheme for all attention");
+    refused(&["quantize", &src, "--dry-run", "--set", "(=wint4"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -269,9 +260,7 @@ fn shapes_a_scheme_cannot_take_are_listed_before_any_work() {
     let dir = temp_dir("odd");
     let src = odd_shaped_checkpoint(&dir, false);
     let out = dir.join("out").display().to_string();
-    let refused = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4"]);
-    assert_eq!(refused.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = refused(&["quantize", &src, "-o", &out, "--preset", "wint4"]);
     assert!(err.contains("2 tensor(s) cannot be converted as planned"), "{err}");
     assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("model.layers.0.mlp.down_proj.weight"), "{err}");
     assert!(!dir.join("out").exists() && !ccq::convert::run::partial_dir(&dir.join("out")).exists());
@@ -285,9 +274,7 @@ fn shapes_a_scheme_cannot_take_are_listed_before_any_work() {
     let meta: serde_json::Value = serde_json::from_str(meta).unwrap();
     assert_eq!((meta["scheme"].as_str(), meta["k"].as_u64(), meta["transposed"].as_bool()), (Some("wint4"), Some(128), Some(true)));
 
-    let fd = ccq(&["quantize", &src, "-o", &out, "--layout", "fastdeploy", "--force"]);
-    assert_eq!(fd.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&fd.stderr).contains("--layout native"));
+    fails_with(&["quantize", &src, "-o", &out, "--layout", "fastdeploy", "--force"], "--layout native");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -296,9 +283,7 @@ fn nan_weights_are_an_error_naming_the_tensor() {
     let dir = temp_dir("nan");
     let src = odd_shaped_checkpoint(&dir, true);
     let out = dir.join("out");
-    let r = ccq(&["quantize", &src, "-o", &out.display().to_string(), "--preset", "wint8", "--fallback", "none"]);
-    assert_eq!(r.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let err = refused(&["quantize", &src, "-o", &out.display().to_string(), "--preset", "wint8", "--fallback", "none"]);
     assert!(err.contains("model.layers.0.self_attn.q_proj.weight") && err.contains("NaN"), "{err}");
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -334,26 +319,20 @@ fn mtp_block_and_side_files_are_carried_into_the_fastdeploy_layout() {
 fn unloadable_expert_mixes_and_unconvertible_sources_are_refused_before_work() {
     let src = repo("fixtures/ernie45-tiny-pt");
     // WINT2 experts beside unquantized ones: FastDeploy's loader could not read that.
-    let mixed = ccq(&["quantize", &src, "--dry-run", "--preset", "wint2-experts", "--set", r"experts\.0\.=none"]);
-    assert_eq!(mixed.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&mixed.stderr).contains("WINT2 experts only beside wint4"));
+    fails_with(&["quantize", &src, "--dry-run", "--preset", "wint2-experts", "--set", r"experts\.0\.=none"], "WINT2 experts only beside wint4");
 
     // U16 payload is read as bf16 only when asked, and the refusal says how.
     let dir = temp_dir("u16-quant");
     let u16 = dir.join("src").display().to_string();
     stdout(&ccq(&["synth", "-o", &u16, "--naming", "paddle", "--u16"]));
     let out = dir.join("out");
-    let refused = ccq(&["quantize", &u16, "-o", &out.display().to_string()]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--u16-as-bf16"), "{}", String::from_utf8_lossy(&refused.stderr));
+    fails_with(&["quantize", &u16, "-o", &out.display().to_string()], "--u16-as-bf16");
     assert!(!out.exists() && !ccq::convert::run::partial_dir(&out).exists());
     quantize(&u16, &out, &["--u16-as-bf16"]);
     assert_eq!(Checkpoint::open(&out).unwrap().get("ernie.embed_tokens.weight").unwrap().dtype, Dtype::BF16);
 
     // The output may not replace the source, even with --force.
-    let over = ccq(&["quantize", &u16, "-o", &u16, "--force", "--u16-as-bf16"]);
-    assert_eq!(over.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&over.stderr).contains("would replace the source"));
+    fails_with(&["quantize", &u16, "-o", &u16, "--force", "--u16-as-bf16"], "would replace the source");
     assert!(Checkpoint::open(&u16).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,7 +1,7 @@
 //! `ccq verify` end to end: figures that match an independent computation from `ccq dequant`'s
 //! output, thresholds and exit codes, reports, and checkpoints that do not belong together.
 
-use super::{ccq, repo, stdout, temp_dir};
+use super::{ccq, fails_with, refused, repo, stdout, temp_dir};
 use ccq::Checkpoint;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -69,9 +69,7 @@ fn figures_match_dequant_and_thresholds_gate() {
     assert_eq!(out_fail.status.code(), Some(1));
 
     // Thresholds that do not parse: exit 2 before any work.
-    let bad = ccq(&["verify", &src, "/nonexistent", "--max-nmse", "wint3=0.1"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scheme 'wint3'"));
+    fails_with(&["verify", &src, "/nonexistent", "--max-nmse", "wint3=0.1"], "unknown scheme 'wint3'");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -80,16 +78,12 @@ fn checkpoints_that_do_not_belong_together_are_refused() {
     let dir = temp_dir("verify-mismatch");
     let q = dir.join("q").display().to_string();
     stdout(&ccq(&["quantize", &repo("fixtures/ernie45-tiny-pt"), "-o", &q, "--quiet"]));
-    let r = ccq(&["verify", &repo("fixtures/ernie45-tiny-paddle"), &q]);
-    assert_eq!(r.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let err = refused(&["verify", &repo("fixtures/ernie45-tiny-paddle"), &q]);
     assert!(err.contains("do not belong together") && err.contains("which the original does not have") && err.contains("more"), "{err}");
     // A different model of the same naming: shapes disagree.
     let other = dir.join("other").display().to_string();
     stdout(&ccq(&["synth", "-o", &other, "--preset", "small", "--layers", "3"]));
-    let r = ccq(&["verify", &other, &q]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("inputs but its source"));
+    fails_with(&["verify", &other, &q], "inputs but its source");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
