@@ -267,38 +267,27 @@ impl Store for QuantStore<'_> {
     }
 }
 
-impl WeightSource for OriginalWeights<'_> {
-    fn config(&self) -> &ForwardConfig {
-        self.0.config()
-    }
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.0.embed(tokens)
-    }
-    fn layer(&self, i: usize) -> Result<LayerWeights> {
-        self.0.layer(i)
-    }
-    fn final_norm(&self) -> Result<Vec<f32>> {
-        self.0.final_norm()
-    }
-    fn lm_head(&self) -> Result<Box<dyn Linear>> {
-        self.0.lm_head()
-    }
+/// The public wrappers hand every call to their [`Source`].
+macro_rules! forward_to_source {
+    ($($wrapper:ident),*) => {$(
+        impl WeightSource for $wrapper<'_> {
+            fn config(&self) -> &ForwardConfig {
+                self.0.config()
+            }
+            fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+                self.0.embed(tokens)
+            }
+            fn layer(&self, i: usize) -> Result<LayerWeights> {
+                self.0.layer(i)
+            }
+            fn final_norm(&self) -> Result<Vec<f32>> {
+                self.0.final_norm()
+            }
+            fn lm_head(&self) -> Result<Box<dyn Linear>> {
+                self.0.lm_head()
+            }
+        }
+    )*};
 }
 
-impl WeightSource for QuantizedWeights<'_> {
-    fn config(&self) -> &ForwardConfig {
-        self.0.config()
-    }
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.0.embed(tokens)
-    }
-    fn layer(&self, i: usize) -> Result<LayerWeights> {
-        self.0.layer(i)
-    }
-    fn final_norm(&self) -> Result<Vec<f32>> {
-        self.0.final_norm()
-    }
-    fn lm_head(&self) -> Result<Box<dyn Linear>> {
-        self.0.lm_head()
-    }
-}
+forward_to_source!(OriginalWeights, QuantizedWeights);
