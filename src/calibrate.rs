@@ -21,6 +21,8 @@
 //! experts are listed as fallbacks. The layout of the statistics file is in
 //! `docs/calibration.md`.
 
+pub mod layerwise;
+
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -89,31 +91,43 @@ impl InputSums {
         InputSums { k, tokens: 0.0, weight_sum: 0.0, sum_sq: vec![0.0; k], xtx: full.then(|| vec![0.0; k * k]) }
     }
 
+    /// Adds `rows` (`[m, k]`), token `i` weighted `weights[i] * scale`. `X^T X` is one matrix
+    /// product per call, `(D X)^T (D X)` with `D = diag(sqrt(w_i))`, in f32 (sums of at most
+    /// one batch of tokens), added to the f64 total.
     fn add(&mut self, rows: &[f32], weights: Option<&[f32]>, scale: f64) {
-        for (i, row) in rows.chunks_exact(self.k).enumerate() {
+        let k = self.k;
+        let m = rows.len() / k.max(1);
+        for (i, row) in rows.chunks_exact(k).enumerate() {
             let w = weights.map_or(1.0, |g| g[i] as f64) * scale;
             self.tokens += scale;
             self.weight_sum += w;
             for (s, &x) in self.sum_sq.iter_mut().zip(row) {
                 *s += w * (x as f64) * (x as f64);
             }
-            if let Some(xtx) = &mut self.xtx {
-                for (a, &xa) in row.iter().enumerate() {
-                    let wa = w * xa as f64;
-                    for (o, &xb) in xtx[a * self.k..(a + 1) * self.k].iter_mut().zip(row) {
-                        *o += wa * xb as f64;
-                    }
-                }
-            }
         }
-    }
-
-    fn merge(&mut self, other: &InputSums) {
-        self.tokens += other.tokens;
-        self.weight_sum += other.weight_sum;
-        self.sum_sq.iter_mut().zip(&other.sum_sq).for_each(|(a, b)| *a += b);
-        if let (Some(a), Some(b)) = (&mut self.xtx, &other.xtx) {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        if let Some(xtx) = &mut self.xtx {
+            let scaled: Vec<f32> = rows
+                .chunks_exact(k)
+                .enumerate()
+                .flat_map(|(i, row)| {
+                    let r = (weights.map_or(1.0, |g| g[i] as f64) * scale).sqrt() as f32;
+                    row.iter().map(move |&x| x * r)
+                })
+                .collect();
+            let mut batch = vec![0.0f32; k * k];
+            // SAFETY: `scaled` is m x k row-major, read as its transpose (k x m, strides 1 and
+            // k) and as itself; `batch` is k x k row-major and not aliased.
+            unsafe {
+                matrixmultiply::sgemm(
+                    k, m, k, 1.0,
+                    scaled.as_ptr(), 1, k as isize,
+                    scaled.as_ptr(), k as isize, 1,
+                    0.0, batch.as_mut_ptr(), k as isize, 1,
+                );
+            }
+            for (o, &b) in xtx.iter_mut().zip(&batch) {
+                *o += b as f64;
+            }
         }
     }
 
@@ -131,6 +145,18 @@ pub struct Calibrator {
     options: CalibOptions,
     /// Raw sums by input id.
     pub sums: BTreeMap<String, InputSums>,
+    /// Routed experts whose own sums are kept (all when `None`); the layer-level sums
+    /// (`moe_input`, the pooled down input) always see every expert.
+    experts: Option<std::ops::Range<usize>>,
+    /// Whether the inputs of blocks other than routed experts are kept.
+    others: bool,
+}
+
+/// The id of a layer's pooled down-projection input: every routed expert's down input, summed
+/// (the layer statistics a down projection with too few tokens is blended with). Internal: not
+/// written to the statistics file.
+fn pooled_down_id(prefix: &str, layer: usize) -> String {
+    format!("{prefix}layers.{layer}.mlp.pooled_down")
 }
 
 /// Input ids and the weight tensors reading each.
@@ -177,7 +203,23 @@ fn weight_candidates(id: &str) -> Vec<String> {
 impl Calibrator {
     /// A calibrator for `cfg`; `paddle` selects the `ernie.` naming.
     pub fn new(cfg: &ForwardConfig, paddle: bool, options: CalibOptions) -> Calibrator {
-        Calibrator { cfg: cfg.clone(), prefix: if paddle { "ernie." } else { "model." }, options, sums: BTreeMap::new() }
+        Calibrator { cfg: cfg.clone(), prefix: if paddle { "ernie." } else { "model." }, options, sums: BTreeMap::new(), experts: None, others: true }
+    }
+
+    /// Keeps the own sums of routed experts `experts` only, and of the other blocks only when
+    /// `others`: one chunk of a layer whose Hessians do not fit in memory at once.
+    pub fn restricted(mut self, experts: std::ops::Range<usize>, others: bool) -> Calibrator {
+        self.experts = Some(experts);
+        self.others = others;
+        self
+    }
+
+    fn keeps(&self, block: Block) -> bool {
+        match (block, &self.experts) {
+            (Block::Expert(e), Some(r)) => r.contains(&e),
+            (Block::Expert(_), None) => true,
+            _ => self.others,
+        }
     }
 
     fn sums(&mut self, id: String, k: usize) -> &mut InputSums {
@@ -201,25 +243,18 @@ impl Calibrator {
         let mut expert_tokens = BTreeMap::new();
         let mut fallbacks = BTreeMap::new();
         let moe_layers: Vec<usize> = (0..self.cfg.layers).filter(|&l| self.cfg.is_moe_layer(l)).collect();
+        let kept = self.experts.clone().unwrap_or(0..self.cfg.experts);
         for &l in &moe_layers {
             let counts = self.expert_tokens(l);
             let min = self.options.min_tokens;
-            let fell: Vec<usize> = (0..self.cfg.experts).filter(|&e| counts[e] < min).collect();
+            let fell: Vec<usize> = kept.clone().filter(|&e| counts[e] < min).collect();
             // Layer-level means: gate_up from the MoE input, down pooled over the experts.
-            let mut pooled_down: Option<InputSums> = None;
-            for e in 0..self.cfg.experts {
-                if let Some(s) = self.sums.get(&input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), LinearInput::Down)) {
-                    match &mut pooled_down {
-                        Some(p) => p.merge(s),
-                        None => pooled_down = Some(s.clone()),
-                    }
-                }
-            }
+            let pooled_down = self.sums.get(&pooled_down_id(self.prefix, l));
             let moe_in = self.sums.get(&moe_input_id(self.prefix, l));
             for &e in &fell {
                 for (input, layer_sums, k) in [
                     (LinearInput::GateUp, moe_in, self.cfg.hidden),
-                    (LinearInput::Down, pooled_down.as_ref(), self.cfg.moe_intermediate),
+                    (LinearInput::Down, pooled_down, self.cfg.moe_intermediate),
                 ] {
                     let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), input);
                     let own = self.sums.get(&id).cloned().unwrap_or_else(|| InputSums::new(k, self.options.hessian == Hessian::Full));
@@ -229,8 +264,9 @@ impl Calibrator {
             expert_tokens.insert(l, counts);
             fallbacks.insert(l, fell);
         }
+        let pooled: Vec<String> = moe_layers.iter().map(|&l| pooled_down_id(self.prefix, l)).collect();
         for (id, s) in &self.sums {
-            if !inputs.contains_key(id) {
+            if !inputs.contains_key(id) && !pooled.contains(id) {
                 inputs.insert(id.clone(), InputStats::from_sums(s, false));
             }
         }
@@ -273,13 +309,23 @@ impl Observer for Calibrator {
             (Weighting::Gate, Block::Expert(_)) => r.gate_weights,
             _ => None,
         };
-        self.sums(id, r.k).add(r.rows, gates, 1.0);
+        if self.keeps(r.block) {
+            self.sums(id, r.k).add(r.rows, gates, 1.0);
+        }
         // Every token is routed to exactly top_k experts, so the experts' gate_up inputs, each
-        // counted 1/top_k, are the MoE layer's input.
-        if let (Block::Expert(_), LinearInput::GateUp) = (r.block, r.input) {
-            let top_k = self.cfg.top_k as f64;
-            let id = moe_input_id(self.prefix, r.layer);
-            self.sums(id, r.k).add(r.rows, None, 1.0 / top_k);
+        // counted 1/top_k, are the MoE layer's input; their down inputs together are the
+        // pooled down input.
+        match (r.block, r.input) {
+            (Block::Expert(_), LinearInput::GateUp) => {
+                let top_k = self.cfg.top_k as f64;
+                let id = moe_input_id(self.prefix, r.layer);
+                self.sums(id, r.k).add(r.rows, None, 1.0 / top_k);
+            }
+            (Block::Expert(_), LinearInput::Down) => {
+                let id = pooled_down_id(self.prefix, r.layer);
+                self.sums(id, r.k).add(r.rows, gates, 1.0);
+            }
+            _ => {}
         }
     }
 
@@ -460,6 +506,27 @@ impl Stats {
             fallbacks: layer_map("fallbacks"),
             meta: description.get("meta").cloned().unwrap_or(json!({})),
         })
+    }
+
+    /// What each quantized tensor of `plan` minimises: the full `X^T X` of its input when the
+    /// file has it (error feedback), its mean square per channel otherwise. Checked first with
+    /// [`Stats::check_covers`] (`path` names the file in errors).
+    pub fn importance_for_plan(&self, path: &Path, plan: &crate::convert::Plan) -> Result<BTreeMap<String, crate::convert::run::TensorImportance>> {
+        use crate::convert::run::TensorImportance;
+        let quantized: Vec<&crate::convert::PlannedTensor> = plan.tensors.iter().filter(|t| t.choice.is_some()).collect();
+        self.check_covers(path, quantized.iter().map(|t| (t.name.as_str(), t.sources.as_slice(), t.k)))?;
+        let mut shared: BTreeMap<&str, std::sync::Arc<Vec<f32>>> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for t in quantized {
+            let Some(id) = self.weights.get(&t.sources[0]) else { continue };
+            let stats = &self.inputs[id];
+            let importance = match &stats.xtx {
+                Some(xtx) => TensorImportance::Hessian(shared.entry(id.as_str()).or_insert_with(|| std::sync::Arc::new(xtx.clone())).clone()),
+                None => TensorImportance::Diagonal(stats.mean_sq.clone()),
+            };
+            out.insert(t.name.clone(), importance);
+        }
+        Ok(out)
     }
 
     /// Checks that every quantized weight (`tensors`: (output name, source names, K)) has

@@ -18,7 +18,7 @@ fn check(scheme: &dyn Scheme, prefix: &str) {
         let tag = &t.name[2..];
         let (k, n) = (t.shape[0], t.shape[1]);
         let w = g.read_f32(&t.name).unwrap();
-        let packed = scheme.encode(&w, k, n, None).unwrap();
+        let packed = scheme.encode(&w, k, n, ccq::scheme::Importance::Uniform).unwrap();
         let q = g.get(&format!("{prefix}.q.{tag}")).unwrap();
         assert_eq!(packed.components[0].shape, q.shape, "{tag}");
         assert_eq!(packed.components[0].bytes.as_slice(), g.raw_bytes(q).unwrap(), "{prefix} quant_weight {tag}");

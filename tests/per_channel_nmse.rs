@@ -11,7 +11,7 @@ use ccq::scheme::{ScaleRule, Scheme, Wint4, Wint8};
 
 /// (sum of squared errors, sum of squares) of one encode/decode.
 fn sse(scheme: &dyn Scheme, w: &[f32], k: usize, n: usize) -> (f64, f64) {
-    let d = scheme.decode(&scheme.encode(w, k, n, None).unwrap()).unwrap();
+    let d = scheme.decode(&scheme.encode(w, k, n, ccq::scheme::Importance::Uniform).unwrap()).unwrap();
     let err = w.iter().zip(&d).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
     let energy = w.iter().map(|&a| f64::from(a).powi(2)).sum();
     (err, energy)
@@ -81,7 +81,7 @@ fn nmse_table() {
     let h = ccq::bench::wint2::log_normal_importance(k, 1.0, 0x1A7E);
     println!("gaussian N(0,1) [{k}, {n}], log-normal h, weighted NMSE");
     for (label, s) in schemes() {
-        let d = s.decode(&s.encode(&w, k, n, Some(&h)).unwrap()).unwrap();
+        let d = s.decode(&s.encode(&w, k, n, ccq::scheme::Importance::Diagonal(&h)).unwrap()).unwrap();
         let (mut e, mut x) = (0.0, 0.0);
         for (i, (&a, &b)) in w.iter().zip(&d).enumerate() {
             let hk = f64::from(h[i / n]);

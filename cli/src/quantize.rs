@@ -68,6 +68,35 @@ pub struct QuantizeArgs {
     /// the error weighted by its input's mean square activation per channel (per expert).
     #[arg(long, value_name = "STATS")]
     calib: Option<PathBuf>,
+    /// Calibration tokens (JSON array of sequences, or raw little-endian u32 ids with
+    /// --seq-len): the conversion runs the model layer by layer on them and encodes every
+    /// layer's tensors with error feedback under their inputs' full Hessians.
+    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
+    calib_tokens: Option<PathBuf>,
+    /// Read --calib-tokens as raw u32 ids cut into sequences of this length.
+    #[arg(long, requires = "calib_tokens")]
+    seq_len: Option<usize>,
+    /// With --calib-tokens: feed layer L+1 with the outputs of the already quantized layer L.
+    #[arg(long, requires = "calib_tokens")]
+    sequential: bool,
+    /// With --calib-tokens: most bytes of Hessian sums held at once (experts are taken in
+    /// chunks beyond it), e.g. 8GB.
+    #[arg(long, default_value = "8GiB")]
+    hessian_budget: String,
+    /// With --calib-tokens: experts that receive fewer tokens are blended with their layer.
+    #[arg(long, default_value_t = 16)]
+    min_tokens: usize,
+    /// With --calib-tokens: uniform (every token counts 1) or gate (an expert's token counts
+    /// its routing weight).
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "gate"])]
+    weighting: String,
+    /// With --calib-tokens: tokens run through a layer at a time.
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Relative damping of the Hessians of error feedback: `lambda = DAMP * mean diag(H)` is
+    /// added to the diagonal (raised tenfold, and reported, when a factorisation needs more).
+    #[arg(long, default_value_t = ccq::scheme::importance::DEFAULT_DAMP)]
+    damp: f32,
     /// Testing aid: stop (as if interrupted) after writing this many shards.
     #[arg(long, hide = true)]
     stop_after_shards: Option<usize>,
@@ -104,17 +133,32 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let calibration = match &args.calib {
         Some(path) => {
             let stats = ccq::calibrate::Stats::read(path)?;
-            let quantized = plan.tensors.iter().filter(|t| t.choice.is_some());
-            stats.check_covers(path, quantized.map(|t| (t.name.as_str(), t.sources.as_slice(), t.k)))?;
-            let importance: std::collections::BTreeMap<String, Vec<f32>> = plan
-                .tensors
-                .iter()
-                .filter(|t| t.choice.is_some())
-                .filter_map(|t| Some((t.name.clone(), stats.for_weight(&t.sources[0])?.mean_sq.clone())))
-                .collect();
+            let importance = stats.importance_for_plan(path, &plan)?;
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let info = serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes), "stats": stats.meta});
             Some((std::sync::Arc::new(importance), info))
+        }
+        None => None,
+    };
+    let layerwise = match &args.calib_tokens {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let sequences = ccq::model::eval::parse_tokens(&bytes, args.seq_len, path)?;
+            if args.min_tokens == 0 {
+                bail!("--min-tokens must be positive");
+            }
+            let label = serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes)});
+            let options = ccq::calibrate::layerwise::LayerwiseOptions {
+                sequences: std::sync::Arc::new(sequences),
+                batch_tokens: args.batch_tokens.max(1),
+                min_tokens: args.min_tokens,
+                weighting: if args.weighting == "gate" { ccq::calibrate::Weighting::Gate } else { ccq::calibrate::Weighting::Uniform },
+                damp: args.damp,
+                sequential: args.sequential,
+                hessian_budget: parse_size(&args.hessian_budget)?,
+                tokens_label: label,
+            };
+            Some(options)
         }
         None => None,
     };
@@ -142,7 +186,10 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             "calibration": calibration.as_ref().map(|c| c.1.clone()),
         }),
         importance: calibration.as_ref().map(|c| c.0.clone()),
-        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort, calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string())),
+        damp: args.damp,
+        layerwise: layerwise.clone().map(|o| std::sync::Arc::new(ccq::calibrate::layerwise::Layerwise::new(o)) as std::sync::Arc<dyn ccq::convert::run::LayerwiseEncoder>),
+        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort, calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string()), args.damp)
+            + &layerwise.as_ref().map_or(String::new(), |o| format!("|{}|{}|{}|{}|{}|{}", o.tokens_label["fnv64"], o.sequential, o.min_tokens, args.weighting, o.batch_tokens, o.hessian_budget)),
     };
     let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };
     let extra = |work: &Path| -> ccq::Result<()> {
@@ -242,6 +289,17 @@ fn render_summary(s: &convert::Summary, output: &Path) -> String {
     );
     if s.shards_reused > 0 {
         text.push_str(&format!("\nre-used {} verified shard(s) from the interrupted run", s.shards_reused));
+    }
+    if !s.feedback.is_empty() {
+        let more: Vec<String> = s.feedback.iter().filter(|r| r.retries > 0).map(|r| format!("{} ({})", r.tensor, r.damp)).collect();
+        let empty = s.feedback.iter().filter(|r| r.empty).count();
+        text.push_str(&format!("\n{} tensor(s) encoded with error feedback", s.feedback.len()));
+        if !more.is_empty() {
+            text.push_str(&format!("; {} needed more damping: {}", more.len(), more.join(", ")));
+        }
+        if empty > 0 {
+            text.push_str(&format!("; {empty} saw no calibration token (encoded without it)"));
+        }
     }
     if !s.fallbacks.is_empty() {
         text.push_str(&format!("\n{} tensor(s) used the fallback scheme: {}", s.fallbacks.len(), s.fallbacks.join(", ")));

@@ -114,7 +114,7 @@ pub fn fixtures(k: usize, n: usize, tiles: usize, seed: u64) -> Vec<(&'static st
     let slice = n / tiles;
     let w = Rng::new(seed).normals(k * slice);
     let full = Rng::new(seed ^ 1).normals(k * n);
-    let packed = |s: &dyn Scheme| BenchWeights::Packed(tile_columns(&s.encode(&w, k, slice, None).expect("valid shape"), tiles));
+    let packed = |s: &dyn Scheme| BenchWeights::Packed(tile_columns(&s.encode(&w, k, slice, crate::scheme::Importance::Uniform).expect("valid shape"), tiles));
     vec![
         ("wint2", packed(&Wint2::default())),
         ("wint4", packed(&Wint4::default())),

@@ -152,7 +152,7 @@ fn measure(d: &Dataset, m: Method) -> Result<Row, SchemeError> {
     let (decoded, bits, encode_s, decode_s) = match m {
         Method::Ccq { effort, importance } => {
             let scheme = Wint2 { effort, ..Wint2::default() };
-            let packed = scheme.encode(&d.w, d.k, d.n, if importance { h } else { None })?;
+            let packed = scheme.encode(&d.w, d.k, d.n, crate::scheme::Importance::from(if importance { h } else { None }))?;
             let encode_s = start.elapsed().as_secs_f64();
             let t = Instant::now();
             let out = scheme.decode(&packed)?;

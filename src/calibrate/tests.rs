@@ -1,6 +1,7 @@
 //! Calibration statistics against the forward pass's own routing and rows.
 
 use super::*;
+use crate::convert::run::TensorImportance;
 use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
 use crate::layout::ModelLayout;
 use crate::model::source::OriginalWeights;
@@ -108,7 +109,7 @@ fn file_round_trips_and_a_mismatch_is_an_error() {
     std::fs::remove_file(&path).unwrap();
 }
 
-fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String, Vec<f32>>>>) -> (PathBuf, Plan) {
+fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String, TensorImportance>>>) -> (PathBuf, Plan) {
     let model = ModelLayout::of(ckpt).unwrap();
     let policy = Policy { preset: Preset::from_name("wint2-experts", 0).unwrap(), rules: Vec::new() };
     let plan = Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX }).unwrap();
@@ -121,6 +122,8 @@ fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String
         stop_after_shards: None,
         provenance_options: json!({}),
         importance,
+        damp: crate::scheme::importance::DEFAULT_DAMP,
+        layerwise: None,
     };
     let config = ckpt.config().cloned().unwrap();
     convert::convert(ckpt, &plan, &dir, &opts, &|w: &Path| convert::run::write_json(&w.join("config.json"), &config), &mut |_| {}).unwrap();
@@ -132,12 +135,8 @@ fn calibrated_quantization_lowers_the_weighted_error() {
     let ckpt = tiny();
     let stats = calibrate(&ckpt, &sequences(), CalibOptions::default(), 1 << 20).unwrap();
     let (plain, plan) = quantize(&ckpt, "plain", None);
-    let importance: BTreeMap<String, Vec<f32>> = plan
-        .tensors
-        .iter()
-        .filter(|t| t.choice.is_some())
-        .map(|t| (t.name.clone(), stats.for_weight(&t.sources[0]).unwrap().mean_sq.clone()))
-        .collect();
+    let importance = stats.importance_for_plan(Path::new("stats"), &plan).unwrap();
+    assert!(importance.values().all(|i| matches!(i, TensorImportance::Diagonal(_))));
     let (calib, _) = quantize(&ckpt, "calib", Some(Arc::new(importance)));
     assert_ne!(std::fs::read(plain.join("model.safetensors")).unwrap(), std::fs::read(calib.join("model.safetensors")).unwrap());
     let stats = Arc::new(stats);

@@ -24,8 +24,47 @@ use std::time::Instant;
 /// File recording the completed shards of an unfinished run.
 pub const PROGRESS_FILE: &str = "ccq-progress.json";
 
-/// Options of [`convert`] beyond the plan.
+/// What one planned tensor's encoder minimises, as a conversion is given it.
 #[derive(Debug, Clone, PartialEq)]
+pub enum TensorImportance {
+    /// The mean square activation per input row (`ccq calibrate`'s `mean_sq`).
+    Diagonal(Vec<f32>),
+    /// `X^T X / W` of the tensor's input, row-major `[k, k]` (shared by the tensors that read
+    /// the same input): the encoder uses error feedback ([`crate::scheme::feedback`]).
+    Hessian(std::sync::Arc<Vec<f32>>),
+}
+
+/// Tensors encoded before the shards are written (by [`LayerwiseEncoder`]): per planned tensor
+/// name, the safetensors file in the work directory holding its components, stored as
+/// `NAME::COMPONENT`.
+pub type PreEncoded = BTreeMap<String, PathBuf>;
+
+/// Encodes some of a plan's tensors before the shards are written, in an order of its own
+/// (the calibrated conversion: layer by layer, with the forward pass between layers). It writes
+/// into `dir` (inside the work directory, kept by `--resume`) and re-uses what an interrupted
+/// run of the same fingerprint completed there.
+pub trait LayerwiseEncoder: std::fmt::Debug + Send + Sync {
+    /// Encodes, returning where each tensor's components are and the feedback records.
+    fn encode(&self, ckpt: &Checkpoint, plan: &Plan, effort: Effort, dir: &Path) -> Result<(PreEncoded, Vec<FeedbackRecord>)>;
+    /// What to record under `calibration` in `ccq-provenance.json`.
+    fn describe(&self) -> Value;
+}
+
+/// How one tensor was encoded with error feedback.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeedbackRecord {
+    /// Output tensor name.
+    pub tensor: String,
+    /// Relative damping used (above the requested one when the factorisation needed more).
+    pub damp: f32,
+    /// Factorisations that failed before it.
+    pub retries: usize,
+    /// The input's Hessian was empty (no token reached it): encoded as without calibration.
+    pub empty: bool,
+}
+
+/// Options of [`convert`] beyond the plan.
+#[derive(Debug, Clone)]
 pub struct ConvertOptions {
     /// WINT2 encoder effort.
     pub effort: Effort,
@@ -41,9 +80,31 @@ pub struct ConvertOptions {
     /// The caller's description of the options that chose the schemes (preset, rules, ...),
     /// recorded under `options` in `ccq-provenance.json` next to the effort.
     pub provenance_options: Value,
-    /// Per planned tensor name, the importance (mean square activation per input row, from
-    /// `ccq calibrate`) its encoder minimises the weighted error under; `None`: uniform.
-    pub importance: Option<std::sync::Arc<BTreeMap<String, Vec<f32>>>>,
+    /// Per planned tensor name, what its encoder minimises (from `ccq calibrate`); tensors
+    /// not listed, or `None`: the plain squared error.
+    pub importance: Option<std::sync::Arc<BTreeMap<String, TensorImportance>>>,
+    /// Relative damping of every Hessian ([`crate::scheme::importance`]).
+    pub damp: f32,
+    /// Encodes tensors ahead of the shards (the calibrated, layer-by-layer conversion).
+    pub layerwise: Option<std::sync::Arc<dyn LayerwiseEncoder>>,
+}
+
+impl Default for ConvertOptions {
+    /// Default effort, no calibration, [`crate::scheme::importance::DEFAULT_DAMP`]; refuses an
+    /// existing output.
+    fn default() -> ConvertOptions {
+        ConvertOptions {
+            effort: Effort::default(),
+            force: false,
+            resume: false,
+            fingerprint_extra: String::new(),
+            stop_after_shards: None,
+            provenance_options: Value::Null,
+            importance: None,
+            damp: crate::scheme::importance::DEFAULT_DAMP,
+            layerwise: None,
+        }
+    }
 }
 
 /// Progress reported after each tensor.
@@ -78,6 +139,8 @@ pub struct Summary {
     pub seconds: f64,
     /// Logical weights processed per second.
     pub weights_per_second: f64,
+    /// The tensors encoded with error feedback, in write order.
+    pub feedback: Vec<FeedbackRecord>,
 }
 
 /// Converts `ckpt` by `plan` into the directory `out`.
@@ -106,15 +169,22 @@ pub fn convert(
         bytes_done: 0,
         bytes_total: plan.bytes_in(),
     };
+    let (pre_encoded, mut feedback) = match &options.layerwise {
+        Some(encoder) => encoder.encode(ckpt, plan, options.effort, &work.join(PRE_ENCODED_DIR))?,
+        None => (PreEncoded::new(), Vec::new()),
+    };
     let mut reused = 0;
     for (i, shard) in plan.shards.iter().enumerate() {
         let name = plan.shard_name(i);
         let path = work.join(&name);
         if record_matches(&record, &name, &path)? {
             reused += 1;
+            let records: Vec<FeedbackRecord> = serde_json::from_value(record["shards"][&name]["feedback"].clone()).unwrap_or_default();
+            feedback.extend(records);
         } else {
-            write_shard(ckpt, plan, shard, &path, options, &mut state, progress)?;
-            record_shard(&mut record, &name, &path)?;
+            let records = write_shard(ckpt, plan, shard, &path, options, &pre_encoded, &mut state, progress)?;
+            record_shard(&mut record, &name, &path, &records)?;
+            feedback.extend(records);
             write_json(&work.join(PROGRESS_FILE), &record)?;
             if options.stop_after_shards == Some(i + 1 - reused) {
                 return Err(Error::Interrupted { work: work.clone(), shards_done: i + 1 });
@@ -131,11 +201,45 @@ pub fn convert(
         write_index(plan, &work)?;
     }
     extra_files(&work)?;
-    let provenance = crate::quantized::Provenance::from_plan(ckpt, plan, options);
+    let mut provenance = crate::quantized::Provenance::from_plan(ckpt, plan, options);
+    if let Some(map) = provenance.options.as_object_mut() {
+        map.insert("feedback".to_string(), feedback_summary(options, &feedback));
+    }
+    let pre_dir = work.join(PRE_ENCODED_DIR);
+    if pre_dir.exists() {
+        std::fs::remove_dir_all(&pre_dir).map_err(|e| Error::io(&pre_dir, e))?;
+    }
     write_json(&work.join(crate::quantized::PROVENANCE_FILE), &provenance.to_json())?;
     std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(&work, e))?;
     move_into_place(&work, out)?;
-    Ok(summarize(plan, reused, start.elapsed().as_secs_f64()))
+    let mut summary = summarize(plan, reused, start.elapsed().as_secs_f64());
+    summary.feedback = feedback;
+    Ok(summary)
+}
+
+/// Folder of the work directory where a [`LayerwiseEncoder`] keeps its encoded tensors.
+pub const PRE_ENCODED_DIR: &str = "ccq-encoded";
+
+/// The `feedback` entry of the provenance options: the method, the damping asked for, and the
+/// tensors that needed more damping or had an empty Hessian.
+fn feedback_summary(options: &ConvertOptions, records: &[FeedbackRecord]) -> Value {
+    let any_hessian = options.layerwise.is_some()
+        || options.importance.as_ref().is_some_and(|m| m.values().any(|t| matches!(t, TensorImportance::Hessian(_))));
+    let method = match (&options.importance, any_hessian) {
+        (_, true) => "feedback",
+        (Some(_), false) => "diagonal",
+        (None, false) => "none",
+    };
+    let more: Vec<Value> = records.iter().filter(|r| r.retries > 0).map(|r| json!({"tensor": r.tensor, "damp": r.damp})).collect();
+    let empty: Vec<&str> = records.iter().filter(|r| r.empty).map(|r| r.tensor.as_str()).collect();
+    json!({
+        "method": method,
+        "damp": options.damp,
+        "tensors": records.len(),
+        "more_damping": more,
+        "empty_hessians": empty,
+        "calibration": options.layerwise.as_ref().map(|l| l.describe()),
+    })
 }
 
 /// Refuses an output that is the source or holds it: `--force` would delete the input.
@@ -187,37 +291,91 @@ fn record_matches(record: &Value, name: &str, path: &Path) -> Result<bool> {
     Ok(entry["checksum"].as_str() == Some(&file_checksum(path)?))
 }
 
-fn record_shard(record: &mut Value, name: &str, path: &Path) -> Result<()> {
+fn record_shard(record: &mut Value, name: &str, path: &Path, feedback: &[FeedbackRecord]) -> Result<()> {
     let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    record["shards"][name] = json!({"bytes": bytes, "checksum": file_checksum(path)?});
+    record["shards"][name] = json!({"bytes": bytes, "checksum": file_checksum(path)?, "feedback": feedback});
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_shard(
     ckpt: &Checkpoint,
     plan: &Plan,
     shard: &[usize],
     path: &Path,
     options: &ConvertOptions,
+    pre_encoded: &PreEncoded,
     state: &mut Progress,
     progress: &mut dyn FnMut(Progress),
-) -> Result<()> {
+) -> Result<Vec<FeedbackRecord>> {
     let specs: Vec<_> = shard.iter().flat_map(|&t| plan.tensors[t].outputs.iter().cloned()).collect();
     let mut metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     if plan.layout == OutputLayout::Native {
         metadata.extend(shard.iter().filter_map(|&t| native_metadata(&plan.tensors[t])));
     }
     let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
+    let mut records = Vec::new();
     for &t in shard {
         let tensor = &plan.tensors[t];
-        let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name)).map(Vec::as_slice);
-        write_tensor(ckpt, tensor, plan.layout, options.effort, importance, &mut writer)?;
+        match pre_encoded.get(&tensor.name) {
+            Some(file) => copy_pre_encoded(tensor, file, &mut writer)?,
+            None => {
+                let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name));
+                records.extend(write_tensor(ckpt, tensor, plan.layout, options.effort, importance, options.damp, &mut writer)?);
+            }
+        }
         state.tensors_done += 1;
         state.bytes_done += tensor.bytes_in;
         progress(*state);
     }
     writer.finish()?;
+    Ok(records)
+}
+
+/// Writes the components of `t` that a [`LayerwiseEncoder`] stored in `file`.
+fn copy_pre_encoded(t: &PlannedTensor, file: &Path, writer: &mut SafetensorsWriter) -> Result<()> {
+    let encoded = Checkpoint::open(file)?;
+    for spec in &t.outputs {
+        let component = spec.name.rsplit('.').next().unwrap_or("");
+        let entry = encoded.get(&pre_encoded_name(&t.name, component))?;
+        if entry.dtype != spec.dtype || entry.shape != spec.shape {
+            return Err(Error::BadTensor {
+                tensor: spec.name.clone(),
+                problem: format!("the encoded copy in {} is {:?} {:?}, the plan wants {:?} {:?}", file.display(), entry.dtype, entry.shape, spec.dtype, spec.shape),
+            });
+        }
+        writer.write(encoded.raw_bytes(entry)?)?;
+    }
     Ok(())
+}
+
+/// The name a [`LayerwiseEncoder`] stores component `component` of tensor `tensor` under.
+pub fn pre_encoded_name(tensor: &str, component: &str) -> String {
+    format!("{tensor}::{component}")
+}
+
+/// Encodes the logical matrix `w` of planned tensor `t` as `kind`, factorising its Hessian when
+/// it has one (with the record of how it was damped).
+pub fn encode_planned(
+    t: &PlannedTensor,
+    kind: SchemeKind,
+    effort: Effort,
+    w: &[f32],
+    importance: Option<&TensorImportance>,
+    damp: f32,
+) -> Result<(crate::Packed, Option<FeedbackRecord>)> {
+    let bad = |e: crate::SchemeError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
+    let scheme = scheme_with_effort(kind, effort);
+    match importance {
+        Some(TensorImportance::Hessian(xtx)) => {
+            let hessian = crate::scheme::Hessian::new(t.k, xtx, damp).map_err(bad)?;
+            let packed = scheme.encode(w, t.k, t.n, crate::scheme::Importance::Hessian(&hessian)).map_err(bad)?;
+            let d = hessian.damping();
+            Ok((packed, Some(FeedbackRecord { tensor: t.name.clone(), damp: d.used, retries: d.retries, empty: d.empty })))
+        }
+        Some(TensorImportance::Diagonal(h)) => Ok((scheme.encode(w, t.k, t.n, crate::scheme::Importance::Diagonal(h)).map_err(bad)?, None)),
+        None => Ok((scheme.encode(w, t.k, t.n, crate::scheme::Importance::Uniform).map_err(bad)?, None)),
+    }
 }
 
 /// The native layout records, per packed tensor, `ccq.tensor.NAME` = its scheme and shapes.
@@ -249,9 +407,11 @@ fn write_tensor(
     t: &PlannedTensor,
     layout: OutputLayout,
     effort: Effort,
-    importance: Option<&[f32]>,
+    importance: Option<&TensorImportance>,
+    damp: f32,
     writer: &mut SafetensorsWriter,
-) -> Result<()> {
+) -> Result<Option<FeedbackRecord>> {
+    let mut record = None;
     if t.is_raw_copy(layout) {
         writer.write(ckpt.raw_bytes(ckpt.get(&t.sources[0])?)?)?;
     } else {
@@ -259,9 +419,8 @@ fn write_tensor(
         match t.choice {
             None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
             Some(kind) => {
-                let packed = scheme_with_effort(kind, effort)
-                    .encode(&w, t.k, t.n, importance)
-                    .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
+                let (packed, fed) = encode_planned(t, kind, effort, &w, importance, damp)?;
+                record = fed;
                 for c in &packed.components {
                     writer.write(&c.bytes)?;
                 }
@@ -271,7 +430,7 @@ fn write_tensor(
     for name in &t.sources {
         ckpt.release(ckpt.get(name)?);
     }
-    Ok(())
+    Ok(record)
 }
 
 /// Reads `sources` as f32 and assembles the logical `[k, n]` row-major matrix, their columns
@@ -375,6 +534,7 @@ fn summarize(plan: &Plan, reused: usize, seconds: f64) -> Summary {
         fallbacks: plan.tensors.iter().filter(|t| t.fell_back).map(|t| t.name.clone()).collect(),
         seconds,
         weights_per_second: weights as f64 / seconds.max(1e-9),
+        feedback: Vec::new(),
     }
 }
 
@@ -400,7 +560,7 @@ fn fingerprint(ckpt: &Checkpoint, plan: &Plan, extra: &str) -> String {
 }
 
 /// Checksum of a whole file, read in 8 MiB pieces.
-fn file_checksum(path: &Path) -> Result<String> {
+pub(crate) fn file_checksum(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0u8; 8 << 20];

@@ -33,9 +33,9 @@ fn gaussian(k: usize, n: usize, seed: u64) -> Vec<f32> {
 fn make(format: &str, k: usize, n: usize, seed: u64) -> Owned {
     let w = gaussian(k, n, seed);
     match format {
-        "wint2" => Owned::Packed(Wint2::default().encode(&w, k, n, None).unwrap()),
-        "wint8" => Owned::Packed(Wint8::default().encode(&w, k, n, None).unwrap()),
-        "wint4" => Owned::Packed(Wint4::default().encode(&w, k, n, None).unwrap()),
+        "wint2" => Owned::Packed(Wint2::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
+        "wint8" => Owned::Packed(Wint8::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
+        "wint4" => Owned::Packed(Wint4::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
         "f32" => Owned::Dense(Dtype::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), k, n),
         "bf16" => Owned::Dense(Dtype::BF16, w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(), k, n),
         _ => unreachable!(),

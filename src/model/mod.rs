@@ -452,15 +452,7 @@ pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut
     for l in 0..cfg.layers {
         observer.on_layer(l);
         let w = source.layer(l)?;
-        let x = rms_norm(&h, &w.input_norm, cfg.rms_norm_eps);
-        let attn = attention(&cfg, &w, l, &x, &lengths, observer)?;
-        add(&mut h, &attn);
-        let x = rms_norm(&h, &w.post_norm, cfg.rms_norm_eps);
-        let y = match &w.mlp {
-            Mlp::Dense(mlp) => swiglu(mlp, &x, m, l, Block::DenseMlp, None, observer)?,
-            Mlp::Moe(moe) => moe_block(&cfg, moe, &x, m, l, observer)?,
-        };
-        add(&mut h, &y);
+        layer_forward(&cfg, &w, l, &mut h, &lengths, observer)?;
     }
     observer.on_layer(cfg.layers);
     let x = rms_norm(&h, &source.final_norm()?, cfg.rms_norm_eps);
@@ -477,6 +469,29 @@ pub fn forward(source: &dyn WeightSource, sequences: &[Vec<u32>], observer: &mut
         return Ok(Vec::new());
     }
     source.lm_head()?.forward(&x, m)
+}
+
+/// Runs decoder layer `l` (weights `w`) on the hidden states `h` (`[tokens, hidden]`, the
+/// sequences of `lengths` back to back), in place: `h += attn(n1(h)); h += mlp(n2(h))`.
+pub fn layer_forward(
+    cfg: &ForwardConfig,
+    w: &LayerWeights,
+    l: usize,
+    h: &mut [f32],
+    lengths: &[usize],
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let m = h.len() / cfg.hidden;
+    let x = rms_norm(h, &w.input_norm, cfg.rms_norm_eps);
+    let attn = attention(cfg, w, l, &x, lengths, observer)?;
+    add(h, &attn);
+    let x = rms_norm(h, &w.post_norm, cfg.rms_norm_eps);
+    let y = match &w.mlp {
+        Mlp::Dense(mlp) => swiglu(mlp, &x, m, l, Block::DenseMlp, None, observer)?,
+        Mlp::Moe(moe) => moe_block(cfg, moe, &x, m, l, observer)?,
+    };
+    add(h, &y);
+    Ok(())
 }
 
 fn add(h: &mut [f32], y: &[f32]) {

@@ -45,6 +45,8 @@ pub struct QuantizedWeights<'a>(Source<QuantStore<'a>>);
 struct OriginalStore<'a> {
     ckpt: &'a Checkpoint,
     paddle: bool,
+    /// Linear weights (by tensor name) to use instead of the stored ones, logical `[k, n]`.
+    replaced: Option<&'a std::collections::BTreeMap<String, Vec<f32>>>,
 }
 
 struct QuantStore<'a> {
@@ -67,7 +69,14 @@ impl<'a> OriginalWeights<'a> {
     /// Reads and checks the config of an original checkpoint.
     pub fn new(ckpt: &'a Checkpoint) -> Result<OriginalWeights<'a>> {
         let paddle = is_paddle(ckpt);
-        Source::new(OriginalStore { ckpt, paddle }, config_of(ckpt)?).map(OriginalWeights)
+        Source::new(OriginalStore { ckpt, paddle, replaced: None }, config_of(ckpt)?).map(OriginalWeights)
+    }
+
+    /// An original checkpoint whose linear weights named in `replaced` (tensor name -> logical
+    /// `[k, n]` f32, e.g. decoded quantized weights) are used instead of the stored ones.
+    pub fn with_replaced(ckpt: &'a Checkpoint, replaced: &'a std::collections::BTreeMap<String, Vec<f32>>) -> Result<OriginalWeights<'a>> {
+        let paddle = is_paddle(ckpt);
+        Source::new(OriginalStore { ckpt, paddle, replaced: Some(replaced) }, config_of(ckpt)?).map(OriginalWeights)
     }
 }
 
@@ -225,6 +234,12 @@ impl Store for OriginalStore<'_> {
 
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
         let name = format!("{module}.weight");
+        if let Some(w) = self.replaced.and_then(|r| r.get(&name)) {
+            if w.len() != k * n {
+                return Err(Error::BadTensor { tensor: name, problem: format!("replacement holds {} values, not [{k}, {n}]", w.len()) });
+            }
+            return Ok(Box::new(KernelLinear::dense_f32(name, w, k, n)));
+        }
         let entry = self.ckpt.get(&name)?;
         // PyTorch stores [out, in], Paddle [in, out]; an lm_head of either may be either.
         let transpose = match entry.shape.as_slice() {

@@ -30,7 +30,7 @@ fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -
         fingerprint_extra: String::new(),
         stop_after_shards: None,
         provenance_options: json!({}),
-        importance: None,
+        ..ConvertOptions::default()
     };
     let quant_config = match layout {
         OutputLayout::FastDeploy => Some(convert::fastdeploy::quantization_config(&plan).unwrap()),

@@ -34,7 +34,7 @@
 //! # let options = PlanOptions { layout: OutputLayout::FastDeploy, policy: &policy, fallback: None, shard_size: u64::MAX };
 //! # let plan = Plan::build(&src, &model, &options).unwrap();
 //! # let dir = std::env::temp_dir().join(format!("ccq-doc-quantized-{}", std::process::id()));
-//! # let opts = ConvertOptions { effort: Default::default(), force: true, resume: false, fingerprint_extra: String::new(), stop_after_shards: None, provenance_options: serde_json::json!({}), importance: None };
+//! # let opts = ConvertOptions { force: true, ..ConvertOptions::default() };
 //! # convert::convert(&src, &plan, &dir, &opts, &|_| Ok(()), &mut |_| {})?;
 //! use ccq::quantized::QuantizedCheckpoint;
 //! use ccq::SchemeKind;

@@ -11,6 +11,8 @@
 //! checked against the shapes the scheme expects. Nothing here panics on bad input or
 //! prints; every failure is a [`SchemeError`] naming the problem.
 
+pub mod feedback;
+pub mod importance;
 pub mod per_channel;
 pub mod wint2;
 pub mod wint4;
@@ -20,6 +22,7 @@ use std::fmt;
 
 use crate::Dtype;
 
+pub use importance::{Damping, Hessian, Importance};
 pub use per_channel::ScaleRule;
 pub use wint2::{Effort, Rounding, Wint2};
 pub use wint4::Wint4;
@@ -142,15 +145,10 @@ pub trait Scheme: Send + Sync {
     /// Whether a `[k, n]` matrix can be stored in this format.
     fn check_shape(&self, k: usize, n: usize) -> Result<(), SchemeError>;
 
-    /// Encodes `w` (`[k, n]`, row-major), minimising `sum_{k,n} h_k (W - What)^2`, where
-    /// `h = importance` (length `k`, every `h_k` finite and `>= 0`) or all ones when `None`.
-    fn encode(
-        &self,
-        w: &[f32],
-        k: usize,
-        n: usize,
-        importance: Option<&[f32]>,
-    ) -> Result<Packed, SchemeError>;
+    /// Encodes `w` (`[k, n]`, row-major), minimising the error `importance` describes
+    /// ([`Importance`]): `||W - What||^2`, `sum_k h_k ||W_k - What_k||^2`, or, with error
+    /// feedback, `tr(E^T H E)`.
+    fn encode(&self, w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<Packed, SchemeError>;
 
     /// Decodes `packed` to a row-major `[packed.k, packed.n]` f32 matrix, exactly as the
     /// inference kernels would compute it.
@@ -259,6 +257,38 @@ pub enum SchemeError {
         /// Bytes found.
         found: usize,
     },
+    /// A Hessian does not hold `k * k` values.
+    #[error("the Hessian holds {found} values, expected k * k for k = {k}")]
+    HessianShape {
+        /// Rows of the matrix it is for.
+        k: usize,
+        /// Values it holds.
+        found: usize,
+    },
+    /// A Hessian entry is not finite, or a diagonal entry is negative.
+    #[error("Hessian entry ({row}, {col}) is {value}; entries must be finite and the diagonal >= 0")]
+    BadHessian {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The relative damping is negative or not finite.
+    #[error("damping {value} must be finite and >= 0")]
+    BadDamping {
+        /// The offending value.
+        value: f32,
+    },
+    /// The damped Hessian could not be factorised even with the largest damping tried.
+    #[error("the [{k}, {k}] Hessian is not positive definite even with relative damping {damp}")]
+    HessianNotPositive {
+        /// Its size.
+        k: usize,
+        /// The last damping tried.
+        damp: f32,
+    },
     /// A stored float parameter is NaN or infinite.
     #[error("component {name} holds a non-finite value ({value}) at index {index}")]
     NonFiniteParameter {
@@ -272,12 +302,13 @@ pub enum SchemeError {
 }
 
 /// Checks the common encoder inputs: slice lengths, finite weights, valid importance.
-pub(crate) fn check_encode_input(
-    w: &[f32],
-    k: usize,
-    n: usize,
-    importance: Option<&[f32]>,
-) -> Result<(), SchemeError> {
+pub(crate) fn check_encode_input(w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<(), SchemeError> {
+    if let Importance::Hessian(h) = importance {
+        if h.k() != k {
+            return Err(SchemeError::ImportanceLength { expected: k, found: h.k() });
+        }
+    }
+    let importance = importance.diagonal();
     let expected = k.saturating_mul(n);
     if w.len() != expected {
         return Err(SchemeError::WeightLength { expected, found: w.len() });

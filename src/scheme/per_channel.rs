@@ -54,6 +54,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::feedback::{code_matrix, BlockCoder};
+use super::importance::{Hessian, Importance};
 use super::{check_encode_input, finite_bf16s, Component, Packed, SchemeError, SchemeKind};
 use crate::Dtype;
 
@@ -339,17 +341,22 @@ pub(crate) fn component_layout<L: Layout>(k: usize, n: usize) -> Vec<(&'static s
     ]
 }
 
-/// Encodes `w` into `quant_weight` (`I8`) and `weight_scale` (`BF16`, `[N]`).
+/// Encodes `w` into `quant_weight` (`I8`) and `weight_scale` (`BF16`, `[N]`). With a Hessian the
+/// scales are chosen first, under its damped diagonal, and the codes then by scalar GPTQ
+/// ([`quantize_matrix_with_feedback`]).
 pub(crate) fn encode<L: Layout>(
     rule: ScaleRule,
     w: &[f32],
     k: usize,
     n: usize,
-    importance: Option<&[f32]>,
+    importance: Importance<'_>,
 ) -> Result<Packed, SchemeError> {
     check_shape::<L>(k, n)?;
     check_encode_input(w, k, n, importance)?;
-    let (q, scales) = quantize_matrix(w, k, n, importance, L::QMAX, rule, L::SEARCH_FLOOR);
+    let (q, scales) = match importance {
+        Importance::Hessian(h) => quantize_matrix_with_feedback(w, k, n, h, L::QMAX, rule, L::SEARCH_FLOOR),
+        other => quantize_matrix(w, k, n, other.diagonal(), L::QMAX, rule, L::SEARCH_FLOOR),
+    };
     let quant_weight = Component {
         name: COMPONENTS[0],
         dtype: Dtype::I8,
@@ -363,6 +370,64 @@ pub(crate) fn encode<L: Layout>(
         bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
     };
     Ok(Packed { kind: L::KIND, k, n, components: vec![quant_weight, weight_scale] })
+}
+
+/// Scalar GPTQ with the scale of each column fixed first: [`column_scale`] under the damped
+/// diagonal of `hessian`, then rows coded one at a time by [`quantize_value`] with their
+/// error fed forward ([`crate::scheme::feedback`], blocks of one row, `M_B = 1 / U[k][k]`).
+/// Per column, the codes of plain rounding are kept when their output error `e^T Hd e` is not
+/// higher, so feedback never makes a column worse.
+pub fn quantize_matrix_with_feedback(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    hessian: &Hessian,
+    qmax: i32,
+    rule: ScaleRule,
+    floor: f32,
+) -> (Vec<i8>, Vec<bf16>) {
+    let (plain, scales) = quantize_matrix(w, k, n, Some(hessian.diag()), qmax, rule, floor);
+    let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+    let coder = ScalarCoder { scales: &sf, qmax };
+    let fed: Vec<i8> = code_matrix(w, k, n, hessian, &coder).codes.into_iter().map(|c| c as i8).collect();
+    let errors = |q: &[i8]| -> Vec<f64> {
+        let e: Vec<f32> = w.iter().zip(q).enumerate().map(|(i, (&wv, &qv))| wv - f32::from(qv) * sf[i % n]).collect();
+        hessian.column_errors(&e, n)
+    };
+    let (plain_err, fed_err) = (errors(&plain), errors(&fed));
+    let mut q = plain;
+    for (i, v) in q.iter_mut().enumerate() {
+        if fed_err[i % n] < plain_err[i % n] {
+            *v = fed[i];
+        }
+    }
+    (q, scales)
+}
+
+/// One row of one column rounded to its column's scale (the metric of a 1-row block is a
+/// positive factor, so rounding to the nearest code is already the best).
+struct ScalarCoder<'a> {
+    scales: &'a [f32],
+    qmax: i32,
+}
+
+impl BlockCoder for ScalarCoder<'_> {
+    type Chunk = f32;
+
+    fn rows(&self) -> usize {
+        1
+    }
+
+    fn candidates(&self, col: usize, _row0: usize) -> Vec<f32> {
+        vec![self.scales[col]]
+    }
+
+    fn code(&self, scale: &f32, _row: usize, x: &[f32], _m: &[f32], out: &mut [f32]) -> u8 {
+        let q = quantize_value(x[0], *scale, self.qmax);
+        out[0] = q as f32 * scale;
+        // |q| <= qmax <= 127: stored as its two's-complement byte.
+        q as i8 as u8
+    }
 }
 
 /// Decodes components written by [`encode`]: `What[k][n] = q * scale[n]`, row-major.
@@ -534,7 +599,7 @@ pub(crate) mod test_support {
                     scaled.clamp(-bound, bound) as i8
                 })
                 .collect();
-            let p = scheme.encode(&w, k, n, None).unwrap();
+            let p = scheme.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
             assert_eq!(p.components[0].bytes, paddle_reference::quant_weight(&q, k, n, L::BITS));
             let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
             assert_eq!(p.components[1].bytes, scale_bytes);
@@ -552,7 +617,7 @@ pub(crate) mod test_support {
         // Column c has scale 2^(c % 7 - 3).
         let w: Vec<f32> =
             (0..k * n).map(|i| f32::from(q[i]) * 2f32.powi((i % n % 7) as i32 - 3)).collect();
-        let p = scheme.encode(&w, k, n, None).unwrap();
+        let p = scheme.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
         assert_eq!(scheme.decode(&p).unwrap(), w);
     }
 
@@ -563,7 +628,7 @@ pub(crate) mod test_support {
         let h: Vec<f32> = (0..k).map(|i| 1.0 + (i % 7) as f32).collect();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| scheme.encode(&w, k, n, Some(&h)).unwrap())
+            pool.install(|| scheme.encode(&w, k, n, crate::scheme::Importance::Diagonal(&h)).unwrap())
         };
         assert_eq!(run(1), run(3));
     }
@@ -576,7 +641,7 @@ pub(crate) mod test_support {
         for r in 0..k {
             w[r * n + 3] = 0.0;
         }
-        let p = scheme.encode(&w, k, n, None).unwrap();
+        let p = scheme.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
         assert_eq!(&p.components[1].bytes[6..8], &[0, 0]);
         for r in 0..k {
             assert_eq!(L::read_code(&p.components[0].bytes, k, r, 3), 0);
@@ -597,7 +662,7 @@ pub(crate) mod test_support {
             let w = vec![0f32; k * n];
             assert!(
                 matches!(
-                    scheme.encode(&w, k, n, None),
+                    scheme.encode(&w, k, n, crate::scheme::Importance::Uniform),
                     Err(SchemeError::BadShape { scheme: s, k: kk, n: nn, .. })
                         if s == L::KIND && kk == k && nn == n
                 ),
@@ -612,27 +677,27 @@ pub(crate) mod test_support {
 
         let (k, n) = (64, L::N_MULTIPLE);
         assert_eq!(
-            scheme.encode(&[0.0; 3], k, n, None),
+            scheme.encode(&[0.0; 3], k, n, crate::scheme::Importance::Uniform),
             Err(SchemeError::WeightLength { expected: k * n, found: 3 })
         );
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut w = vec![0.5f32; k * n];
             w[5 * n + 1] = bad;
             assert!(matches!(
-                scheme.encode(&w, k, n, None),
+                scheme.encode(&w, k, n, crate::scheme::Importance::Uniform),
                 Err(SchemeError::NonFiniteWeight { k: 5, n: 1, .. })
             ));
         }
         let w = vec![0.5f32; k * n];
         assert_eq!(
-            scheme.encode(&w, k, n, Some(&[1.0; 3])),
+            scheme.encode(&w, k, n, crate::scheme::Importance::Diagonal(&[1.0; 3])),
             Err(SchemeError::ImportanceLength { expected: k, found: 3 })
         );
         for bad in [-1.0f32, f32::NAN, f32::INFINITY] {
             let mut h = vec![1.0f32; k];
             h[7] = bad;
             assert!(matches!(
-                scheme.encode(&w, k, n, Some(&h)),
+                scheme.encode(&w, k, n, crate::scheme::Importance::Diagonal(&h)),
                 Err(SchemeError::BadImportance { k: 7, .. })
             ));
         }
@@ -641,7 +706,7 @@ pub(crate) mod test_support {
     /// Every way a component can be wrong gives its typed error, never a panic.
     pub(crate) fn assert_bad_components<L: Layout>(scheme: &dyn Scheme) {
         let (k, n) = (64, 2 * L::N_MULTIPLE);
-        let good = scheme.encode(&Rng::new(2).normals(k * n), k, n, None).unwrap();
+        let good = scheme.encode(&Rng::new(2).normals(k * n), k, n, crate::scheme::Importance::Uniform).unwrap();
         let qw_shape = vec![n * L::BITS / 8, k];
         let edit = |f: &dyn Fn(&mut Packed)| {
             let mut p = good.clone();
@@ -749,7 +814,7 @@ pub(crate) mod test_support {
         k: usize,
         n: usize,
     ) -> Result<(), TestCaseError> {
-        let p = scheme.encode(w, k, n, None).unwrap();
+        let p = scheme.encode(w, k, n, crate::scheme::Importance::Uniform).unwrap();
         let d = scheme.decode(&p).unwrap();
         let scales: Vec<f32> = p.components[1]
             .bytes

@@ -33,7 +33,7 @@
 use rayon::prelude::*;
 
 use super::per_channel::{self, Layout, ScaleRule};
-use super::{Packed, Scheme, SchemeError, SchemeKind};
+use super::{Importance, Packed, Scheme, SchemeError, SchemeKind};
 use crate::Dtype;
 
 /// The wint4 scheme; the only choice is how the scale is picked.
@@ -116,13 +116,7 @@ impl Scheme for Wint4 {
         per_channel::check_shape::<Wint4>(k, n)
     }
 
-    fn encode(
-        &self,
-        w: &[f32],
-        k: usize,
-        n: usize,
-        importance: Option<&[f32]>,
-    ) -> Result<Packed, SchemeError> {
+    fn encode(&self, w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<Packed, SchemeError> {
         per_channel::encode::<Wint4>(self.scale_rule, w, k, n, importance)
     }
 
@@ -186,7 +180,7 @@ mod tests {
         w[8 * n] = -0.5; //  (8, 0): q = -1 -> nibble 7
         w[n] = 3.5; //       (1, 0): q = 7  -> nibble 15
         w[9 * n + 1] = 1.0; // (9, 1): q = 2 -> nibble 10 at address 69: byte 34, high
-        let p = Wint4 { scale_rule: ScaleRule::Absmax }.encode(&w, k, n, None).unwrap();
+        let p = Wint4 { scale_rule: ScaleRule::Absmax }.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
         let bytes = &p.components[0].bytes;
         assert_eq!(bytes[0], 11 | (7 << 4));
         assert_eq!(bytes[2] & 15, 15);

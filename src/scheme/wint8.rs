@@ -32,7 +32,7 @@
 use rayon::prelude::*;
 
 use super::per_channel::{self, Layout, ScaleRule};
-use super::{Packed, Scheme, SchemeError, SchemeKind};
+use super::{Importance, Packed, Scheme, SchemeError, SchemeKind};
 use crate::Dtype;
 
 /// The wint8 scheme; the only choice is how the scale is picked.
@@ -107,13 +107,7 @@ impl Scheme for Wint8 {
         per_channel::check_shape::<Wint8>(k, n)
     }
 
-    fn encode(
-        &self,
-        w: &[f32],
-        k: usize,
-        n: usize,
-        importance: Option<&[f32]>,
-    ) -> Result<Packed, SchemeError> {
+    fn encode(&self, w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<Packed, SchemeError> {
         per_channel::encode::<Wint8>(self.scale_rule, w, k, n, importance)
     }
 
@@ -175,7 +169,7 @@ mod tests {
             w[row * n + 1] = 127.0 * 0.25 * if row == 5 { -1.0 } else { 0.0 };
         }
         w[0] = 127.0 * 0.25; // pins column 0's absmax to 127 * 0.25
-        let p = Wint8 { scale_rule: ScaleRule::Absmax }.encode(&w, k, n, None).unwrap();
+        let p = Wint8 { scale_rule: ScaleRule::Absmax }.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
         let bytes = &p.components[0].bytes;
         assert_eq!(bytes[0], 127 + 128); // (0, 0): q = 127
         assert_eq!(bytes[2], (1 - 32 + 128) as u8); // (1, 0): q = -31

@@ -89,7 +89,7 @@ fn logical_from_pytorch(src: &Checkpoint, names: &[&str]) -> (Vec<f32>, usize, u
 }
 
 fn assert_components(out: &Checkpoint, base: &str, scheme: &dyn Scheme, w: &[f32], k: usize, n: usize) {
-    let packed = scheme.encode(w, k, n, None).unwrap();
+    let packed = scheme.encode(w, k, n, ccq::scheme::Importance::Uniform).unwrap();
     for c in &packed.components {
         let name = format!("{base}.{}", c.name);
         let entry = out.get(&name).unwrap();

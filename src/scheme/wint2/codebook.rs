@@ -233,6 +233,48 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The byte minimising `||m (x - c_b)||^2` for a lower-triangular `4 x 4` metric factor
+    /// `m` (row-major; error feedback's `M_B`, [`crate::scheme::feedback`]), lowest byte among
+    /// ties, and that error.
+    #[inline]
+    pub fn best_byte_metric(&self, x: &[f32; 4], m: &[f32; 16]) -> (u8, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.best_byte_metric_avx2(x, m) };
+        }
+        self.best_byte_metric_portable(x, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn best_byte_metric_avx2(&self, x: &[f32; 4], m: &[f32; 16]) -> (u8, f32) {
+        self.best_byte_metric_portable(x, m)
+    }
+
+    #[inline(always)]
+    fn best_byte_metric_portable(&self, x: &[f32; 4], m: &[f32; 16]) -> (u8, f32) {
+        let mut e = [0.0f32; 256];
+        self.errors_metric(x, m, &mut e);
+        arg_min(&e)
+    }
+
+    /// `e[b] = ||m (x - c_b)||^2`, `m` lower triangular (`y_i = sum_{j <= i} m[i][j] r_j`).
+    #[inline(always)]
+    pub fn errors_metric(&self, x: &[f32; 4], m: &[f32; 16], e: &mut [f32; 256]) {
+        let [c0, c1, c2, c3] = &self.c;
+        for b in 0..256 {
+            let (r0, r1, r2, r3) = (x[0] - c0[b], x[1] - c1[b], x[2] - c2[b], x[3] - c3[b]);
+            let y0 = m[0] * r0;
+            let y1 = m[4] * r0 + m[5] * r1;
+            let y2 = m[8] * r0 + m[9] * r1 + m[10] * r2;
+            let y3 = m[12] * r0 + m[13] * r1 + m[14] * r2 + m[15] * r3;
+            e[b] = y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3;
+        }
+    }
+}
+
 /// The first index of the smallest value and that value (NaN-free input).
 #[inline(always)]
 pub fn arg_min(e: &[f32; 256]) -> (u8, f32) {

@@ -103,7 +103,7 @@ use super::codebook::Codebook;
 use super::decode::{bf16_rne, value_table};
 use super::maps::{CodeMap, MAPS};
 use super::{ColumnCode, Effort, Rounding, Wint2, GROUP_ROWS};
-use crate::scheme::{check_encode_input, Packed, Scheme, SchemeError};
+use crate::scheme::{check_encode_input, Importance, Packed, Scheme, SchemeError};
 
 /// What each effort level does per column.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +161,7 @@ pub fn encode_with_maps(
     maps: &[CodeMap],
 ) -> Result<Packed, SchemeError> {
     scheme.check_shape(k, n)?;
-    check_encode_input(w, k, n, importance)?;
+    check_encode_input(w, k, n, importance.map_or(Importance::Uniform, Importance::Diagonal))?;
     let plan = Plan { maps: maps.len(), passes: 1, ls_search: false, keep: maps.len(), ls_radius: 1, rounds: 1, mirror: false, zps: 1 };
     let columns = encode_columns(w, k, n, importance, scheme.rounding, plan, maps);
     Ok(Wint2::pack(k, n, &columns))

@@ -17,11 +17,12 @@
 pub mod codebook;
 pub mod decode;
 pub mod encode;
+pub mod feedback;
 pub mod maps;
 
 use super::{
-    check_encode_input, check_finite, finite_bf16s, Component, Packed, Scheme, SchemeError,
-    SchemeKind,
+    check_encode_input, check_finite, finite_bf16s, Component, Importance, Packed, Scheme,
+    SchemeError, SchemeKind,
 };
 use crate::Dtype;
 
@@ -197,16 +198,13 @@ impl Scheme for Wint2 {
         Ok(())
     }
 
-    fn encode(
-        &self,
-        w: &[f32],
-        k: usize,
-        n: usize,
-        importance: Option<&[f32]>,
-    ) -> Result<Packed, SchemeError> {
+    fn encode(&self, w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<Packed, SchemeError> {
         self.check_shape(k, n)?;
         check_encode_input(w, k, n, importance)?;
-        let columns = encode::encode_columns_at(w, k, n, importance, self.rounding, self.effort);
+        let columns = match importance {
+            Importance::Hessian(h) => feedback::encode_columns_with_feedback(w, k, n, h, self.rounding, self.effort),
+            other => encode::encode_columns_at(w, k, n, other.diagonal(), self.rounding, self.effort),
+        };
         Ok(Self::pack(k, n, &columns))
     }
 
@@ -269,7 +267,7 @@ mod tests {
         let w = gaussian(k, n, 1);
         for effort in Effort::ALL {
             let s = Wint2 { effort, ..Wint2::default() };
-            let d = s.decode(&s.encode(&w, k, n, None).unwrap()).unwrap();
+            let d = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()).unwrap();
             // Optimal scalar 2-bit is 0.1175; the fitted maps reach about 0.105.
             assert!(nmse(&w, &d) < 0.11, "{effort:?}: {}", nmse(&w, &d));
         }
@@ -281,7 +279,7 @@ mod tests {
         let w = gaussian(k, n, 2);
         let run = |threads| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| Wint2::default().encode(&w, k, n, None).unwrap())
+            pool.install(|| Wint2::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap())
         };
         assert_eq!(run(1), run(3));
     }
@@ -295,8 +293,8 @@ mod tests {
         let weighted = |d: &[f32]| -> f64 {
             (0..k * n).map(|i| h[i / n] as f64 * ((w[i] - d[i]) as f64).powi(2)).sum()
         };
-        let with = s.decode(&s.encode(&w, k, n, Some(&h)).unwrap()).unwrap();
-        let without = s.decode(&s.encode(&w, k, n, None).unwrap()).unwrap();
+        let with = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Diagonal(&h)).unwrap()).unwrap();
+        let without = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()).unwrap();
         assert!(weighted(&with) < 0.85 * weighted(&without));
     }
 
@@ -304,18 +302,18 @@ mod tests {
     fn bad_input_gives_typed_errors() {
         let s = Wint2::default();
         let w = vec![0.5f32; 128 * 2];
-        assert!(matches!(s.encode(&w[..64 * 2], 64, 2, None), Err(SchemeError::BadShape { .. })));
-        assert!(matches!(s.encode(&w, 128, 3, None), Err(SchemeError::WeightLength { .. })));
+        assert!(matches!(s.encode(&w[..64 * 2], 64, 2, crate::scheme::Importance::Uniform), Err(SchemeError::BadShape { .. })));
+        assert!(matches!(s.encode(&w, 128, 3, crate::scheme::Importance::Uniform), Err(SchemeError::WeightLength { .. })));
         let mut bad = w.clone();
         bad[5] = f32::NAN;
-        assert!(matches!(s.encode(&bad, 128, 2, None), Err(SchemeError::NonFiniteWeight { k: 2, n: 1, .. })));
+        assert!(matches!(s.encode(&bad, 128, 2, crate::scheme::Importance::Uniform), Err(SchemeError::NonFiniteWeight { k: 2, n: 1, .. })));
         let h = vec![1.0f32; 127];
-        assert!(matches!(s.encode(&w, 128, 2, Some(&h)), Err(SchemeError::ImportanceLength { .. })));
+        assert!(matches!(s.encode(&w, 128, 2, crate::scheme::Importance::Diagonal(&h)), Err(SchemeError::ImportanceLength { .. })));
         let mut h = vec![1.0f32; 128];
         h[7] = -1.0;
-        assert!(matches!(s.encode(&w, 128, 2, Some(&h)), Err(SchemeError::BadImportance { k: 7, .. })));
+        assert!(matches!(s.encode(&w, 128, 2, crate::scheme::Importance::Diagonal(&h)), Err(SchemeError::BadImportance { k: 7, .. })));
 
-        let good = s.encode(&w, 128, 2, None).unwrap();
+        let good = s.encode(&w, 128, 2, crate::scheme::Importance::Uniform).unwrap();
         let mut p = good.clone();
         p.components.remove(2);
         assert_eq!(s.decode(&p), Err(SchemeError::MissingComponent { name: "super_scales" }));
@@ -360,7 +358,7 @@ mod tests {
             let w: Vec<f32> = gaussian(k, n, seed).iter().map(|v| v * scale).collect();
             let h: Vec<f32> = Rng::new(seed + 1).normals(k).iter().map(|z| (skew * *z as f64).exp() as f32).collect();
             let s = Wint2::default();
-            let packed = s.encode(&w, k, n, Some(&h)).unwrap();
+            let packed = s.encode(&w, k, n, crate::scheme::Importance::Diagonal(&h)).unwrap();
             let d = s.decode(&packed).unwrap();
             let ls = unpack_weight_scale(&packed.components[1].bytes, n);
             for col in 0..n {

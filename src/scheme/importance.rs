@@ -1,0 +1,316 @@
+//! What an encoder minimises: the importance of a matrix's input rows.
+//!
+//! A linear layer `y = x W` (`W` logical `[K, N]`) fed with the calibration rows `X` (`[T, K]`)
+//! makes the output error `||X W - X What||^2 = tr(E^T H E)`, `E = W - What`, `H = X^T X / T`.
+//! An encoder can see three approximations of that, from none to all of it:
+//!
+//! - [`Importance::Uniform`]: `H = I`, the plain squared error;
+//! - [`Importance::Diagonal`]: `H = diag(h)`, input channels independent (`h_k` is the mean
+//!   square activation of channel `k`);
+//! - [`Importance::Hessian`]: the full damped `H`, with the factor error feedback needs
+//!   ([`super::feedback`]).
+//!
+//! # Damping and factorisation
+//!
+//! ```text
+//! lambda = damp * mean_k H[k][k]                    (relative damping, default 0.01)
+//! Hd     = H + lambda I
+//! Hd     = V V^T,   V upper triangular              ("upper-lower" Cholesky, rows from the end)
+//! U      = V^-1,    so Hd^-1 = U^T U                (U upper: GPTQ's Cholesky factor of H^-1)
+//! ```
+//!
+//! `V` is computed from the last row upwards:
+//!
+//! ```text
+//! V[j][j] = sqrt(Hd[j][j] - sum_{m > j} V[j][m]^2)
+//! V[i][j] = (Hd[i][j] - sum_{m > j} V[i][m] V[j][m]) / V[j][j]        i < j
+//! ```
+//!
+//! A pivot that is not positive (a Hessian that is singular in f64 even after damping) makes the
+//! factorisation retry with ten times the damping, up to [`MAX_RETRIES`] times; the damping
+//! finally used is reported ([`Damping`]). A Hessian whose diagonal is all zero (an expert that
+//! received no token and has no layer statistics to borrow) carries no information: it is
+//! replaced by the identity, so the encoder falls back to the plain squared error, and
+//! [`Damping::empty`] says so. Nothing here returns NaN: the inputs are checked finite and the
+//! pivots positive.
+
+use rayon::prelude::*;
+
+use super::SchemeError;
+
+/// Default relative damping (`--damp`): a hundredth of the mean diagonal, as GPTQ uses.
+pub const DEFAULT_DAMP: f32 = 0.01;
+
+/// Times the damping is multiplied by ten after a failed factorisation before giving up.
+pub const MAX_RETRIES: usize = 6;
+
+/// The importance an encoder is given for a logical `[K, N]` matrix.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Importance<'a> {
+    /// Every input row counts the same: minimise `||W - What||^2`.
+    #[default]
+    Uniform,
+    /// One weight per input row (length `K`, finite, `>= 0`): minimise `sum_k h_k ||W_k - What_k||^2`.
+    Diagonal(&'a [f32]),
+    /// The full damped Hessian: minimise `tr(E^T H E)` with error feedback.
+    Hessian(&'a Hessian),
+}
+
+impl<'a> From<Option<&'a [f32]>> for Importance<'a> {
+    /// `Some(h)` is [`Importance::Diagonal`], `None` [`Importance::Uniform`].
+    fn from(h: Option<&'a [f32]>) -> Importance<'a> {
+        h.map_or(Importance::Uniform, Importance::Diagonal)
+    }
+}
+
+impl<'a> Importance<'a> {
+    /// The per-row weights an encoder without feedback uses: `h` itself, or the damped diagonal
+    /// of a Hessian; `None` when uniform.
+    pub fn diagonal(&self) -> Option<&'a [f32]> {
+        match self {
+            Importance::Uniform => None,
+            Importance::Diagonal(h) => Some(h),
+            Importance::Hessian(h) => Some(&h.diag),
+        }
+    }
+
+    /// The rows this importance describes, if it says.
+    pub fn rows(&self) -> Option<usize> {
+        match self {
+            Importance::Uniform => None,
+            Importance::Diagonal(h) => Some(h.len()),
+            Importance::Hessian(h) => Some(h.k),
+        }
+    }
+}
+
+/// How a Hessian was damped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Damping {
+    /// The relative damping asked for.
+    pub requested: f32,
+    /// The relative damping the factorisation succeeded with (`requested * 10^retries`).
+    pub used: f32,
+    /// The absolute `lambda` added to the diagonal.
+    pub lambda: f64,
+    /// Failed factorisations before the one that succeeded.
+    pub retries: usize,
+    /// The Hessian's diagonal was all zero; the identity was used instead.
+    pub empty: bool,
+}
+
+/// A damped, factorised Hessian `H` of one matrix input (`[K, K]`, symmetric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hessian {
+    k: usize,
+    /// `Hd = H + lambda I`, row-major `[K, K]`.
+    h: Vec<f32>,
+    /// Its diagonal.
+    diag: Vec<f32>,
+    /// `U`, upper triangular, `Hd^-1 = U^T U`, row-major `[K, K]` (zeros below the diagonal).
+    u: Vec<f32>,
+    damping: Damping,
+}
+
+impl Hessian {
+    /// Damps and factorises `xtx` (row-major `[k, k]`, e.g. `X^T X / T`; only symmetric input is
+    /// meaningful, the upper triangle is what is read) with relative damping `damp`.
+    pub fn new(k: usize, xtx: &[f32], damp: f32) -> Result<Hessian, SchemeError> {
+        let expected = k.checked_mul(k).ok_or(SchemeError::HessianShape { k, found: xtx.len() })?;
+        if k == 0 || xtx.len() != expected {
+            return Err(SchemeError::HessianShape { k, found: xtx.len() });
+        }
+        if let Some(i) = xtx.iter().position(|v| !v.is_finite()) {
+            return Err(SchemeError::BadHessian { row: i / k, col: i % k, value: xtx[i] });
+        }
+        if let Some(i) = (0..k).find(|&i| xtx[i * k + i] < 0.0) {
+            return Err(SchemeError::BadHessian { row: i, col: i, value: xtx[i * k + i] });
+        }
+        if !(damp.is_finite() && damp >= 0.0) {
+            return Err(SchemeError::BadDamping { value: damp });
+        }
+        let mean_diag = (0..k).map(|i| xtx[i * k + i] as f64).sum::<f64>() / k as f64;
+        let empty = !(mean_diag > f64::from(f32::MIN_POSITIVE));
+        // Symmetrise from the upper triangle, in f64.
+        let base: Vec<f64> = if empty {
+            (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
+        } else {
+            (0..k * k).map(|i| {
+                let (r, c) = (i / k, i % k);
+                xtx[r.min(c) * k + r.max(c)] as f64
+            }).collect()
+        };
+        let scale = if empty { 1.0 } else { mean_diag };
+        // At least a tiny damping, so that an all-zero channel never gives a zero pivot.
+        let mut relative = f64::from(damp).max(1e-6);
+        for retries in 0..=MAX_RETRIES {
+            let lambda = relative * scale;
+            if let Some(v) = upper_lower_cholesky(&base, k, lambda) {
+                let u = upper_inverse(&v, k);
+                let h: Vec<f32> = (0..k * k).map(|i| (base[i] + if i / k == i % k { lambda } else { 0.0 }) as f32).collect();
+                let diag = (0..k).map(|i| h[i * k + i]).collect();
+                let damping = Damping { requested: damp, used: relative as f32, lambda, retries, empty };
+                return Ok(Hessian { k, h, diag, u: u.into_iter().map(|x| x as f32).collect(), damping });
+            }
+            relative *= 10.0;
+        }
+        Err(SchemeError::HessianNotPositive { k, damp: relative as f32 })
+    }
+
+    /// Rows (and columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The damped Hessian `Hd`, row-major `[K, K]`.
+    pub fn matrix(&self) -> &[f32] {
+        &self.h
+    }
+
+    /// The damped diagonal.
+    pub fn diag(&self) -> &[f32] {
+        &self.diag
+    }
+
+    /// `U` with `Hd^-1 = U^T U`, upper triangular, row-major.
+    pub fn factor(&self) -> &[f32] {
+        &self.u
+    }
+
+    /// How it was damped.
+    pub fn damping(&self) -> Damping {
+        self.damping
+    }
+
+    /// Per column `c` of the row-major `[K, N]` error `e`: `e_c^T Hd e_c` (the output error of
+    /// that column); their sum is `tr(E^T Hd E)`.
+    pub fn column_errors(&self, e: &[f32], n: usize) -> Vec<f64> {
+        let k = self.k;
+        let mut he = vec![0.0f32; k * n];
+        // SAFETY: the pointers cover k x k, k x n and k x n row-major matrices with the strides
+        // given, and `he` is not aliased.
+        unsafe {
+            matrixmultiply::sgemm(
+                k, k, n, 1.0,
+                self.h.as_ptr(), k as isize, 1,
+                e.as_ptr(), n as isize, 1,
+                0.0, he.as_mut_ptr(), n as isize, 1,
+            );
+        }
+        let mut out = vec![0.0f64; n];
+        for (er, hr) in e.chunks_exact(n).zip(he.chunks_exact(n)) {
+            for ((o, &a), &b) in out.iter_mut().zip(er).zip(hr) {
+                *o += a as f64 * b as f64;
+            }
+        }
+        out
+    }
+}
+
+/// `V` upper triangular with `base + lambda I = V V^T`, or `None` when a pivot is not positive.
+fn upper_lower_cholesky(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>> {
+    let mut v = vec![0.0f64; k * k];
+    for j in (0..k).rev() {
+        let tail = j + 1..k;
+        let rj: Vec<f64> = v[j * k..][tail.clone()].to_vec();
+        let pivot = base[j * k + j] + lambda - rj.iter().map(|x| x * x).sum::<f64>();
+        if !(pivot > 0.0 && pivot.is_finite()) {
+            return None;
+        }
+        let d = pivot.sqrt();
+        v[j * k + j] = d;
+        // Rows above j: each is independent, so the parallel split changes no arithmetic.
+        let (above, _) = v.split_at_mut(j * k);
+        above.par_chunks_mut(k).enumerate().with_min_len(64).for_each(|(i, row)| {
+            let dot: f64 = row[tail.clone()].iter().zip(&rj).map(|(a, b)| a * b).sum();
+            row[j] = (base[i * k + j] - dot) / d;
+        });
+    }
+    Some(v)
+}
+
+/// `U = V^-1` for upper triangular `V`, by back substitution one column at a time
+/// (`U[i][c] = -(sum_{i < m <= c} V[i][m] U[m][c]) / V[i][i]`, `U[c][c] = 1 / V[c][c]`).
+fn upper_inverse(v: &[f64], k: usize) -> Vec<f64> {
+    // Column c of U is computed into row c of `ut` (U transposed), independently of the others.
+    let mut ut = vec![0.0f64; k * k];
+    ut.par_chunks_mut(k).enumerate().with_min_len(16).for_each(|(c, col)| {
+        col[c] = 1.0 / v[c * k + c];
+        for i in (0..c).rev() {
+            let dot: f64 = v[i * k + i + 1..i * k + c + 1].iter().zip(&col[i + 1..=c]).map(|(a, b)| a * b).sum();
+            col[i] = -dot / v[i * k + i];
+        }
+    });
+    let mut u = vec![0.0f64; k * k];
+    for r in 0..k {
+        for c in r..k {
+            u[r * k + c] = ut[c * k + r];
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn gram(k: usize, t: usize, seed: u64) -> Vec<f32> {
+        let x = Rng::new(seed).normals(t * k);
+        let mut h = vec![0.0f32; k * k];
+        for row in x.chunks_exact(k) {
+            for a in 0..k {
+                for b in 0..k {
+                    h[a * k + b] += row[a] * row[b] / t as f32;
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn factor_inverts_the_damped_hessian() {
+        let k = 24;
+        let hs = Hessian::new(k, &gram(k, 100, 1), 0.01).unwrap();
+        let (h, u) = (hs.matrix(), hs.factor());
+        // Hd (U^T U) = I.
+        for r in 0..k {
+            for c in 0..k {
+                let mut s = 0.0f64;
+                for m in 0..k {
+                    let inv: f64 = (0..k).map(|j| u[j * k + m] as f64 * u[j * k + c] as f64).sum();
+                    s += h[r * k + m] as f64 * inv;
+                }
+                let want = if r == c { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-3, "({r}, {c}): {s}");
+            }
+        }
+        assert!((0..k).all(|r| (0..r).all(|c| u[r * k + c] == 0.0)));
+    }
+
+    #[test]
+    fn singular_hessians_are_damped_not_failed() {
+        let k = 16;
+        // Rank one from a single token, with two dead channels.
+        let mut x = Rng::new(2).normals(k);
+        x[3] = 0.0;
+        x[7] = 0.0;
+        let h: Vec<f32> = (0..k * k).map(|i| x[i / k] * x[i % k]).collect();
+        let hs = Hessian::new(k, &h, 0.0).unwrap();
+        assert!(hs.factor().iter().all(|v| v.is_finite()));
+        let zero = Hessian::new(k, &vec![0.0; k * k], 0.01).unwrap();
+        assert!(zero.damping().empty);
+        assert!(zero.factor().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn bad_hessians_are_refused() {
+        assert!(matches!(Hessian::new(4, &[0.0; 15], 0.01), Err(SchemeError::HessianShape { .. })));
+        let mut h = vec![0.0f32; 16];
+        h[5] = f32::NAN;
+        assert!(matches!(Hessian::new(4, &h, 0.01), Err(SchemeError::BadHessian { row: 1, col: 1, .. })));
+        h[5] = -1.0;
+        assert!(matches!(Hessian::new(4, &h, 0.01), Err(SchemeError::BadHessian { .. })));
+        assert!(matches!(Hessian::new(4, &[0.0; 16], -1.0), Err(SchemeError::BadDamping { .. })));
+    }
+}

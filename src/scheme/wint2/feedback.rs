@@ -1,0 +1,121 @@
+//! WINT2 with error feedback: the column's code map and scales from the diagonal encoder, then
+//! every byte re-chosen by vector LDLQ ([`crate::scheme::feedback`]) under the full Hessian.
+//!
+//! 1. **Scales first.** [`super::encode`] fits each column under the Hessian's damped diagonal
+//!    `h_k = Hd[k][k]`, as without feedback: code map, mirror, `super_scales` and the local
+//!    scale `ls` of every 64-row group. The map and the super scale stay fixed.
+//! 2. **Local scales with the Hessian in view.** When feedback reaches a group, the group is
+//!    coded (step 3) with its `ls` and each neighbour within [`ls_radius`] of it, on the
+//!    targets as feedback has updated them; the `ls` whose group loss `sum_B ||y_B||^2` is
+//!    lowest is kept, with its bytes.
+//! 3. **Bytes by feedback.** The rows are coded 4 at a time (one byte). For the block at rows
+//!    `4p..4p+3` of a column in group `g`, the 256 candidates are the decoded 4-vectors of the
+//!    column's code map under group `g`'s scale (bf16 roundings included), and the byte chosen
+//!    is the exact minimiser of `||M_B (x_B - c_b)||^2` over them; its error moves onto the
+//!    later rows.
+//! 4. **Never worse.** Per column, the output error `e^T Hd e` of the feedback bytes is
+//!    compared with that of the diagonal encoder's own bytes (same scales), and the lower one
+//!    is kept, so feedback can only lower `tr(E^T Hd E)`.
+
+use super::codebook::{Codebook, Table};
+use super::decode::value_table;
+use super::encode::encode_columns_at;
+use super::{ColumnCode, Effort, Rounding, Wint2, GROUP_ROWS};
+use crate::scheme::feedback::{code_matrix, BlockCoder};
+use crate::scheme::importance::Hessian;
+use crate::scheme::Scheme;
+
+/// Local scales tried on each side of the diagonal fit's, per effort level.
+pub fn ls_radius(effort: Effort) -> u8 {
+    match effort {
+        Effort::Default => 1,
+        Effort::Medium | Effort::High | Effort::Max => 2,
+    }
+}
+
+/// The local scales tried for a group whose diagonal fit chose `ls`: `ls` first, then the
+/// neighbours nearest first, inside `0..=15`.
+fn ls_candidates(ls: u8, radius: u8) -> Vec<u8> {
+    let mut out = vec![ls];
+    for d in 1..=radius {
+        out.extend(ls.checked_sub(d));
+        out.extend(Some(ls + d).filter(|&v| v <= 15));
+    }
+    out
+}
+
+/// Codes a block of 4 rows with a column's fixed code map and super scale.
+struct Coder<'a> {
+    columns: &'a [ColumnCode],
+    codebooks: Vec<Codebook>,
+    rounding: Rounding,
+    radius: u8,
+}
+
+impl BlockCoder for Coder<'_> {
+    type Chunk = Table;
+
+    fn rows(&self) -> usize {
+        4
+    }
+
+    fn candidates(&self, col: usize, row0: usize) -> Vec<Table> {
+        let c = &self.columns[col];
+        ls_candidates(c.local_scales[row0 / GROUP_ROWS], self.radius)
+            .into_iter()
+            .map(|ls| self.codebooks[col].table(&value_table(ls, c.super_scale.to_f32(), self.rounding)))
+            .collect()
+    }
+
+    fn code(&self, table: &Table, _row: usize, x: &[f32], m: &[f32], out: &mut [f32]) -> u8 {
+        let x = [x[0], x[1], x[2], x[3]];
+        let m: &[f32; 16] = m.try_into().expect("a 4 x 4 metric");
+        let (b, _) = table.best_byte_metric(&x, m);
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = table.c[j][b as usize];
+        }
+        b
+    }
+}
+
+/// Encodes a validated `[k, n]` matrix (`k` a multiple of 128, equal to `hessian.k()`).
+pub(crate) fn encode_columns_with_feedback(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    hessian: &Hessian,
+    rounding: Rounding,
+    effort: Effort,
+) -> Vec<ColumnCode> {
+    let mut columns = encode_columns_at(w, k, n, Some(hessian.diag()), rounding, effort);
+    let codebooks = columns.iter().map(|c| Codebook::new(c.code_scale, c.code_zp)).collect();
+    let radius = ls_radius(effort);
+    let coder = Coder { columns: &columns, codebooks, rounding, radius };
+    let coded = code_matrix(w, k, n, hessian, &coder);
+    let fed: Vec<ColumnCode> = columns
+        .iter()
+        .enumerate()
+        .map(|(col, c)| {
+            let local_scales = c
+                .local_scales
+                .iter()
+                .enumerate()
+                .map(|(g, &ls)| ls_candidates(ls, radius)[coded.choices[g * n + col] as usize])
+                .collect();
+            ColumnCode { quant_weight: (0..k / 4).map(|p| coded.codes[p * n + col]).collect(), local_scales, ..c.clone() }
+        })
+        .collect();
+    let scheme = Wint2 { rounding, effort };
+    let errors = |cols: &[ColumnCode]| -> Vec<f64> {
+        let decoded = scheme.decode(&Wint2::pack(k, n, cols)).expect("the encoder's own components decode");
+        let e: Vec<f32> = w.iter().zip(&decoded).map(|(a, b)| a - b).collect();
+        hessian.column_errors(&e, n)
+    };
+    let (plain_err, fed_err) = (errors(&columns), errors(&fed));
+    for (col, f) in fed.into_iter().enumerate() {
+        if fed_err[col] < plain_err[col] {
+            columns[col] = f;
+        }
+    }
+    columns
+}
