@@ -28,6 +28,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::{Block, ForwardConfig, LinearInput, LinearRows, Observer, Routing};
 use crate::Dtype;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -115,15 +116,28 @@ impl InputSums {
                 })
                 .collect();
             let mut batch = vec![0.0f32; k * k];
-            // SAFETY: `scaled` is m x k row-major, read as its transpose (k x m, strides 1 and
-            // k) and as itself; `batch` is k x k row-major and not aliased.
-            unsafe {
-                matrixmultiply::sgemm(
-                    k, m, k, 1.0,
-                    scaled.as_ptr(), 1, k as isize,
-                    scaled.as_ptr(), k as isize, 1,
-                    0.0, batch.as_mut_ptr(), k as isize, 1,
-                );
+            // Row blocks of XTX_BLOCK rows, each only from its diagonal on (the rest is the
+            // mirror), in parallel: the blocks are fixed, so the sums do not depend on threads.
+            batch.par_chunks_mut(XTX_BLOCK * k).enumerate().for_each(|(bi, block)| {
+                let r0 = bi * XTX_BLOCK;
+                let rows = block.len() / k;
+                // SAFETY: A = the columns r0..r0 + rows of `scaled` (m x k row-major) read as
+                // their transpose (rows x m: strides 1 and k); B = its columns r0.. (m x
+                // (k - r0): strides k and 1); C = this block's columns r0.. (rows x (k - r0),
+                // row stride k), inside `block` and not aliased.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows, m, k - r0, 1.0,
+                        scaled.as_ptr().add(r0), 1, k as isize,
+                        scaled.as_ptr().add(r0), k as isize, 1,
+                        0.0, block.as_mut_ptr().add(r0), k as isize, 1,
+                    );
+                }
+            });
+            for r in 0..k {
+                for c in 0..r {
+                    batch[r * k + c] = batch[c * k + r];
+                }
             }
             for (o, &b) in xtx.iter_mut().zip(&batch) {
                 *o += b as f64;
@@ -137,6 +151,9 @@ impl InputSums {
         sum.iter().map(|s| if w > 0.0 { s / w } else { 0.0 }).collect()
     }
 }
+
+/// Rows per parallel block of the `X^T X` product.
+const XTX_BLOCK: usize = 64;
 
 /// Gathers statistics while [`crate::model::forward`] runs.
 pub struct Calibrator {

@@ -33,6 +33,10 @@ pub struct CalibrateArgs {
     /// Tokens run through the model at a time (at least one sequence).
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
+    /// With --hessian full: refuse up front when the X^T X sums of the whole model would take
+    /// more bytes than this (e.g. 8GiB); `ccq quantize --calib-tokens` needs one layer at a time.
+    #[arg(long, default_value = "8GiB")]
+    hessian_budget: String,
     /// Print a JSON summary (per MoE layer: expert_tokens, fallbacks).
     #[arg(long)]
     json: bool,
@@ -52,6 +56,16 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
         hessian: if args.hessian == "full" { Hessian::Full } else { Hessian::Diag },
         weighting: if args.weighting == "gate" { Weighting::Gate } else { Weighting::Uniform },
     };
+    if options.hessian == Hessian::Full {
+        let budget = crate::quantize::parse_size(&args.hessian_budget)?;
+        let source = ccq::model::source::OriginalWeights::new(&ckpt)?;
+        let need = ccq::calibrate::layerwise::model_hessian_bytes(ccq::model::WeightSource::config(&source));
+        if need > budget {
+            bail!(
+                "--hessian full needs {need} bytes of X^T X sums for this model, more than --hessian-budget {budget}; raise the budget, or let `ccq quantize --calib-tokens` calibrate layer by layer"
+            );
+        }
+    }
     let start = std::time::Instant::now();
     let mut stats = calibrate(&ckpt, &sequences, options, args.batch_tokens.max(1))?;
     stats.meta["tokens_file"] = serde_json::json!(args.tokens.display().to_string());

@@ -27,7 +27,8 @@ pub struct EvalArgs {
     /// of hidden states and logits.
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
-    /// Print {tokens, ppl_original, ppl_quantized, kld_mean, top1_agreement} as JSON.
+    /// Print {tokens, ppl_original, ppl_quantized, kld_mean, top1_agreement, kld_p50, kld_p90,
+    /// kld_p99} as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -48,6 +49,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         println!("ppl original    {:.4}", report.ppl_original);
         println!("ppl quantized   {:.4}", report.ppl_quantized);
         println!("KL mean         {:.6} nats (original || quantized)", report.kld_mean);
+        println!("KL p50/p90/p99  {:.6} / {:.6} / {:.6}", report.kld_p50, report.kld_p90, report.kld_p99);
         println!("top-1 agreement {:.4}", report.top1_agreement);
     }
     Ok(ExitCode::SUCCESS)

@@ -170,6 +170,10 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     if args.threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     }
+    let layerwise_encoder = layerwise.clone().map(|o| std::sync::Arc::new(ccq::calibrate::layerwise::Layerwise::new(o)));
+    if let Some(l) = &layerwise_encoder {
+        l.check(&ckpt).with_context(|| format!("--calib-tokens {}", args.calib_tokens.as_deref().unwrap_or(Path::new("")).display()))?;
+    }
     let convert_options = ConvertOptions {
         effort,
         force: args.force,
@@ -187,7 +191,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         }),
         importance: calibration.as_ref().map(|c| c.0.clone()),
         damp: args.damp,
-        layerwise: layerwise.clone().map(|o| std::sync::Arc::new(ccq::calibrate::layerwise::Layerwise::new(o)) as std::sync::Arc<dyn ccq::convert::run::LayerwiseEncoder>),
+        layerwise: layerwise_encoder.map(|l| l as std::sync::Arc<dyn ccq::convert::run::LayerwiseEncoder>),
         fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort, calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string()), args.damp)
             + &layerwise.as_ref().map_or(String::new(), |o| format!("|{}|{}|{}|{}|{}|{}", o.tokens_label["fnv64"], o.sequential, o.min_tokens, args.weighting, o.batch_tokens, o.hessian_budget)),
     };
@@ -229,7 +233,7 @@ fn policy(args: &QuantizeArgs) -> Result<Policy> {
 }
 
 /// Parses `4GB`, `500MB`, `64KiB` or a plain byte count.
-fn parse_size(text: &str) -> Result<u64> {
+pub(crate) fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (number, unit) = t.split_at(split);

@@ -29,7 +29,7 @@
 use super::{CalibOptions, Calibrator, Hessian as HessianKind, Weighting};
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
-use crate::convert::run::{encode_planned, logical_matrix, pre_encoded_name, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance};
+use crate::convert::run::{encode_planned, FactorCache, logical_matrix, pre_encoded_name, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance};
 use crate::convert::{Plan, PlannedTensor};
 use crate::error::{Error, Result};
 use crate::model::source::OriginalWeights;
@@ -78,6 +78,18 @@ impl Layerwise {
     pub fn new(options: LayerwiseOptions) -> Layerwise {
         Layerwise { options, layers: Mutex::new(BTreeMap::new()) }
     }
+
+    /// Checks, before any work, that the model can run on the tokens (config, ids, lengths)
+    /// and that every layer's Hessians fit the budget (at least one expert at a time).
+    pub fn check(&self, ckpt: &Checkpoint) -> Result<ForwardConfig> {
+        let source = OriginalWeights::new(ckpt)?;
+        let cfg = source.config().clone();
+        cfg.check_tokens(&self.options.sequences)?;
+        for l in 0..cfg.layers {
+            expert_chunks(&cfg, l, self.options.hessian_budget)?;
+        }
+        Ok(cfg)
+    }
 }
 
 /// File holding the encoded tensors of layer `l`.
@@ -115,6 +127,24 @@ fn expert_chunks(cfg: &ForwardConfig, l: usize, budget: u64) -> Result<Vec<Range
     }
     let per_chunk = (((budget - fixed) / per_expert) as usize).clamp(1, cfg.experts.max(1));
     Ok((0..cfg.experts).step_by(per_chunk).map(|s| s..(s + per_chunk).min(cfg.experts)).collect())
+}
+
+/// Bytes of the Hessian sums of every linear input of the model at once (what
+/// `ccq calibrate --hessian full` holds): per layer its attention, MLP or experts (each with
+/// its own sums), plus the layer-level sums, plus the lm_head input.
+pub fn model_hessian_bytes(cfg: &ForwardConfig) -> u64 {
+    let (h, qw) = (cfg.hidden, cfg.heads * cfg.head_dim);
+    let layers: u64 = (0..cfg.layers)
+        .map(|l| {
+            let attention = sums_bytes(&[h, qw]);
+            if !cfg.is_moe_layer(l) {
+                return attention + sums_bytes(&[h, cfg.intermediate]);
+            }
+            let shared = if cfg.shared_experts > 0 { sums_bytes(&[h, cfg.moe_intermediate * cfg.shared_experts]) } else { 0 };
+            attention + shared + (cfg.experts as u64 + 1) * sums_bytes(&[h, cfg.moe_intermediate])
+        })
+        .sum();
+    layers + sums_bytes(&[h])
 }
 
 fn too_small(budget: u64, need: u64, l: usize) -> Error {
@@ -161,9 +191,8 @@ fn read_record(dir: &Path) -> Value {
 impl LayerwiseEncoder for Layerwise {
     fn encode(&self, ckpt: &Checkpoint, plan: &Plan, effort: Effort, dir: &Path) -> Result<(PreEncoded, Vec<FeedbackRecord>)> {
         let o = &self.options;
+        let cfg = self.check(ckpt)?;
         let source = OriginalWeights::new(ckpt)?;
-        let cfg = source.config().clone();
-        cfg.check_tokens(&o.sequences)?;
         let chunks: Vec<Vec<Range<usize>>> = (0..cfg.layers).map(|l| expert_chunks(&cfg, l, o.hessian_budget)).collect::<Result<_>>()?;
         let paddle = ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."));
         let mut by_layer: BTreeMap<usize, Vec<&PlannedTensor>> = BTreeMap::new();
@@ -229,15 +258,19 @@ impl LayerwiseEncoder for Layerwise {
                         let list = experts["fallbacks"].as_array().cloned().unwrap_or_default();
                         experts["fallbacks"] = json!(list.into_iter().chain(fell.into_iter().map(|e| json!(e))).collect::<Vec<_>>());
                     }
+                    // One shared X^T X (and so one factorisation) per input.
+                    let mut shared: BTreeMap<String, Arc<Vec<f32>>> = BTreeMap::new();
+                    let mut factors = FactorCache::default();
                     for t in tensors {
-                        let Some(xtx) = stats.for_weight(&t.sources[0]).and_then(|s| s.xtx.as_ref()) else { continue };
+                        let Some(id) = stats.weights.get(&t.sources[0]) else { continue };
+                        let Some(xtx) = stats.inputs.get(id).and_then(|s| s.xtx.as_ref()) else { continue };
                         if encoded.iter().any(|(e, _): &(&PlannedTensor, Packed)| e.name == t.name) {
                             continue;
                         }
                         let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
                         let kind = t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
-                        let importance = TensorImportance::Hessian(Arc::new(xtx.clone()));
-                        let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&importance), o.damp)?;
+                        let xtx = shared.entry(id.clone()).or_insert_with(|| Arc::new(xtx.clone())).clone();
+                        let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&TensorImportance::Hessian(xtx)), o.damp, &mut factors)?;
                         layer_records.extend(fed);
                         encoded.push((*t, packed));
                     }

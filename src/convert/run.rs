@@ -315,13 +315,14 @@ fn write_shard(
     }
     let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
     let mut records = Vec::new();
+    let mut factors = FactorCache::default();
     for &t in shard {
         let tensor = &plan.tensors[t];
         match pre_encoded.get(&tensor.name) {
             Some(file) => copy_pre_encoded(tensor, file, &mut writer)?,
             None => {
                 let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name));
-                records.extend(write_tensor(ckpt, tensor, plan.layout, options.effort, importance, options.damp, &mut writer)?);
+                records.extend(write_tensor(ckpt, tensor, plan.layout, options.effort, importance, options.damp, &mut factors, &mut writer)?);
             }
         }
         state.tensors_done += 1;
@@ -354,6 +355,32 @@ pub fn pre_encoded_name(tensor: &str, component: &str) -> String {
     format!("{tensor}::{component}")
 }
 
+/// The last few factorised Hessians, by the `X^T X` they came from: the tensors that read one
+/// input (q, k, v; gate, up) are planned next to each other, and factorising is `O(K^3)`.
+#[derive(Default)]
+pub struct FactorCache {
+    entries: Vec<(std::sync::Arc<Vec<f32>>, f32, std::sync::Arc<crate::scheme::Hessian>)>,
+}
+
+impl FactorCache {
+    /// Entries kept.
+    const KEEP: usize = 3;
+
+    /// The factorised Hessian of `xtx` (`[k, k]`) with damping `damp`, computed at most once
+    /// while it stays among the last [`FactorCache::KEEP`] used.
+    pub fn get(&mut self, xtx: &std::sync::Arc<Vec<f32>>, k: usize, damp: f32) -> std::result::Result<std::sync::Arc<crate::scheme::Hessian>, crate::SchemeError> {
+        if let Some((_, _, h)) = self.entries.iter().find(|(x, d, _)| std::sync::Arc::ptr_eq(x, xtx) && *d == damp) {
+            return Ok(h.clone());
+        }
+        let h = std::sync::Arc::new(crate::scheme::Hessian::new(k, xtx, damp)?);
+        if self.entries.len() == Self::KEEP {
+            self.entries.remove(0);
+        }
+        self.entries.push((xtx.clone(), damp, h.clone()));
+        Ok(h)
+    }
+}
+
 /// Encodes the logical matrix `w` of planned tensor `t` as `kind`, factorising its Hessian when
 /// it has one (with the record of how it was damped).
 pub fn encode_planned(
@@ -363,12 +390,13 @@ pub fn encode_planned(
     w: &[f32],
     importance: Option<&TensorImportance>,
     damp: f32,
+    factors: &mut FactorCache,
 ) -> Result<(crate::Packed, Option<FeedbackRecord>)> {
     let bad = |e: crate::SchemeError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
     let scheme = scheme_with_effort(kind, effort);
     match importance {
         Some(TensorImportance::Hessian(xtx)) => {
-            let hessian = crate::scheme::Hessian::new(t.k, xtx, damp).map_err(bad)?;
+            let hessian = factors.get(xtx, t.k, damp).map_err(bad)?;
             let packed = scheme.encode(w, t.k, t.n, crate::scheme::Importance::Hessian(&hessian)).map_err(bad)?;
             let d = hessian.damping();
             Ok((packed, Some(FeedbackRecord { tensor: t.name.clone(), damp: d.used, retries: d.retries, empty: d.empty })))
@@ -409,6 +437,7 @@ fn write_tensor(
     effort: Effort,
     importance: Option<&TensorImportance>,
     damp: f32,
+    factors: &mut FactorCache,
     writer: &mut SafetensorsWriter,
 ) -> Result<Option<FeedbackRecord>> {
     let mut record = None;
@@ -419,7 +448,7 @@ fn write_tensor(
         match t.choice {
             None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
             Some(kind) => {
-                let (packed, fed) = encode_planned(t, kind, effort, &w, importance, damp)?;
+                let (packed, fed) = encode_planned(t, kind, effort, &w, importance, damp, factors)?;
                 record = fed;
                 for c in &packed.components {
                     writer.write(&c.bytes)?;

@@ -2,8 +2,50 @@
 //! f32 (`SIZE = 4`), little-endian. A tile is a plain copy of `TILE_K` rows of the block's
 //! columns (bf16 widened exactly: its bits shifted into the top half of an f32).
 
+use rayon::prelude::*;
+
 use super::{Tile, TileSource, BLOCK_N, TILE_K};
 use crate::scheme::SchemeError;
+
+/// From this many rows of `x` on, f32 weights are multiplied by `matrixmultiply`'s GEMM
+/// ([`DenseView::gemm`]) instead of the tile kernels.
+pub(crate) const GEMM_MIN_ROWS: usize = 16;
+
+/// Rows of `x` per parallel GEMM task: fixed, so the result does not depend on threads.
+const GEMM_ROWS: usize = 64;
+
+impl<const SIZE: usize> DenseView<'_, SIZE> {
+    /// `y = x W` by `matrixmultiply::sgemm`, in parallel over fixed blocks of
+    /// [`GEMM_ROWS`] rows of `x` (f32 sums in the GEMM's own order: within
+    /// [`super::tolerance`] of the reference, like the other fast paths). bf16 weights are
+    /// widened (exactly) to an f32 copy of the matrix for the call.
+    pub(crate) fn gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let owned: Vec<f32>;
+        // SAFETY (align_to): every bit pattern is a valid f32; the middle part is used only
+        // for f32 weights whose slice is aligned whole (little-endian: the bytes are the values).
+        let w: &[f32] = match unsafe { self.bytes.align_to::<f32>() } {
+            ([], mid, []) if SIZE == 4 && cfg!(target_endian = "little") => mid,
+            _ => {
+                owned = self.bytes.chunks_exact(SIZE).map(Self::at).collect();
+                &owned
+            }
+        };
+        let mut y = vec![0.0f32; m * n];
+        if n == 0 {
+            return y;
+        }
+        y.par_chunks_mut(GEMM_ROWS * n).zip(x.par_chunks(GEMM_ROWS * k.max(1))).for_each(|(yb, xb)| {
+            let rows = yb.len() / n;
+            // SAFETY: xb is rows x k, w is k x n, yb is rows x n, all row-major and in bounds;
+            // yb is not aliased.
+            unsafe {
+                matrixmultiply::sgemm(rows, k, n, 1.0, xb.as_ptr(), k as isize, 1, w.as_ptr(), n as isize, 1, 0.0, yb.as_mut_ptr(), n as isize, 1);
+            }
+        });
+        y
+    }
+}
 
 /// Validated dense weights with `SIZE` bytes per value.
 pub(crate) struct DenseView<'a, const SIZE: usize> {

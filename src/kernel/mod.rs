@@ -68,8 +68,12 @@
 //! ```
 //!
 //! Tests hold every shape to this bound, for [`matmul`] and [`matmul_portable`]. For dense
-//! weights the fast path keeps the reference's order and operations, and tests hold it
-//! bit-identical; so does the portable WINT2 path. The AVX-512 WINT2 kernel sums in another
+//! weights below 16 rows of `x` the fast path keeps the reference's order and operations, and
+//! tests hold it bit-identical; so does the portable WINT2 path. From 16 rows on, dense
+//! weights (bf16 widened exactly to an f32 copy for the call) go through `matrixmultiply`'s
+//! GEMM (its own summation order, in parallel over fixed blocks of 64 rows, so still
+//! independent of the thread count, and of the column a weight sits in): the forward pass of
+//! calibration and evaluation spends its time there. The AVX-512 WINT2 kernel sums in another
 //! order (FMA, per-lane accumulators), so for WINT2 [`matmul`] is held to the bound only;
 //! its weights are still exactly the format's.
 
@@ -238,7 +242,9 @@ fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Ve
         View::Wint2(s) => run_tiles(s, &x, m, arch),
         View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
         View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
+        View::DenseF32(s) if arch && m >= dense::GEMM_MIN_ROWS => s.gemm(&x, m),
         View::DenseF32(s) => run_tiles(s, &x, m, arch),
+        View::DenseBf16(s) if arch && m >= dense::GEMM_MIN_ROWS => s.gemm(&x, m),
         View::DenseBf16(s) => run_tiles(s, &x, m, arch),
     })
 }

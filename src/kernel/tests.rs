@@ -140,7 +140,8 @@ fn fast_matches_reference_for_many_shapes() {
             for (path, y) in [("fast", &f), ("portable", &portable)] {
                 assert_within(y, &r, &x, m, &w, k, n).unwrap_or_else(|e| panic!("{format} {path} [{m}, {k}] x [{k}, {n}]: {e}"));
             }
-            if matches!(format, "bf16" | "f32") {
+            // Dense weights from GEMM_MIN_ROWS rows on go through the GEMM: within tolerance only.
+            if matches!(format, "bf16" | "f32") && m < super::dense::GEMM_MIN_ROWS {
                 assert_eq!(f, r, "{format} m {m}: same order, bit-identical");
             }
             if matches!(format, "wint2" | "bf16" | "f32") {

@@ -8,6 +8,8 @@
 //! ppl            = exp( mean( -ln P(token_{t+1}) ) )           one per model
 //! kld_mean       = mean( sum_v P_orig(v) (ln P_orig(v) - ln P_quant(v)) )
 //! top1_agreement = mean( argmax P_orig == argmax P_quant )     ties: the lowest id
+//! kld_pQ         = the Q-th percentile of the per-position KL divergences (nearest rank:
+//!                  the value at index ceil(Q/100 * n) - 1 of the sorted list)
 //! ```
 //!
 //! Token files ([`read_tokens`]) are a JSON array of sequences (arrays of ids), or raw
@@ -31,6 +33,12 @@ pub struct EvalReport {
     pub kld_mean: f64,
     /// Fraction of positions where both models' most likely next token agree.
     pub top1_agreement: f64,
+    /// Median per-position KL divergence.
+    pub kld_p50: f64,
+    /// 90th percentile of the per-position KL divergence.
+    pub kld_p90: f64,
+    /// 99th percentile of the per-position KL divergence.
+    pub kld_p99: f64,
 }
 
 /// Reads token sequences: with `seq_len`, raw little-endian u32 cut into sequences of that
@@ -127,6 +135,17 @@ struct Accumulator {
     nll_quantized: f64,
     kld: f64,
     agree: usize,
+    /// Every position's KL divergence.
+    per_position: Vec<f64>,
+}
+
+/// The nearest-rank `q`-th percentile of `sorted` (ascending); 0 when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// `ln softmax(logits)` in f64.
@@ -151,19 +170,40 @@ impl Accumulator {
         let (po, pq) = (log_softmax(original), log_softmax(quantized));
         self.nll_original -= po[next];
         self.nll_quantized -= pq[next];
-        self.kld += po.iter().zip(&pq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+        let kld = po.iter().zip(&pq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+        self.kld += kld;
+        self.per_position.push(kld);
         self.agree += usize::from(argmax(original) == argmax(quantized));
         self.n += 1;
     }
 
     fn report(&self) -> EvalReport {
         let n = self.n.max(1) as f64;
+        let mut sorted = self.per_position.clone();
+        sorted.sort_by(f64::total_cmp);
         EvalReport {
+            kld_p50: percentile(&sorted, 50.0),
+            kld_p90: percentile(&sorted, 90.0),
+            kld_p99: percentile(&sorted, 99.0),
             tokens: self.n,
             ppl_original: (self.nll_original / n).exp(),
             ppl_quantized: (self.nll_quantized / n).exp(),
             kld_mean: self.kld / n,
             top1_agreement: self.agree as f64 / n,
         }
+    }
+}
+
+#[cfg(test)]
+mod percentile_tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 90.0), 3.0);
+        assert_eq!(percentile(&[], 90.0), 0.0);
     }
 }

@@ -56,3 +56,81 @@ fn calibrated_quantization_end_to_end() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The output files of a conversion, by name (provenance aside, which records the options).
+fn outputs(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+#[test]
+fn feedback_conversion_from_calibration_tokens() {
+    let dir = temp_dir("feedback");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let toks = tokens(&dir, 3);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let quantize = |out: &str, extra: &[&str]| {
+        let mut args = vec!["quantize", &src, "-o", out, "--preset", "wint2-experts", "--layout", "native", "--shard-size", "40KB", "--force"];
+        args.extend_from_slice(extra);
+        ccq(&args)
+    };
+    // Layer by layer, one thread or two: the same bytes.
+    let one = quantize(&path("one"), &["--calib-tokens", &toks, "--threads", "1", "--min-tokens", "40"]);
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    assert!(String::from_utf8_lossy(&one.stderr).contains("encoded with error feedback"), "{}", String::from_utf8_lossy(&one.stderr));
+    let two = quantize(&path("two"), &["--calib-tokens", &toks, "--threads", "2", "--min-tokens", "40", "--quiet"]);
+    assert!(two.status.success());
+    let fed = outputs(&dir.join("one"));
+    assert!(fed.len() > 1, "several shards");
+    assert_eq!(fed, outputs(&dir.join("two")));
+    let provenance: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("one/ccq-provenance.json")).unwrap()).unwrap();
+    let feedback = &provenance["options"]["feedback"];
+    assert_eq!(feedback["method"], "feedback", "{feedback}");
+    assert!(feedback["tensors"].as_u64().unwrap() > 0);
+    assert_eq!(feedback["calibration"]["experts"]["1"]["tokens"].as_object().unwrap().len(), 4, "{feedback}");
+    assert!(!dir.join("one").join("ccq-encoded").exists(), "the work files are gone");
+
+    // An interrupted run resumes to the same bytes.
+    let stopped = quantize(&path("resumed"), &["--calib-tokens", &toks, "--min-tokens", "40", "--quiet", "--stop-after-shards", "1"]);
+    assert!(!stopped.status.success());
+    let resumed = quantize(&path("resumed"), &["--calib-tokens", &toks, "--min-tokens", "40", "--quiet", "--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(fed, outputs(&dir.join("resumed")));
+
+    // Sequential mode and the diagonal path encode differently; the budget only chunks.
+    let seq = quantize(&path("seq"), &["--calib-tokens", &toks, "--min-tokens", "40", "--quiet", "--sequential"]);
+    assert!(seq.status.success(), "{}", String::from_utf8_lossy(&seq.stderr));
+    assert_ne!(fed, outputs(&dir.join("seq")));
+    let chunked = quantize(&path("chunked"), &["--calib-tokens", &toks, "--min-tokens", "40", "--quiet", "--hessian-budget", "2MB"]);
+    assert!(chunked.status.success(), "{}", String::from_utf8_lossy(&chunked.stderr));
+    assert_eq!(fed, outputs(&dir.join("chunked")), "chunking experts changes no byte");
+
+    // Against the full-Hessian statistics of the same tokens, feedback has the lower output error.
+    let stats = path("full.safetensors");
+    stdout(&ccq(&["calibrate", &src, "--tokens", &toks, "-o", &stats, "--hessian", "full", "--min-tokens", "40"]));
+    let plain = quantize(&path("plain"), &["--quiet"]);
+    assert!(plain.status.success());
+    let error = |q: &str| -> f64 {
+        let v: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &path(q), "--calib", &stats, "--json", "--quiet"]))).unwrap();
+        let rows: Vec<f64> = v["tensors"].as_array().unwrap().iter().filter(|r| r["scheme"] == "wint2").map(|r| r["output_rel_err"].as_f64().unwrap()).collect();
+        rows.iter().sum::<f64>() / rows.len() as f64
+    };
+    assert!(error("one") < error("plain"), "feedback {} plain {}", error("one"), error("plain"));
+
+    // Bad input is refused before any work: ids outside the vocabulary, a budget too small.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "[[1, 2, 99999]]").unwrap();
+    let msg = refused(&["quantize", &src, "-o", &path("bad"), "--calib-tokens", &bad.display().to_string()]);
+    assert!(msg.contains("outside the vocabulary"), "{msg}");
+    let msg = refused(&["quantize", &src, "-o", &path("tiny-budget"), "--calib-tokens", &toks, "--hessian-budget", "100"]);
+    assert!(msg.contains("--hessian-budget"), "{msg}");
+    for name in ["bad", "bad.ccq-partial", "tiny-budget", "tiny-budget.ccq-partial"] {
+        assert!(!dir.join(name).exists(), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -36,7 +36,9 @@ fn eval_wint8_and_unquantized() {
     assert!(kld > 0.0 && kld < 1e-3, "{w8}");
     assert_eq!(w8["ppl_original"], same["ppl_original"]);
     let keys: Vec<&str> = w8.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["tokens", "ppl_original", "ppl_quantized", "kld_mean", "top1_agreement"]);
+    assert_eq!(keys, ["tokens", "ppl_original", "ppl_quantized", "kld_mean", "top1_agreement", "kld_p50", "kld_p90", "kld_p99"]);
+    let (p50, p99) = (w8["kld_p50"].as_f64().unwrap(), w8["kld_p99"].as_f64().unwrap());
+    assert!(0.0 <= p50 && p50 <= p99 && p99 >= kld, "{w8}");
 
     // The same ids as raw little-endian u32, cut by --seq-len.
     let raw = dir.join("tokens.bin");
