@@ -17,8 +17,10 @@ pub struct BenchArgs {
     /// What to measure: `wint2` (quality and speed of the codec), `inspect` (header-only
     /// reading of a 300B-shaped sparse checkpoint), `calibrate` (calibration tokens/s and
     /// peak memory on the tiny shape and one 21B-A3B-shaped MoE layer) or `kernels` (fast
-    /// matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul).
-    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels"])]
+    /// matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul) or
+    /// `feedback` (error-feedback encoding speed and output error on 21B-A3B expert shapes,
+    /// beside the diagonal encoder).
+    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels", "feedback"])]
     pub what: String,
     /// inspect: routed experts per MoE layer of the synthetic 300B-shaped checkpoint (64 is
     /// the real model; 512 gives about 79k tensors).
@@ -50,6 +52,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "inspect" => bench_inspect(args),
         "calibrate" => bench_calibrate(args),
         "kernels" => bench_kernels(args),
+        "feedback" => bench_feedback(args),
         _ => bench_wint2(args),
     }
 }
@@ -140,6 +143,44 @@ fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
         }
         std::fs::remove_dir_all(&dir)?;
     }
+    Ok(())
+}
+
+/// `ccq bench feedback`: error-feedback encoding on the 21B-A3B expert shapes, per scheme.
+fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
+    use ccq::bench::feedback::{layer_hessian_bytes, time_feedback};
+    if args.threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
+    }
+    let effort = match args.effort.as_str() {
+        "all" => Effort::Default,
+        name => Effort::from_name(name).with_context(|| format!("unknown effort {name:?}"))?,
+    };
+    println!("scheme | matrix [K, N] | diagonal s | factor s | feedback s | feedback / diagonal time | feedback weights/s | output error diagonal | output error feedback | peak RSS so far (MiB)");
+    for kind in [ccq::SchemeKind::Wint2, ccq::SchemeKind::Wint4, ccq::SchemeKind::Wint8] {
+        for (k, n) in [(2560, 1536), (1536, 2560)] {
+            let t = time_feedback(ccq::convert::scheme_with_effort(kind, effort).as_ref(), k, n, 0xFEED)?;
+            println!(
+                "{} | [{k}, {n}] | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} M | {:.5} | {:.5} | {}",
+                t.scheme,
+                t.diagonal_seconds,
+                t.factor_seconds,
+                t.feedback_seconds,
+                (t.factor_seconds + t.feedback_seconds) / t.diagonal_seconds.max(1e-9),
+                (k * n) as f64 / (t.factor_seconds + t.feedback_seconds).max(1e-9) / 1e6,
+                t.diagonal_error,
+                t.feedback_error,
+                t.peak_rss_mib.map_or("?".to_string(), |m| format!("{m:.0}"))
+            );
+        }
+    }
+    let bytes = layer_hessian_bytes(64, 2560, 1536);
+    println!(
+        "one 21B-A3B MoE layer (64 experts): {:.2} GiB of f64 Hessian sums; with the default --hessian-budget of {:.0} GiB its experts run in about {} chunk(s)",
+        bytes as f64 / (1u64 << 30) as f64,
+        ccq::calibrate::layerwise::DEFAULT_HESSIAN_BUDGET as f64 / (1u64 << 30) as f64,
+        bytes.div_ceil(ccq::calibrate::layerwise::DEFAULT_HESSIAN_BUDGET)
+    );
     Ok(())
 }
 

@@ -65,7 +65,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     u16_as_bf16: bool,
     /// Calibration statistics from `ccq calibrate`: every quantized tensor's encoder minimises
-    /// the error weighted by its input's mean square activation per channel (per expert).
+    /// the error weighted by its input's mean square activation per channel (per expert), or,
+    /// when they hold X^T X (`--hessian full`), the output error with error feedback.
     #[arg(long, value_name = "STATS")]
     calib: Option<PathBuf>,
     /// Calibration tokens (JSON array of sequences, or raw little-endian u32 ids with

@@ -2,6 +2,7 @@
 //! the header-only speed of `ccq inspect`, the speed of the matmul kernels.
 
 pub mod calibrate;
+pub mod feedback;
 pub mod inspect;
 pub mod kernels;
 pub mod wint2;

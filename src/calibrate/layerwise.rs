@@ -115,7 +115,9 @@ fn expert_chunks(cfg: &ForwardConfig, l: usize, budget: u64) -> Result<Vec<Range
     let attention = sums_bytes(&[h, qw]);
     if !cfg.is_moe_layer(l) {
         let need = attention + sums_bytes(&[h, cfg.intermediate]);
-        return if need <= budget { Ok(vec![0..0]) } else { Err(too_small(budget, need, l)) };
+        // One pass, no routed experts.
+        let no_experts: Range<usize> = 0..0;
+        return if need <= budget { Ok(vec![no_experts]) } else { Err(too_small(budget, need, l)) };
     }
     let shared = if cfg.shared_experts > 0 { sums_bytes(&[h, cfg.moe_intermediate * cfg.shared_experts]) } else { 0 };
     // moe_input and the pooled down input are kept for every chunk.
@@ -209,7 +211,7 @@ impl LayerwiseEncoder for Layerwise {
         let mut h = source.embed(&flat)?;
         let mut pre = PreEncoded::new();
         let mut records = Vec::new();
-        for l in 0..cfg.layers {
+        for (l, layer_chunks) in chunks.iter().enumerate() {
             let tensors = by_layer.get(&l).map(Vec::as_slice).unwrap_or(&[]);
             let path = dir.join(layer_file(l));
             let key = l.to_string();
@@ -239,7 +241,7 @@ impl LayerwiseEncoder for Layerwise {
                 let mut encoded = Vec::new();
                 let mut layer_records = Vec::new();
                 let mut experts = json!({});
-                for (ci, range) in chunks[l].iter().enumerate() {
+                for (ci, range) in layer_chunks.iter().enumerate() {
                     let options = CalibOptions { min_tokens: o.min_tokens, hessian: HessianKind::Full, weighting: o.weighting };
                     let mut cal = Calibrator::new(&cfg, paddle, options).restricted(range.clone(), ci == 0);
                     let mut hn = h.clone();
@@ -268,6 +270,9 @@ impl LayerwiseEncoder for Layerwise {
                             continue;
                         }
                         let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
+                        for name in &t.sources {
+                            ckpt.release(ckpt.get(name)?);
+                        }
                         let kind = t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
                         let xtx = shared.entry(id.clone()).or_insert_with(|| Arc::new(xtx.clone())).clone();
                         let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&TensorImportance::Hessian(xtx)), o.damp, &mut factors)?;

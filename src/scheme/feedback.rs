@@ -60,6 +60,9 @@ pub(crate) trait BlockCoder: Sync {
     fn code(&self, chunk: &Self::Chunk, row: usize, x: &[f32], m: &[f32], out: &mut [f32]) -> u8;
 }
 
+/// One panel's codes and choices ([`code_panel`]).
+type PanelCodes = (Vec<u8>, Vec<u8>);
+
 /// What [`code_matrix`] chose.
 pub(crate) struct Coded {
     /// The codes, row-major `[k / rows, n]`.
@@ -73,7 +76,7 @@ pub(crate) struct Coded {
 pub(crate) fn code_matrix<C: BlockCoder>(w: &[f32], k: usize, n: usize, hessian: &Hessian, coder: &C) -> Coded {
     let r = coder.rows();
     let metrics = block_metrics(hessian, r);
-    let panels: Vec<(usize, (Vec<u8>, Vec<u8>))> = (0..n)
+    let panels: Vec<(usize, PanelCodes)> = (0..n)
         .step_by(PANEL_COLUMNS)
         .collect::<Vec<_>>()
         .into_par_iter()

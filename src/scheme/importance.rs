@@ -130,7 +130,7 @@ impl Hessian {
             return Err(SchemeError::BadDamping { value: damp });
         }
         let mean_diag = (0..k).map(|i| xtx[i * k + i] as f64).sum::<f64>() / k as f64;
-        let empty = !(mean_diag > f64::from(f32::MIN_POSITIVE));
+        let empty = mean_diag <= f64::from(f32::MIN_POSITIVE);
         // Symmetrise from the upper triangle, in f64.
         let base: Vec<f64> = if empty {
             (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
@@ -207,13 +207,29 @@ impl Hessian {
     }
 }
 
+/// `sum a_i b_i` with 8 independent partial sums (lane `i` takes the terms `i mod 8`, lanes
+/// added in order): vectorises, and the order is fixed, so the result is too.
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `V` upper triangular with `base + lambda I = V V^T`, or `None` when a pivot is not positive.
 fn upper_lower_cholesky(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>> {
     let mut v = vec![0.0f64; k * k];
     for j in (0..k).rev() {
         let tail = j + 1..k;
         let rj: Vec<f64> = v[j * k..][tail.clone()].to_vec();
-        let pivot = base[j * k + j] + lambda - rj.iter().map(|x| x * x).sum::<f64>();
+        let pivot = base[j * k + j] + lambda - dot(&rj, &rj);
         if !(pivot > 0.0 && pivot.is_finite()) {
             return None;
         }
@@ -222,8 +238,7 @@ fn upper_lower_cholesky(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>>
         // Rows above j: each is independent, so the parallel split changes no arithmetic.
         let (above, _) = v.split_at_mut(j * k);
         above.par_chunks_mut(k).enumerate().with_min_len(64).for_each(|(i, row)| {
-            let dot: f64 = row[tail.clone()].iter().zip(&rj).map(|(a, b)| a * b).sum();
-            row[j] = (base[i * k + j] - dot) / d;
+            row[j] = (base[i * k + j] - dot(&row[tail.clone()], &rj)) / d;
         });
     }
     Some(v)
@@ -237,8 +252,7 @@ fn upper_inverse(v: &[f64], k: usize) -> Vec<f64> {
     ut.par_chunks_mut(k).enumerate().with_min_len(16).for_each(|(c, col)| {
         col[c] = 1.0 / v[c * k + c];
         for i in (0..c).rev() {
-            let dot: f64 = v[i * k + i + 1..i * k + c + 1].iter().zip(&col[i + 1..=c]).map(|(a, b)| a * b).sum();
-            col[i] = -dot / v[i * k + i];
+            col[i] = -dot(&v[i * k + i + 1..i * k + c + 1], &col[i + 1..=c]) / v[i * k + i];
         }
     });
     let mut u = vec![0.0f64; k * k];
