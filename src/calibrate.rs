@@ -127,10 +127,20 @@ impl InputSums {
                 // row stride k), inside `block` and not aliased.
                 unsafe {
                     matrixmultiply::sgemm(
-                        rows, m, k - r0, 1.0,
-                        scaled.as_ptr().add(r0), 1, k as isize,
-                        scaled.as_ptr().add(r0), k as isize, 1,
-                        0.0, block.as_mut_ptr().add(r0), k as isize, 1,
+                        rows,
+                        m,
+                        k - r0,
+                        1.0,
+                        scaled.as_ptr().add(r0),
+                        1,
+                        k as isize,
+                        scaled.as_ptr().add(r0),
+                        k as isize,
+                        1,
+                        0.0,
+                        block.as_mut_ptr().add(r0),
+                        k as isize,
+                        1,
                     );
                 }
             });
@@ -220,7 +230,14 @@ fn weight_candidates(id: &str) -> Vec<String> {
 impl Calibrator {
     /// A calibrator for `cfg`; `paddle` selects the `ernie.` naming.
     pub fn new(cfg: &ForwardConfig, paddle: bool, options: CalibOptions) -> Calibrator {
-        Calibrator { cfg: cfg.clone(), prefix: if paddle { "ernie." } else { "model." }, options, sums: BTreeMap::new(), experts: None, others: true }
+        Calibrator {
+            cfg: cfg.clone(),
+            prefix: if paddle { "ernie." } else { "model." },
+            options,
+            sums: BTreeMap::new(),
+            experts: None,
+            others: true,
+        }
     }
 
     /// Keeps the own sums of routed experts `experts` only, and of the other blocks only when
@@ -269,10 +286,9 @@ impl Calibrator {
             let pooled_down = self.sums.get(&pooled_down_id(self.prefix, l));
             let moe_in = self.sums.get(&moe_input_id(self.prefix, l));
             for &e in &fell {
-                for (input, layer_sums, k) in [
-                    (LinearInput::GateUp, moe_in, self.cfg.hidden),
-                    (LinearInput::Down, pooled_down, self.cfg.moe_intermediate),
-                ] {
+                for (input, layer_sums, k) in
+                    [(LinearInput::GateUp, moe_in, self.cfg.hidden), (LinearInput::Down, pooled_down, self.cfg.moe_intermediate)]
+                {
                     let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), input);
                     let own = self.sums.get(&id).cloned().unwrap_or_else(|| InputSums::new(k, self.options.hessian == Hessian::Full));
                     inputs.insert(id, blend(&own, layer_sums, min));
@@ -528,7 +544,11 @@ impl Stats {
     /// What each quantized tensor of `plan` minimises: the full `X^T X` of its input when the
     /// file has it (error feedback), its mean square per channel otherwise. Checked first with
     /// [`Stats::check_covers`] (`path` names the file in errors).
-    pub fn importance_for_plan(&self, path: &Path, plan: &crate::convert::Plan) -> Result<BTreeMap<String, crate::convert::run::TensorImportance>> {
+    pub fn importance_for_plan(
+        &self,
+        path: &Path,
+        plan: &crate::convert::Plan,
+    ) -> Result<BTreeMap<String, crate::convert::run::TensorImportance>> {
         use crate::convert::run::TensorImportance;
         let quantized: Vec<&crate::convert::PlannedTensor> = plan.tensors.iter().filter(|t| t.choice.is_some()).collect();
         self.check_covers(path, quantized.iter().map(|t| (t.name.as_str(), t.sources.as_slice(), t.k)))?;
@@ -538,7 +558,9 @@ impl Stats {
             let Some(id) = self.weights.get(&t.sources[0]) else { continue };
             let stats = &self.inputs[id];
             let importance = match &stats.xtx {
-                Some(xtx) => TensorImportance::Hessian(shared.entry(id.as_str()).or_insert_with(|| std::sync::Arc::new(xtx.clone())).clone()),
+                Some(xtx) => {
+                    TensorImportance::Hessian(shared.entry(id.as_str()).or_insert_with(|| std::sync::Arc::new(xtx.clone())).clone())
+                }
                 None => TensorImportance::Diagonal(stats.mean_sq.clone()),
             };
             out.insert(t.name.clone(), importance);

@@ -147,9 +147,11 @@ impl Inspection {
         // A config can claim any number of layers; listing MoE layers is capped so that a
         // corrupt value cannot make a header-only command run for ever.
         let num_layers = cfg.num_hidden_layers.unwrap_or(max_layer.map_or(0, |l| l + 1)).min(MAX_LAYERS);
-        let config_moe_layers = cfg.moe.as_ref().filter(|_| cfg.num_hidden_layers.is_some()).map(|moe| {
-            (0..num_layers).filter(|&i| moe.is_moe_layer(i, num_layers)).collect()
-        });
+        let config_moe_layers = cfg
+            .moe
+            .as_ref()
+            .filter(|_| cfg.num_hidden_layers.is_some())
+            .map(|moe| (0..num_layers).filter(|&i| moe.is_moe_layer(i, num_layers)).collect());
         let experts_per_layer: BTreeMap<usize, usize> = experts.iter().map(|(&l, e)| (l, e.len())).collect();
         let found_experts = experts.values().flat_map(|e| e.iter().max()).max().map_or(0, |m| m + 1);
         Inspection {
@@ -182,9 +184,7 @@ fn notes(s: &Inspection, layout: &ModelLayout, ckpt: &Checkpoint) -> Vec<String>
     if ckpt.config().is_none() {
         notes.push("no config.json: roles come from tensor names alone".to_string());
     }
-    let has_linear = s.by_role.keys().any(|r| {
-        r.is_routed_expert() || matches!(r, Role::Attention | Role::DenseMlp | Role::SharedExpert)
-    });
+    let has_linear = s.by_role.keys().any(|r| r.is_routed_expert() || matches!(r, Role::Attention | Role::DenseMlp | Role::SharedExpert));
     match layout.naming {
         _ if !has_linear => {}
         Naming::Pytorch => notes.push("linear weights are stored [out, in] (PyTorch orientation)".to_string()),
@@ -212,12 +212,8 @@ fn notes(s: &Inspection, layout: &ModelLayout, ckpt: &Checkpoint) -> Vec<String>
             ));
         }
     }
-    let partial: Vec<String> = s
-        .experts_per_layer
-        .iter()
-        .filter(|(_, &n)| n != s.num_experts)
-        .map(|(l, n)| format!("layer {l} has {n}"))
-        .collect();
+    let partial: Vec<String> =
+        s.experts_per_layer.iter().filter(|(_, &n)| n != s.num_experts).map(|(l, n)| format!("layer {l} has {n}")).collect();
     if !partial.is_empty() && s.num_experts > 0 {
         notes.push(format!("expected {} experts per MoE layer, but {}", s.num_experts, partial.join(", ")));
     }

@@ -332,14 +332,7 @@ fn tensor_list(m: &SynthModel, o: &SynthOptions) -> Vec<SynthTensor> {
 }
 
 /// One decoder block (attention + dense MLP or MoE) under the name prefix `p`.
-fn push_block(
-    push: &mut impl FnMut(String, Dtype, Vec<usize>, Fill),
-    p: &str,
-    m: &SynthModel,
-    dt: Dtype,
-    paddle: bool,
-    moe: bool,
-) {
+fn push_block(push: &mut impl FnMut(String, Dtype, Vec<usize>, Fill), p: &str, m: &SynthModel, dt: Dtype, paddle: bool, moe: bool) {
     let (h, std) = (m.hidden_size, 0.02);
     let linear = |k: usize, n: usize| if paddle { vec![k, n] } else { vec![n, k] };
     let (q, kv) = (m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim);

@@ -22,11 +22,8 @@ fn check(scheme: &dyn Scheme, prefix: &str) {
         let q = g.get(&format!("{prefix}.q.{tag}")).unwrap();
         assert_eq!(packed.components[0].shape, q.shape, "{tag}");
         assert_eq!(packed.components[0].bytes.as_slice(), g.raw_bytes(q).unwrap(), "{prefix} quant_weight {tag}");
-        let scales: Vec<f32> = packed.components[1]
-            .bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
+        let scales: Vec<f32> =
+            packed.components[1].bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
         assert_eq!(scales, g.read_f32(&format!("{prefix}.s.{tag}")).unwrap(), "{prefix} weight_scale {tag}");
         checked += 1;
     }

@@ -29,11 +29,8 @@ fn schemes() -> Vec<(&'static str, Box<dyn Scheme>)> {
 /// Every 2-D bf16 linear weight of the real checkpoint, as logical [in, out] f32.
 fn real_matrices(dir: &Path) -> Vec<(String, usize, usize, Vec<f32>)> {
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
     files.sort();
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
@@ -47,11 +44,7 @@ fn real_matrices(dir: &Path) -> Vec<(String, usize, usize, Vec<f32>)> {
                 continue;
             }
             let (out_dim, in_dim) = (t.shape()[0], t.shape()[1]);
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect();
+            let v: Vec<f32> = t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
             // PyTorch [out, in] -> logical [in, out].
             let mut w = vec![0f32; v.len()];
             for o in 0..out_dim {

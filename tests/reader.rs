@@ -4,10 +4,10 @@
 
 use ccq::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use ccq::inspect::Inspection;
+use ccq::layout::Naming;
 use ccq::layout::Role;
 use ccq::synth::{write_checkpoint, SynthModel, SynthOptions};
 use ccq::{Checkpoint, Dtype, Error, ReadOptions};
-use ccq::layout::Naming;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -197,7 +197,11 @@ fn corrupt_files_give_errors_naming_file_and_tensor() {
     assert!(open_err(&f).contains("tensor 'w': unknown dtype 'Q9'"));
     raw_file(&f, r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]);
     assert!(open_err(&f).contains("tensor 'w': data ends at byte 16"), "{}", open_err(&f));
-    raw_file(&f, r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, &[0; 12]);
+    raw_file(
+        &f,
+        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+        &[0; 12],
+    );
     assert!(open_err(&f).contains("tensor 'b': data_offsets overlap those of tensor 'a'"));
 }
 
@@ -216,7 +220,8 @@ fn broken_directories_give_errors_naming_what_is_wrong() {
     std::fs::write(&index, missing).unwrap();
     assert!(open_err(&dir).contains("'model-00009-of-00009.safetensors', which does not exist"));
 
-    let ghost = original_index.replacen("\"weight_map\": {", "\"weight_map\": {\n    \"ghost.weight\": \"model-00001-of-00002.safetensors\",", 1);
+    let ghost =
+        original_index.replacen("\"weight_map\": {", "\"weight_map\": {\n    \"ghost.weight\": \"model-00001-of-00002.safetensors\",", 1);
     std::fs::write(&index, ghost).unwrap();
     let err = open_err(&dir);
     assert!(err.contains("model-00001-of-00002.safetensors") && err.contains("'ghost.weight'"), "{err}");
@@ -229,12 +234,8 @@ fn broken_directories_give_errors_naming_what_is_wrong() {
     let first = Checkpoint::open(&dir).unwrap();
     let dup = first.tensors().iter().find(|t| t.shard == 0).unwrap().clone();
     let second = first.shards()[1].path.clone();
-    let mut specs: Vec<TensorSpec> = first
-        .tensors()
-        .iter()
-        .filter(|t| t.shard == 1)
-        .map(|t| TensorSpec::new(&t.name, t.dtype, t.shape.clone()))
-        .collect();
+    let mut specs: Vec<TensorSpec> =
+        first.tensors().iter().filter(|t| t.shard == 1).map(|t| TensorSpec::new(&t.name, t.dtype, t.shape.clone())).collect();
     specs.push(TensorSpec::new(&dup.name, dup.dtype, dup.shape.clone()));
     let mut data = Vec::new();
     for t in first.tensors().iter().filter(|t| t.shard == 1) {

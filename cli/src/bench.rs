@@ -117,11 +117,8 @@ fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
 fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
     use ccq::bench::calibrate::{prepare, time_calibration};
     // (preset, layers, experts, [(seq_len, sequences)])
-    let cases: [(&str, usize, usize, &[(usize, usize)]); 3] = [
-        ("tiny", 3, 4, &[(64, 8), (256, 8)]),
-        ("21b-a3b", 2, 16, &[(64, 4), (256, 4)]),
-        ("21b-a3b", 2, 64, &[(64, 4), (256, 4)]),
-    ];
+    let cases: [(&str, usize, usize, &[(usize, usize)]); 3] =
+        [("tiny", 3, 4, &[(64, 8), (256, 8)]), ("21b-a3b", 2, 16, &[(64, 4), (256, 4)]), ("21b-a3b", 2, 64, &[(64, 4), (256, 4)])];
     println!("shape | layers | experts | seq len | sequences | tokens | seconds | tokens/s | peak RSS so far (MiB)");
     for (preset, layers, experts, runs) in cases {
         let dir = std::env::temp_dir().join(format!("ccq-bench-calibrate-{}", std::process::id()));
@@ -190,8 +187,7 @@ fn bench_wint2(args: &BenchArgs) -> anyhow::Result<()> {
         "all" => Effort::ALL.to_vec(),
         name => vec![Effort::from_name(name).with_context(|| format!("unknown effort {name:?}"))?],
     };
-    let ccq_methods: Vec<Method> =
-        efforts.iter().map(|&effort| Method::Ccq { effort, importance: false }).collect();
+    let ccq_methods: Vec<Method> = efforts.iter().map(|&effort| Method::Ccq { effort, importance: false }).collect();
     let mut baselines = ccq_methods.clone();
     baselines.extend([Method::NaiveMap, Method::Rtn]);
 
@@ -250,18 +246,11 @@ fn real_summary(rows: &[Row], efforts: &[Effort]) -> String {
     let mut out = String::new();
     for &effort in efforts {
         let label = Method::Ccq { effort, importance: false }.label();
-        let ratios: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.method == label)
-            .filter_map(|r| rtn.get(r.dataset.as_str()).map(|b| r.nmse() / b))
-            .collect();
+        let ratios: Vec<f64> =
+            rows.iter().filter(|r| r.method == label).filter_map(|r| rtn.get(r.dataset.as_str()).map(|b| r.nmse() / b)).collect();
         let wins = ratios.iter().filter(|&&x| x < 1.0).count();
         let worst = ratios.iter().copied().fold(0.0f64, f64::max);
-        out += &format!(
-            "{label}: lower NMSE than rtn on {wins}/{} real matrices (worst NMSE ratio {worst:.3})\n",
-            ratios.len()
-        );
+        out += &format!("{label}: lower NMSE than rtn on {wins}/{} real matrices (worst NMSE ratio {worst:.3})\n", ratios.len());
     }
     out
 }
-

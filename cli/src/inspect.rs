@@ -44,14 +44,8 @@ fn human(s: &Inspection, path: &std::path::Path) -> String {
     let _ = writeln!(out, "checkpoint  {} ({files} file{}, {} of tensor data)", path.display(), plural(files), bytes(s.total_bytes));
     let model = s.model_type.as_deref().unwrap_or("unknown model type");
     let _ = writeln!(out, "model       {model} (family {}, {} naming)", s.family.name(), s.naming.name());
-    let _ = writeln!(
-        out,
-        "layers      {}, MoE layers {} ({} of {})",
-        s.num_layers,
-        ranges(&s.moe_layers),
-        s.moe_layers.len(),
-        s.num_layers
-    );
+    let _ =
+        writeln!(out, "layers      {}, MoE layers {} ({} of {})", s.num_layers, ranges(&s.moe_layers), s.moe_layers.len(), s.num_layers);
     if s.num_experts > 0 {
         let top_k = s.experts_per_token.map(|k| format!(" (top-{k})")).unwrap_or_default();
         let _ = writeln!(out, "experts     {} routed per MoE layer{top_k}, {} shared", s.num_experts, s.num_shared_experts);
@@ -76,7 +70,11 @@ fn table(out: &mut String, what: &str, rows: impl Iterator<Item = (String, Total
 }
 
 fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// `1234567` as `1,234,567`.
@@ -101,7 +99,11 @@ fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

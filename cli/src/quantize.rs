@@ -115,7 +115,8 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     };
     let policy = policy(args)?;
     let fallback = args.fallback.as_deref().map(convert::policy::parse_choice).transpose().map_err(anyhow::Error::msg)?;
-    let effort = Effort::from_name(&args.effort).with_context(|| format!("unknown effort '{}'; choose default, medium, high or max", args.effort))?;
+    let effort = Effort::from_name(&args.effort)
+        .with_context(|| format!("unknown effort '{}'; choose default, medium, high or max", args.effort))?;
     let shard_size = parse_size(&args.shard_size)?;
     let options = PlanOptions { layout, policy: &policy, fallback, shard_size };
     let plan = Plan::build(&ckpt, &model, &options).map_err(|refusals| {
@@ -136,7 +137,8 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             let stats = ccq::calibrate::Stats::read(path)?;
             let importance = stats.importance_for_plan(path, &plan)?;
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let info = serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes), "stats": stats.meta});
+            let info =
+                serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes), "stats": stats.meta});
             Some((std::sync::Arc::new(importance), info))
         }
         None => None,
@@ -193,8 +195,23 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         importance: calibration.as_ref().map(|c| c.0.clone()),
         damp: args.damp,
         layerwise: layerwise_encoder.map(|l| l as std::sync::Arc<dyn ccq::convert::run::LayerwiseEncoder>),
-        fingerprint_extra: format!("{}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}", policy.preset.name(), args.w4_end_layer, args.set, args.policy, layout.name(), args.fallback, args.effort, calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string()), args.damp)
-            + &layerwise.as_ref().map_or(String::new(), |o| format!("|{}|{}|{}|{}|{}|{}", o.tokens_label["fnv64"], o.sequential, o.min_tokens, args.weighting, o.batch_tokens, o.hessian_budget)),
+        fingerprint_extra: format!(
+            "{}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}",
+            policy.preset.name(),
+            args.w4_end_layer,
+            args.set,
+            args.policy,
+            layout.name(),
+            args.fallback,
+            args.effort,
+            calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string()),
+            args.damp
+        ) + &layerwise.as_ref().map_or(String::new(), |o| {
+            format!(
+                "|{}|{}|{}|{}|{}|{}",
+                o.tokens_label["fnv64"], o.sequential, o.min_tokens, args.weighting, o.batch_tokens, o.hessian_budget
+            )
+        }),
     };
     let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };
     let extra = |work: &Path| -> ccq::Result<()> {

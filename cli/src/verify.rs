@@ -86,15 +86,30 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 fn summary(r: &VerifyReport) -> String {
-    let mut out = format!("{}\n\n{:<8} {:>8} {:>11} {:>11} {:>13} {:>13}\n", r.probe, "scheme", "tensors", "NMSE mean", "NMSE max", "out-err mean", "out-err max");
+    let mut out = format!(
+        "{}\n\n{:<8} {:>8} {:>11} {:>11} {:>13} {:>13}\n",
+        r.probe, "scheme", "tensors", "NMSE mean", "NMSE max", "out-err mean", "out-err max"
+    );
     for g in &r.by_scheme {
-        let _ = writeln!(out, "{:<8} {:>8} {:>11.4e} {:>11.4e} {:>13.4e} {:>13.4e}", g.key, g.nmse.count, g.nmse.mean, g.nmse.max, g.output_rel_err.mean, g.output_rel_err.max);
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>11.4e} {:>11.4e} {:>13.4e} {:>13.4e}",
+            g.key, g.nmse.count, g.nmse.mean, g.nmse.max, g.output_rel_err.mean, g.output_rel_err.max
+        );
     }
     let mut worst: Vec<_> = r.tensors.iter().collect();
     worst.sort_by(|a, b| b.nmse.total_cmp(&a.nmse));
-    let _ = writeln!(out, "\nworst tensors\n{:<60} {:<6} {:>10} {:>8} {:>9} {:>10} {:>10}", "tensor", "scheme", "NMSE", "SQNR dB", "cosine", "max abs", "out err");
+    let _ = writeln!(
+        out,
+        "\nworst tensors\n{:<60} {:<6} {:>10} {:>8} {:>9} {:>10} {:>10}",
+        "tensor", "scheme", "NMSE", "SQNR dB", "cosine", "max abs", "out err"
+    );
     for t in worst.iter().take(10) {
-        let _ = writeln!(out, "{:<60} {:<6} {:>10.4e} {:>8.2} {:>9.6} {:>10.3e} {:>10.4e}", t.name, t.scheme, t.nmse, t.sqnr_db, t.cosine, t.max_abs_err, t.output_rel_err);
+        let _ = writeln!(
+            out,
+            "{:<60} {:<6} {:>10.4e} {:>8.2} {:>9.6} {:>10.3e} {:>10.4e}",
+            t.name, t.scheme, t.nmse, t.sqnr_db, t.cosine, t.max_abs_err, t.output_rel_err
+        );
     }
     if r.passed {
         out.push_str("\nall thresholds met\n");

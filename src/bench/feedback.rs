@@ -60,7 +60,22 @@ pub fn hessian(k: usize, t: usize, seed: u64) -> Vec<f32> {
     let mut h = vec![0.0f32; k * k];
     // SAFETY: x^T is k x t (strides 1, k), x is t x k, h is k x k; h is not aliased.
     unsafe {
-        matrixmultiply::sgemm(k, t, k, 1.0 / t as f32, x.as_ptr(), 1, k as isize, x.as_ptr(), k as isize, 1, 0.0, h.as_mut_ptr(), k as isize, 1);
+        matrixmultiply::sgemm(
+            k,
+            t,
+            k,
+            1.0 / t as f32,
+            x.as_ptr(),
+            1,
+            k as isize,
+            x.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            h.as_mut_ptr(),
+            k as isize,
+            1,
+        );
     }
     h
 }

@@ -114,7 +114,9 @@ pub fn fixtures(k: usize, n: usize, tiles: usize, seed: u64) -> Vec<(&'static st
     let slice = n / tiles;
     let w = Rng::new(seed).normals(k * slice);
     let full = Rng::new(seed ^ 1).normals(k * n);
-    let packed = |s: &dyn Scheme| BenchWeights::Packed(tile_columns(&s.encode(&w, k, slice, crate::scheme::Importance::Uniform).expect("valid shape"), tiles));
+    let packed = |s: &dyn Scheme| {
+        BenchWeights::Packed(tile_columns(&s.encode(&w, k, slice, crate::scheme::Importance::Uniform).expect("valid shape"), tiles))
+    };
     vec![
         ("wint2", packed(&Wint2::default())),
         ("wint4", packed(&Wint4::default())),
@@ -143,7 +145,8 @@ pub fn run(fixtures: &[(&'static str, BenchWeights)], ms: &[usize], reps: usize,
     let mut rows = Vec::new();
     for &m in ms {
         for (format, w) in fixtures {
-            let paths: &[(&'static str, bool)] = if *format == "wint2" { &[("wint2", true), ("wint2-portable", false)] } else { &[(*format, true)] };
+            let paths: &[(&'static str, bool)] =
+                if *format == "wint2" { &[("wint2", true), ("wint2-portable", false)] } else { &[(*format, true)] };
             for &(label, arch) in paths {
                 let (k, n) = w.weights().shape();
                 let x = Rng::new(seed).normals(m * k);
@@ -164,7 +167,16 @@ pub fn run(fixtures: &[(&'static str, BenchWeights)], ms: &[usize], reps: usize,
                     dst.copy_from_slice(std::hint::black_box(&src));
                     std::hint::black_box(&mut dst);
                 });
-                rows.push(KernelRow { format: label, m, k, n, threads: rayon::current_num_threads(), seconds, packed_bytes: bytes, memcpy_seconds });
+                rows.push(KernelRow {
+                    format: label,
+                    m,
+                    k,
+                    n,
+                    threads: rayon::current_num_threads(),
+                    seconds,
+                    packed_bytes: bytes,
+                    memcpy_seconds,
+                });
             }
         }
     }

@@ -29,7 +29,9 @@
 use super::{CalibOptions, Calibrator, Hessian as HessianKind, Weighting};
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
-use crate::convert::run::{encode_planned, FactorCache, logical_matrix, pre_encoded_name, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance};
+use crate::convert::run::{
+    encode_planned, logical_matrix, pre_encoded_name, FactorCache, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance,
+};
 use crate::convert::{Plan, PlannedTensor};
 use crate::error::{Error, Result};
 use crate::model::source::OriginalWeights;
@@ -177,7 +179,14 @@ fn batches(lengths: &[usize], batch_tokens: usize) -> Vec<(Range<usize>, Vec<usi
 }
 
 /// Runs layer `l` on every batch of `h`, in place.
-fn run_layer(cfg: &ForwardConfig, source: &dyn WeightSource, l: usize, h: &mut [f32], batches: &[(Range<usize>, Vec<usize>)], observer: &mut dyn crate::model::Observer) -> Result<()> {
+fn run_layer(
+    cfg: &ForwardConfig,
+    source: &dyn WeightSource,
+    l: usize,
+    h: &mut [f32],
+    batches: &[(Range<usize>, Vec<usize>)],
+    observer: &mut dyn crate::model::Observer,
+) -> Result<()> {
     let w = source.layer(l)?;
     for (range, lengths) in batches {
         layer_forward(cfg, &w, l, &mut h[range.start * cfg.hidden..range.end * cfg.hidden], lengths, observer)?;
@@ -187,7 +196,10 @@ fn run_layer(cfg: &ForwardConfig, source: &dyn WeightSource, l: usize, h: &mut [
 
 /// The record of completed layers, `{"layers": {L: {"file", "checksum", "feedback", "experts"}}}`.
 fn read_record(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join("record.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| json!({"layers": {}}))
+    std::fs::read_to_string(dir.join("record.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| json!({"layers": {}}))
 }
 
 impl LayerwiseEncoder for Layerwise {
@@ -273,9 +285,11 @@ impl LayerwiseEncoder for Layerwise {
                         for name in &t.sources {
                             ckpt.release(ckpt.get(name)?);
                         }
-                        let kind = t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
+                        let kind =
+                            t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
                         let xtx = shared.entry(id.clone()).or_insert_with(|| Arc::new(xtx.clone())).clone();
-                        let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&TensorImportance::Hessian(xtx)), o.damp, &mut factors)?;
+                        let (packed, fed) =
+                            encode_planned(t, kind, effort, &w, Some(&TensorImportance::Hessian(xtx)), o.damp, &mut factors)?;
                         layer_records.extend(fed);
                         encoded.push((*t, packed));
                     }
@@ -310,7 +324,11 @@ impl LayerwiseEncoder for Layerwise {
 
     fn describe(&self) -> Value {
         let o = &self.options;
-        let layers = self.layers.lock().map(|m| m.iter().map(|(l, v)| (l.to_string(), v.clone())).collect::<serde_json::Map<_, _>>()).unwrap_or_default();
+        let layers = self
+            .layers
+            .lock()
+            .map(|m| m.iter().map(|(l, v)| (l.to_string(), v.clone())).collect::<serde_json::Map<_, _>>())
+            .unwrap_or_default();
         json!({
             "tokens": o.tokens_label,
             "sequences": o.sequences.len(),
@@ -376,7 +394,13 @@ fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effo
         for name in &t.sources {
             let shape = &ckpt.get(name)?.shape;
             let width = match shape.as_slice() {
-                [a, b] => if t.transpose { *a } else { *b },
+                [a, b] => {
+                    if t.transpose {
+                        *a
+                    } else {
+                        *b
+                    }
+                }
                 s => return Err(Error::BadTensor { tensor: name.clone(), problem: format!("shape {s:?} is not a matrix") }),
             };
             let m: Vec<f32> = (0..t.k).flat_map(|r| w[r * t.n + offset..r * t.n + offset + width].iter().copied()).collect();

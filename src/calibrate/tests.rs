@@ -112,7 +112,9 @@ fn file_round_trips_and_a_mismatch_is_an_error() {
 fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String, TensorImportance>>>) -> (PathBuf, Plan) {
     let model = ModelLayout::of(ckpt).unwrap();
     let policy = Policy { preset: Preset::from_name("wint2-experts", 0).unwrap(), rules: Vec::new() };
-    let plan = Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX }).unwrap();
+    let plan =
+        Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX })
+            .unwrap();
     let dir = std::env::temp_dir().join(format!("ccq-calib-q-{tag}-{}", std::process::id()));
     let opts = ConvertOptions {
         effort: Default::default(),

@@ -174,12 +174,9 @@ pub enum HeaderError {
 pub fn parse_header(prefix_and_header: &[u8], file_len: u64) -> Result<Header, HeaderError> {
     let header_len = read_prefix(prefix_and_header, file_len)?;
     let end = (PREFIX_LEN + header_len) as usize;
-    let json = prefix_and_header
-        .get(PREFIX_LEN as usize..end)
-        .ok_or(HeaderError::HeaderPastEnd { header_len, file_len })?;
+    let json = prefix_and_header.get(PREFIX_LEN as usize..end).ok_or(HeaderError::HeaderPastEnd { header_len, file_len })?;
     let text = std::str::from_utf8(json).map_err(|_| HeaderError::NotUtf8)?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
     let Value::Object(map) = value else {
         return Err(HeaderError::NotAnObject);
     };
@@ -199,10 +196,7 @@ pub fn parse_header(prefix_and_header: &[u8], file_len: u64) -> Result<Header, H
 
 /// Reads and bounds-checks the 8-byte length prefix; returns the header length.
 pub fn read_prefix(bytes: &[u8], file_len: u64) -> Result<u64, HeaderError> {
-    let prefix: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(HeaderError::TooShort { file_len })?;
+    let prefix: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(HeaderError::TooShort { file_len })?;
     let header_len = u64::from_le_bytes(prefix);
     if header_len > MAX_HEADER_LEN {
         return Err(HeaderError::HeaderTooLarge { header_len });
@@ -226,41 +220,24 @@ fn parse_metadata(value: Value) -> Result<BTreeMap<String, String>, HeaderError>
 }
 
 fn parse_entry(name: String, entry: &Value) -> Result<HeaderEntry, HeaderError> {
-    let malformed = |problem: &str| HeaderError::MalformedEntry {
-        tensor: name.clone(),
-        problem: problem.to_string(),
-    };
+    let malformed = |problem: &str| HeaderError::MalformedEntry { tensor: name.clone(), problem: problem.to_string() };
     let obj = entry.as_object().ok_or_else(|| malformed("entry is not an object"))?;
-    let dtype_str = obj
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed("missing or non-string \"dtype\""))?;
-    let dtype = Dtype::from_name(dtype_str).ok_or_else(|| HeaderError::UnknownDtype {
-        tensor: name.clone(),
-        dtype: dtype_str.to_string(),
-    })?;
-    let shape_u64 = u64_list(obj.get("shape"))
-        .ok_or_else(|| malformed("missing \"shape\" or not a list of non-negative integers"))?;
+    let dtype_str = obj.get("dtype").and_then(Value::as_str).ok_or_else(|| malformed("missing or non-string \"dtype\""))?;
+    let dtype =
+        Dtype::from_name(dtype_str).ok_or_else(|| HeaderError::UnknownDtype { tensor: name.clone(), dtype: dtype_str.to_string() })?;
+    let shape_u64 = u64_list(obj.get("shape")).ok_or_else(|| malformed("missing \"shape\" or not a list of non-negative integers"))?;
     let offsets = u64_list(obj.get("data_offsets"))
         .filter(|o| o.len() == 2)
         .ok_or_else(|| malformed("missing \"data_offsets\" or not two non-negative integers"))?;
     let (begin, end) = (offsets[0], offsets[1]);
-    let expected = byte_size(dtype, &shape_u64).ok_or_else(|| HeaderError::ShapeOverflow {
-        tensor: name.clone(),
-        shape: shape_u64.clone(),
-    })?;
+    let expected =
+        byte_size(dtype, &shape_u64).ok_or_else(|| HeaderError::ShapeOverflow { tensor: name.clone(), shape: shape_u64.clone() })?;
     let shape: Vec<usize> = shape_u64.iter().map(|&d| d as usize).collect();
     if begin > end {
         return Err(HeaderError::ReversedOffsets { tensor: name, begin, end });
     }
     if end - begin != expected {
-        return Err(HeaderError::SizeMismatch {
-            tensor: name,
-            dtype,
-            shape,
-            expected,
-            actual: end - begin,
-        });
+        return Err(HeaderError::SizeMismatch { tensor: name, dtype, shape, expected, actual: end - begin });
     }
     Ok(HeaderEntry { name, dtype, shape, data_offsets: (begin, end) })
 }
@@ -271,9 +248,7 @@ fn u64_list(value: Option<&Value>) -> Option<Vec<u64>> {
 
 /// `dtype size x product(shape)`, or `None` on overflow (of u64 or of the address space).
 fn byte_size(dtype: Dtype, shape: &[u64]) -> Option<u64> {
-    let bytes = shape
-        .iter()
-        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))?;
+    let bytes = shape.iter().try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))?;
     usize::try_from(bytes).ok()?;
     Some(bytes)
 }
@@ -390,10 +365,7 @@ mod tests {
             r#"{"x":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
             r#"{"x":{"dtype":"U8","shape":[1],"data_offsets":[0]}}"#,
         ] {
-            assert!(
-                matches!(parse(&file(json, 1)), Err(HeaderError::MalformedEntry { ref tensor, .. }) if tensor == "x"),
-                "{json}"
-            );
+            assert!(matches!(parse(&file(json, 1)), Err(HeaderError::MalformedEntry { ref tensor, .. }) if tensor == "x"), "{json}");
         }
     }
 
@@ -408,10 +380,7 @@ mod tests {
         let json = r#"{"x":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}}"#;
         assert!(matches!(parse(&file(json, 1)), Err(HeaderError::ReversedOffsets { .. })));
         let json = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
-        assert!(matches!(
-            parse(&file(json, 4)),
-            Err(HeaderError::SizeMismatch { expected: 8, actual: 4, .. })
-        ));
+        assert!(matches!(parse(&file(json, 4)), Err(HeaderError::SizeMismatch { expected: 8, actual: 4, .. })));
     }
 
     #[test]

@@ -18,21 +18,13 @@ impl ShardIndex {
     /// Parses index JSON text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<ShardIndex> {
         let bad = |problem: String| Error::Json { file: path.to_path_buf(), problem };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let map = value
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| bad("no \"weight_map\" object".to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".to_string()))?;
         let mut weight_map = Vec::with_capacity(map.len());
         for (tensor, shard) in map {
-            let shard = shard
-                .as_str()
-                .ok_or_else(|| bad(format!("weight_map entry for '{tensor}' is not a string")))?;
+            let shard = shard.as_str().ok_or_else(|| bad(format!("weight_map entry for '{tensor}' is not a string")))?;
             if shard.is_empty() || shard.contains(['/', '\\']) || shard == ".." || shard == "." {
-                return Err(bad(format!(
-                    "weight_map entry for '{tensor}' names '{shard}', which is not a file name in this directory"
-                )));
+                return Err(bad(format!("weight_map entry for '{tensor}' names '{shard}', which is not a file name in this directory")));
             }
             weight_map.push((tensor.clone(), shard.to_string()));
         }
@@ -58,8 +50,7 @@ mod tests {
 
     #[test]
     fn parses_weight_map_in_order() {
-        let idx = parse(r#"{"metadata":{"total_size":8},"weight_map":{"b":"s2","a":"s1","c":"s1"}}"#)
-            .unwrap();
+        let idx = parse(r#"{"metadata":{"total_size":8},"weight_map":{"b":"s2","a":"s1","c":"s1"}}"#).unwrap();
         assert_eq!(idx.weight_map[0], ("b".to_string(), "s2".to_string()));
         assert_eq!(idx.shard_names(), vec!["s1", "s2"]);
     }

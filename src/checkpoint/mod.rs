@@ -155,10 +155,7 @@ impl Checkpoint {
         self.by_name
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| Error::TensorNotFound {
-                checkpoint: self.path.clone(),
-                tensor: name.to_string(),
-            })
+            .ok_or_else(|| Error::TensorNotFound { checkpoint: self.path.clone(), tensor: name.to_string() })
     }
 
     /// The stored bytes of a tensor, straight from the memory map.
@@ -168,11 +165,7 @@ impl Checkpoint {
         let (begin, end) = entry.byte_range;
         map.get(begin as usize..end as usize).ok_or_else(|| Error::BadTensor {
             tensor: entry.name.clone(),
-            problem: format!(
-                "{} is now {} bytes, shorter than when it was opened (file changed?)",
-                shard.path.display(),
-                map.len()
-            ),
+            problem: format!("{} is now {} bytes, shorter than when it was opened (file changed?)", shard.path.display(), map.len()),
         })
     }
 
@@ -188,26 +181,22 @@ impl Checkpoint {
                 // SAFETY: the map is a read-only, shared mapping of a file; MADV_DONTNEED only
                 // drops resident pages, and any later read faults them back in from the file,
                 // so every slice handed out keeps seeing the same bytes.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin as usize, (end - begin) as usize)
-                };
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin as usize, (end - begin) as usize) };
             }
         }
     }
 
     /// How `entry` converts to f32, or a typed error naming file and tensor.
     pub fn conversion(&self, entry: &TensorEntry) -> Result<Conversion> {
-        Conversion::for_dtype(entry.dtype, self.options.u16_as_bf16).ok_or_else(|| {
-            Error::NotConvertible {
-                file: self.shards[entry.shard].path.clone(),
-                tensor: entry.name.clone(),
-                dtype: entry.dtype,
-                hint: if entry.dtype == Dtype::U16 {
-                    "; if it holds bf16 payload (Paddle's converter writes that), read U16 as bf16"
-                } else {
-                    ""
-                },
-            }
+        Conversion::for_dtype(entry.dtype, self.options.u16_as_bf16).ok_or_else(|| Error::NotConvertible {
+            file: self.shards[entry.shard].path.clone(),
+            tensor: entry.name.clone(),
+            dtype: entry.dtype,
+            hint: if entry.dtype == Dtype::U16 {
+                "; if it holds bf16 payload (Paddle's converter writes that), read U16 as bf16"
+            } else {
+                ""
+            },
         })
     }
 
@@ -271,8 +260,7 @@ fn open_shard(path: &Path) -> Result<(Shard, Vec<HeaderEntry>)> {
     file.read_exact(&mut bytes).map_err(|e| Error::io(path, e))?;
     let header_len = header::read_prefix(&bytes, file_len).map_err(header_error)?;
     bytes.resize((header::PREFIX_LEN + header_len) as usize, 0);
-    file.read_exact(&mut bytes[header::PREFIX_LEN as usize..])
-        .map_err(|e| Error::io(path, e))?;
+    file.read_exact(&mut bytes[header::PREFIX_LEN as usize..]).map_err(|e| Error::io(path, e))?;
     let header = header::parse_header(&bytes, file_len).map_err(header_error)?;
     let data_start = header.data_start();
     let entries = header
@@ -331,10 +319,8 @@ fn read_config(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-        file: path.to_path_buf(),
-        problem: format!("not valid JSON: {e}"),
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Json { file: path.to_path_buf(), problem: format!("not valid JSON: {e}") })?;
     if !value.is_object() {
         return Err(Error::Json { file: path.to_path_buf(), problem: "not a JSON object".into() });
     }
@@ -389,34 +375,20 @@ fn build(
                 });
             }
             by_name.insert(e.name.clone(), tensors.len());
-            tensors.push(TensorEntry {
-                name: e.name,
-                shard,
-                dtype: e.dtype,
-                shape: e.shape,
-                byte_range: e.data_offsets,
-            });
+            tensors.push(TensorEntry { name: e.name, shard, dtype: e.dtype, shape: e.shape, byte_range: e.data_offsets });
         }
     }
     let mut unindexed = Vec::new();
     if let Some(index) = index {
-        let shard_of: HashMap<&str, usize> = index
-            .shard_names()
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| (name, i))
-            .collect();
+        let shard_of: HashMap<&str, usize> = index.shard_names().into_iter().enumerate().map(|(i, name)| (name, i)).collect();
         for (tensor, shard_name) in &index.weight_map {
             let shard = shard_of[shard_name.as_str()];
             match by_name.get(tensor) {
                 Some(&i) if tensors[i].shard == shard => {}
-                _ => {
-                    return Err(Error::NotInShard { shard: shards[shard].path.clone(), tensor: tensor.clone() })
-                }
+                _ => return Err(Error::NotInShard { shard: shards[shard].path.clone(), tensor: tensor.clone() }),
             }
         }
-        let indexed: std::collections::HashSet<&str> =
-            index.weight_map.iter().map(|(t, _)| t.as_str()).collect();
+        let indexed: std::collections::HashSet<&str> = index.weight_map.iter().map(|(t, _)| t.as_str()).collect();
         unindexed = tensors.iter().filter(|t| !indexed.contains(t.name.as_str())).map(|t| t.name.clone()).collect();
         tensors.retain(|t| indexed.contains(t.name.as_str()));
         by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();

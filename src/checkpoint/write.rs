@@ -52,10 +52,7 @@ pub fn header_bytes(tensors: &[TensorSpec], metadata: &BTreeMap<String, String>)
         let end = offset + t.nbytes();
         let name = serde_json::to_string(&t.name).expect("string serializes");
         let shape = serde_json::to_string(&t.shape).expect("shape serializes");
-        json.push_str(&format!(
-            "{name}:{{\"dtype\":\"{}\",\"shape\":{shape},\"data_offsets\":[{offset},{end}]}}",
-            t.dtype.name()
-        ));
+        json.push_str(&format!("{name}:{{\"dtype\":\"{}\",\"shape\":{shape},\"data_offsets\":[{offset},{end}]}}", t.dtype.name()));
         offset = end;
     }
     json.push('}');
@@ -79,11 +76,7 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Starts writing `path` (under a temporary name) with the header for `tensors`.
-    pub fn create(
-        path: impl AsRef<Path>,
-        tensors: &[TensorSpec],
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<SafetensorsWriter> {
+    pub fn create(path: impl AsRef<Path>, tensors: &[TensorSpec], metadata: &BTreeMap<String, String>) -> Result<SafetensorsWriter> {
         let target = path.as_ref().to_path_buf();
         let partial = partial_name(&target);
         let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
@@ -151,10 +144,7 @@ mod tests {
 
     #[test]
     fn header_is_aligned_and_parses() {
-        let specs = vec![
-            TensorSpec::new("a.weight", Dtype::BF16, vec![2, 3]),
-            TensorSpec::new("b \"quoted\"", Dtype::F32, vec![5]),
-        ];
+        let specs = vec![TensorSpec::new("a.weight", Dtype::BF16, vec![2, 3]), TensorSpec::new("b \"quoted\"", Dtype::F32, vec![5])];
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let mut bytes = header_bytes(&specs, &meta);
         assert_eq!(bytes.len() % 8, 0);

@@ -36,7 +36,11 @@ pub fn quantization_config(plan: &Plan) -> std::result::Result<Value, String> {
     let dense_type = match dense.len() {
         0 => None,
         1 => *dense.iter().next().expect("one"),
-        _ => return Err("FastDeploy loads one scheme for all attention, dense MLP and shared-expert tensors, but the policy mixes several".into()),
+        _ => {
+            return Err(
+                "FastDeploy loads one scheme for all attention, dense MLP and shared-expert tensors, but the policy mixes several".into()
+            )
+        }
     };
     let dense_name = dense_type.map_or("none", SchemeKind::name);
     let mut config = json!({"quantization": "wint2", "dense_quant_type": dense_name});
@@ -45,7 +49,10 @@ pub fn quantization_config(plan: &Plan) -> std::result::Result<Value, String> {
     }
     if let (Some(&last_w4), Some(&first_w2)) = (w4_layers.iter().next_back(), w2_layers.iter().next()) {
         if last_w4 >= first_w2 {
-            return Err("FastDeploy's w4w2 loader needs wint4 experts in layers up to some layer and WINT2 after it; the policy interleaves them".into());
+            return Err(
+                "FastDeploy's w4w2 loader needs wint4 experts in layers up to some layer and WINT2 after it; the policy interleaves them"
+                    .into(),
+            );
         }
     }
     let moe_start = w4_layers.iter().chain(&w2_layers).min().copied().unwrap_or(0);

@@ -423,7 +423,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ccq-plan-order-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), r#"{"model_type": "ernie4_5_moe"}"#).unwrap();
-        let names = ["model.mtp_block.0.self_attn.k_proj.weight", "model.mtp_block.0.self_attn.q_proj.weight", "model.mtp_block.0.self_attn.v_proj.weight", "model.mtp_block.0.mlp.up_proj.weight", "model.mtp_block.0.mlp.gate_proj.weight"];
+        let names = [
+            "model.mtp_block.0.self_attn.k_proj.weight",
+            "model.mtp_block.0.self_attn.q_proj.weight",
+            "model.mtp_block.0.self_attn.v_proj.weight",
+            "model.mtp_block.0.mlp.up_proj.weight",
+            "model.mtp_block.0.mlp.gate_proj.weight",
+        ];
         let specs: Vec<TensorSpec> = names.iter().map(|n| TensorSpec::new(*n, Dtype::BF16, vec![2, 2])).collect();
         let mut w = SafetensorsWriter::create(dir.join("model.safetensors"), &specs, &Default::default()).unwrap();
         w.write(&[0u8; 40]).unwrap();

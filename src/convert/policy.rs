@@ -115,9 +115,7 @@ pub struct Rule {
 impl Rule {
     /// Parses `REGEX=SCHEME` (the last `=` separates them, so the regex may contain `=`).
     pub fn parse(text: &str) -> Result<Rule, String> {
-        let (pattern, scheme) = text
-            .rsplit_once('=')
-            .ok_or_else(|| format!("override '{text}' is not of the form REGEX=SCHEME"))?;
+        let (pattern, scheme) = text.rsplit_once('=').ok_or_else(|| format!("override '{text}' is not of the form REGEX=SCHEME"))?;
         let pattern = Regex::new(pattern).map_err(|e| format!("override '{text}': bad regex: {e}"))?;
         Ok(Rule { pattern, choice: parse_choice(scheme)? })
     }
@@ -135,9 +133,7 @@ pub struct Policy {
 impl Policy {
     /// The scheme for a tensor written as `output_name` from `source_names`.
     pub fn choose(&self, class: &TensorRole, output_name: &str, source_names: &[String]) -> Choice {
-        let matches = |r: &&Rule| {
-            r.pattern.is_match(output_name) || source_names.iter().any(|s| r.pattern.is_match(s))
-        };
+        let matches = |r: &&Rule| r.pattern.is_match(output_name) || source_names.iter().any(|s| r.pattern.is_match(s));
         match self.rules.iter().rev().find(matches) {
             Some(rule) => rule.choice,
             None => self.preset.choose(class),
@@ -166,12 +162,8 @@ impl Policy {
                 };
                 Preset::from_name(p.as_str().ok_or("\"preset\" must be a string")?, file_w4.unwrap_or(fallback_w4))?
             }
-            (None, Preset::FastdeployW4W2 { w4_end_layer }) => {
-                Preset::FastdeployW4W2 { w4_end_layer: file_w4.unwrap_or(w4_end_layer) }
-            }
-            (None, other) if file_w4.is_some() => {
-                return Err(format!("\"w4_end_layer\" applies to fastdeploy-w4w2, not {}", other.name()))
-            }
+            (None, Preset::FastdeployW4W2 { w4_end_layer }) => Preset::FastdeployW4W2 { w4_end_layer: file_w4.unwrap_or(w4_end_layer) },
+            (None, other) if file_w4.is_some() => return Err(format!("\"w4_end_layer\" applies to fastdeploy-w4w2, not {}", other.name())),
             (None, other) => other,
         };
         let rules = match map.get("rules") {
@@ -238,7 +230,9 @@ mod tests {
         assert_eq!(merged.preset, Preset::FastdeployW4W2 { w4_end_layer: 3 });
         let cli = Policy::from_json(r#"{"preset":"fastdeploy-w4w2"}"#, Preset::FastdeployW4W2 { w4_end_layer: 9 }).unwrap();
         assert_eq!(cli.preset, Preset::FastdeployW4W2 { w4_end_layer: 9 });
-        let p = Policy::from_json(r#"{"preset":"fastdeploy-w4w2","w4_end_layer":2,"rules":[{"match":"a=b","scheme":"none"}]}"#, Preset::Wint8).unwrap();
+        let p =
+            Policy::from_json(r#"{"preset":"fastdeploy-w4w2","w4_end_layer":2,"rules":[{"match":"a=b","scheme":"none"}]}"#, Preset::Wint8)
+                .unwrap();
         assert_eq!(p.preset, Preset::FastdeployW4W2 { w4_end_layer: 2 });
         assert_eq!(p.rules[0].pattern.as_str(), "a=b");
     }

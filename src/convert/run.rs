@@ -163,12 +163,7 @@ pub fn convert(
     let work = partial_dir(out);
     let fingerprint = fingerprint(ckpt, plan, &options.fingerprint_extra);
     let mut record = prepare_work_dir(&work, &fingerprint, options.resume)?;
-    let mut state = Progress {
-        tensors_done: 0,
-        tensors_total: plan.tensors.len(),
-        bytes_done: 0,
-        bytes_total: plan.bytes_in(),
-    };
+    let mut state = Progress { tensors_done: 0, tensors_total: plan.tensors.len(), bytes_done: 0, bytes_total: plan.bytes_in() };
     let (pre_encoded, mut feedback) = match &options.layerwise {
         Some(encoder) => encoder.encode(ckpt, plan, options.effort, &work.join(PRE_ENCODED_DIR))?,
         None => (PreEncoded::new(), Vec::new()),
@@ -322,7 +317,16 @@ fn write_shard(
             Some(file) => copy_pre_encoded(tensor, file, &mut writer)?,
             None => {
                 let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name));
-                records.extend(write_tensor(ckpt, tensor, plan.layout, options.effort, importance, options.damp, &mut factors, &mut writer)?);
+                records.extend(write_tensor(
+                    ckpt,
+                    tensor,
+                    plan.layout,
+                    options.effort,
+                    importance,
+                    options.damp,
+                    &mut factors,
+                    &mut writer,
+                )?);
             }
         }
         state.tensors_done += 1;
@@ -342,7 +346,14 @@ fn copy_pre_encoded(t: &PlannedTensor, file: &Path, writer: &mut SafetensorsWrit
         if entry.dtype != spec.dtype || entry.shape != spec.shape {
             return Err(Error::BadTensor {
                 tensor: spec.name.clone(),
-                problem: format!("the encoded copy in {} is {:?} {:?}, the plan wants {:?} {:?}", file.display(), entry.dtype, entry.shape, spec.dtype, spec.shape),
+                problem: format!(
+                    "the encoded copy in {} is {:?} {:?}, the plan wants {:?} {:?}",
+                    file.display(),
+                    entry.dtype,
+                    entry.shape,
+                    spec.dtype,
+                    spec.shape
+                ),
             });
         }
         writer.write(encoded.raw_bytes(entry)?)?;
@@ -368,7 +379,12 @@ impl FactorCache {
 
     /// The factorised Hessian of `xtx` (`[k, k]`) with damping `damp`, computed at most once
     /// while it stays among the last [`FactorCache::KEEP`] used.
-    pub fn get(&mut self, xtx: &std::sync::Arc<Vec<f32>>, k: usize, damp: f32) -> std::result::Result<std::sync::Arc<crate::scheme::Hessian>, crate::SchemeError> {
+    pub fn get(
+        &mut self,
+        xtx: &std::sync::Arc<Vec<f32>>,
+        k: usize,
+        damp: f32,
+    ) -> std::result::Result<std::sync::Arc<crate::scheme::Hessian>, crate::SchemeError> {
         if let Some((_, _, h)) = self.entries.iter().find(|(x, d, _)| std::sync::Arc::ptr_eq(x, xtx) && *d == damp) {
             return Ok(h.clone());
         }
@@ -534,10 +550,7 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// one is complete.
 pub(crate) fn move_into_place(work: &Path, out: &Path) -> Result<()> {
     if out.exists() {
-        let old = out.with_file_name(format!(
-            "{}.ccq-old",
-            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-        ));
+        let old = out.with_file_name(format!("{}.ccq-old", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
@@ -650,8 +663,18 @@ mod tests {
     #[test]
     fn checksum_depends_on_every_byte_and_not_on_chunking() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let whole = { let mut h = Checksum::default(); h.update(&data); h.hex() };
-        let pieces = { let mut h = Checksum::default(); for c in data.chunks(7) { h.update(c); } h.hex() };
+        let whole = {
+            let mut h = Checksum::default();
+            h.update(&data);
+            h.hex()
+        };
+        let pieces = {
+            let mut h = Checksum::default();
+            for c in data.chunks(7) {
+                h.update(c);
+            }
+            h.hex()
+        };
         assert_eq!(whole, pieces);
         for i in [0, 500, 999] {
             let mut changed = data.clone();

@@ -40,7 +40,22 @@ impl<const SIZE: usize> DenseView<'_, SIZE> {
             // SAFETY: xb is rows x k, w is k x n, yb is rows x n, all row-major and in bounds;
             // yb is not aliased.
             unsafe {
-                matrixmultiply::sgemm(rows, k, n, 1.0, xb.as_ptr(), k as isize, 1, w.as_ptr(), n as isize, 1, 0.0, yb.as_mut_ptr(), n as isize, 1);
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    xb.as_ptr(),
+                    k as isize,
+                    1,
+                    w.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    yb.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
         });
         y

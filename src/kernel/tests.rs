@@ -104,7 +104,11 @@ fn reference_is_decode_then_naive_matmul_exactly() {
             let x = gaussian(m, k, 12);
             let y = matmul_reference(Input::F32(&x), m, &o.weights()).unwrap();
             let want = naive(&x, m, &w, k, n);
-            assert_eq!(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{format} m {m}");
+            assert_eq!(
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{format} m {m}"
+            );
         }
     }
 }
@@ -120,11 +124,23 @@ fn wint2_dequantize_bf16_is_exact() {
 #[test]
 fn fast_matches_reference_for_many_shapes() {
     let shapes: &[(&str, usize, usize)] = &[
-        ("wint2", 128, 1), ("wint2", 256, 33), ("wint2", 128, 70), ("wint2", 128, 32), ("wint2", 384, 64),
-        ("wint2", 128, 97), ("wint2", 1024, 40),
-        ("wint8", 64, 2), ("wint8", 192, 34), ("wint8", 128, 66),
-        ("wint4", 64, 4), ("wint4", 128, 36), ("wint4", 192, 68),
-        ("bf16", 1, 1), ("bf16", 70, 33), ("f32", 130, 65), ("f32", 64, 32),
+        ("wint2", 128, 1),
+        ("wint2", 256, 33),
+        ("wint2", 128, 70),
+        ("wint2", 128, 32),
+        ("wint2", 384, 64),
+        ("wint2", 128, 97),
+        ("wint2", 1024, 40),
+        ("wint8", 64, 2),
+        ("wint8", 192, 34),
+        ("wint8", 128, 66),
+        ("wint4", 64, 4),
+        ("wint4", 128, 36),
+        ("wint4", 192, 68),
+        ("bf16", 1, 1),
+        ("bf16", 70, 33),
+        ("f32", 130, 65),
+        ("f32", 64, 32),
     ];
     for &(format, k, n) in shapes {
         let o = make(format, k, n, (k * n) as u64);
@@ -284,13 +300,7 @@ fn wint2_strategy() -> impl Strategy<Value = Packed> {
         // Bit patterns: mostly moderate parameters, sometimes arbitrary (huge, NaN, inf).
         let f32s = prop::collection::vec(prop_oneof![3 => (-1e4f32..1e4).prop_map(f32::to_bits), 1 => any::<u32>()], n);
         let bf16s = prop::collection::vec(prop_oneof![3 => (-1e3f32..1e3).prop_map(|v| bf16::from_f32(v).to_bits()), 1 => any::<u16>()], n);
-        (
-            prop::collection::vec(any::<u8>(), k / 4 * n),
-            prop::collection::vec(any::<u8>(), k / 128 * n),
-            bf16s,
-            f32s.clone(),
-            f32s,
-        )
+        (prop::collection::vec(any::<u8>(), k / 4 * n), prop::collection::vec(any::<u8>(), k / 128 * n), bf16s, f32s.clone(), f32s)
             .prop_map(move |(qw, ws, sup, cs, zp)| wint2_from_bits(k, n, qw, ws, sup, cs, zp))
     })
 }
@@ -299,10 +309,7 @@ fn per_channel_strategy() -> impl Strategy<Value = Packed> {
     (any::<bool>(), 1usize..=3, 1usize..=18).prop_flat_map(|(int8, kt, nq)| {
         let (k, n) = (64 * kt, 4 * nq);
         let len = if int8 { k * n } else { k * n / 2 };
-        (
-            prop::collection::vec(any::<u8>(), len),
-            prop::collection::vec((-1e20f32..1e20).prop_map(|v| bf16::from_f32(v).to_bits()), n),
-        )
+        (prop::collection::vec(any::<u8>(), len), prop::collection::vec((-1e20f32..1e20).prop_map(|v| bf16::from_f32(v).to_bits()), n))
             .prop_map(move |(bytes, scales)| Packed {
                 kind: if int8 { SchemeKind::Wint8 } else { SchemeKind::Wint4 },
                 k,

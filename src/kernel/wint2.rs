@@ -227,7 +227,17 @@ impl<'a> Wint2View<'a> {
         // Invariants: full block (`n0 + 32 <= n`), `k % 128 == 0` (checked shape), the
         // components have their checked sizes.
         let lookup_ok = (0..BLOCK_N).all(|c| wint2_lookup_ok(code_scale[c], code_c[c]));
-        Some(Wint2Block { quant_weight: self.quant_weight, weight_scale: self.weight_scale, k: self.k, n: self.n, n0, code_scale, code_c, super_scale, lookup_ok })
+        Some(Wint2Block {
+            quant_weight: self.quant_weight,
+            weight_scale: self.weight_scale,
+            k: self.k,
+            n: self.n,
+            n0,
+            code_scale,
+            code_c,
+            super_scale,
+            lookup_ok,
+        })
     }
 }
 

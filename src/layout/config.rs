@@ -99,12 +99,8 @@ impl MoeConfig {
             return false;
         }
         match &self.rule {
-            MoeLayerRule::Ernie { start, end, interval } => {
-                i >= *start && i <= end.unwrap_or(num_layers - 1) && (i + 1) % interval == 0
-            }
-            MoeLayerRule::Qwen { step, mlp_only_layers } => {
-                !mlp_only_layers.contains(&i) && (i + 1) % step == 0
-            }
+            MoeLayerRule::Ernie { start, end, interval } => i >= *start && i <= end.unwrap_or(num_layers - 1) && (i + 1) % interval == 0,
+            MoeLayerRule::Qwen { step, mlp_only_layers } => !mlp_only_layers.contains(&i) && (i + 1) % step == 0,
             MoeLayerRule::DeepSeek { first_dense, freq } => i >= *first_dense && i % freq == 0,
             MoeLayerRule::All => true,
         }
@@ -154,9 +150,7 @@ impl Keys<'_> {
     }
 
     fn string(&self, key: &str) -> Result<Option<String>> {
-        self.get(key)
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.error(key, "a string")))
-            .transpose()
+        self.get(key).map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.error(key, "a string"))).transpose()
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>> {
@@ -164,9 +158,7 @@ impl Keys<'_> {
     }
 
     fn usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key)
-            .map(|v| as_usize(v).ok_or_else(|| self.error(key, "a non-negative integer")))
-            .transpose()
+        self.get(key).map(|v| as_usize(v).ok_or_else(|| self.error(key, "a non-negative integer"))).transpose()
     }
 
     /// An integer or a list of integers (ERNIE-VL's per-modality keys).
@@ -216,11 +208,8 @@ impl Keys<'_> {
     fn rule(&self) -> Result<MoeLayerRule> {
         if let Some(starts) = self.index_list("moe_layer_start_index")? {
             let start = starts.iter().copied().min().unwrap_or(0).max(0) as usize;
-            let end = self
-                .index_list("moe_layer_end_index")?
-                .and_then(|ends| ends.into_iter().max())
-                .filter(|&e| e >= 0)
-                .map(|e| e as usize);
+            let end =
+                self.index_list("moe_layer_end_index")?.and_then(|ends| ends.into_iter().max()).filter(|&e| e >= 0).map(|e| e as usize);
             let interval = self.usize("moe_layer_interval")?.unwrap_or(1).max(1);
             return Ok(MoeLayerRule::Ernie { start, end, interval });
         }
@@ -281,7 +270,8 @@ mod tests {
 
     #[test]
     fn ernie_interval_and_missing_end() {
-        let cfg = parse(json!({"moe_num_experts": 8, "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 2})).unwrap();
+        let cfg =
+            parse(json!({"moe_num_experts": 8, "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 2})).unwrap();
         let moe = cfg.moe.unwrap();
         let layers: Vec<usize> = (0..8).filter(|&i| moe.is_moe_layer(i, 8)).collect();
         assert_eq!(layers, vec![1, 3, 5, 7]);

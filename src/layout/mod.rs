@@ -242,10 +242,7 @@ impl ModelLayout {
 
     /// Classifies one tensor by its name.
     pub fn classify(&self, name: &str) -> TensorRole {
-        let body = name
-            .strip_prefix("model.")
-            .or_else(|| name.strip_prefix("ernie."))
-            .unwrap_or(name);
+        let body = name.strip_prefix("model.").or_else(|| name.strip_prefix("ernie.")).unwrap_or(name);
         if body.starts_with("mtp_") || body.starts_with("mtp.") {
             let module = strip_param(body);
             let part = module.rsplit('.').next().and_then(projection_part);
@@ -317,9 +314,7 @@ fn classify_module(module: &str) -> TensorRole {
             class.expert = e.parse().ok();
             class
         }
-        [block, "shared_experts" | "shared_expert", ..] if is_moe_block(block) => {
-            with_part(Role::SharedExpert)
-        }
+        [block, "shared_experts" | "shared_expert", ..] if is_moe_block(block) => with_part(Role::SharedExpert),
         [block, "shared_expert_gate"] if is_moe_block(block) => TensorRole::new(Role::Router),
         [block, "gate"] if is_moe_block(block) => TensorRole::new(Role::Router),
         ["mlp", _] if projection.is_some() => with_part(Role::DenseMlp),

@@ -61,9 +61,8 @@ pub fn parse_tokens(bytes: &[u8], seq_len: Option<usize>, path: &Path) -> Result
             ids.chunks(n).map(<[u32]>::to_vec).collect()
         }
         None => {
-            let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len"))
-            })?;
+            let json: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len")))?;
             let seqs = json.as_array().ok_or_else(|| bad("must be a JSON array of sequences (arrays of token ids)".to_string()))?;
             let mut out = Vec::with_capacity(seqs.len());
             for (s, seq) in seqs.iter().enumerate() {
@@ -107,7 +106,12 @@ pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequence
 
 /// Runs both models on `sequences`, `batch_tokens` tokens at a time (at least one sequence
 /// per batch), and returns the figures.
-pub fn evaluate(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>], batch_tokens: usize) -> Result<EvalReport> {
+pub fn evaluate(
+    original: &dyn WeightSource,
+    quantized: &dyn WeightSource,
+    sequences: &[Vec<u32>],
+    batch_tokens: usize,
+) -> Result<EvalReport> {
     check(original, quantized, sequences)?;
     let vocab = original.config().vocab;
     let mut acc = Accumulator::default();

@@ -102,9 +102,8 @@ impl ForwardConfig {
     /// Reads and checks the config; a missing key is an [`Error::BadInput`] naming it.
     pub fn from_json(json: &Value, file: &std::path::Path) -> Result<ForwardConfig> {
         let cfg = ModelConfig::from_json(json, file)?;
-        let missing = |key: &str| Error::BadInput {
-            problem: format!("{}: config lacks \"{key}\", which the forward pass needs", file.display()),
-        };
+        let missing =
+            |key: &str| Error::BadInput { problem: format!("{}: config lacks \"{key}\", which the forward pass needs", file.display()) };
         let float = |key: &str| json.get(key).and_then(Value::as_f64);
         let Some(moe) = cfg.moe.clone() else {
             return Err(missing("moe_num_experts"));
@@ -117,7 +116,10 @@ impl ForwardConfig {
         let kv_heads = cfg.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
             return Err(Error::BadInput {
-                problem: format!("{}: num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})", file.display()),
+                problem: format!(
+                    "{}: num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})",
+                    file.display()
+                ),
             });
         }
         let head_dim = cfg.head_dim.unwrap_or(hidden / heads);
@@ -633,15 +635,7 @@ fn swiglu(
     observer: &mut dyn Observer,
 ) -> Result<Vec<f32>> {
     let k = x.len() / m.max(1);
-    let rows = |input, rows, k| LinearRows {
-        layer,
-        block,
-        input,
-        rows,
-        k,
-        tokens: routed.map(|r| r.0),
-        gate_weights: routed.map(|r| r.1),
-    };
+    let rows = |input, rows, k| LinearRows { layer, block, input, rows, k, tokens: routed.map(|r| r.0), gate_weights: routed.map(|r| r.1) };
     observer.on_linear_input(&rows(LinearInput::GateUp, x, k));
     let mut gu = mlp.gate_up.forward(x, m)?.into_iter();
     let (gate, up) = (gu.next().unwrap(), gu.next().unwrap());

@@ -122,7 +122,12 @@ impl<S: Store> Source<S> {
             [a, b] if (*a, *b) == (k, n) && (*a, *b) == (n, k) => !self.paddle,
             [a, b] if (*a, *b) == (k, n) => false,
             [a, b] if (*a, *b) == (n, k) => true,
-            s => return Err(Error::BadTensor { tensor: name.to_string(), problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]") }),
+            s => {
+                return Err(Error::BadTensor {
+                    tensor: name.to_string(),
+                    problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]"),
+                })
+            }
         };
         crate::convert::run::logical_matrix(self.ckpt(), &[name.to_string()], k, n, transpose)
     }
@@ -132,11 +137,7 @@ impl<S: Store> Source<S> {
         let parts = if self.store.has_linear(&fused_name) {
             vec![self.store.linear(&fused_name, k, widths.iter().sum())?]
         } else {
-            separate
-                .iter()
-                .zip(&widths)
-                .map(|(s, &w)| self.store.linear(&format!("{module}.{s}"), k, w))
-                .collect::<Result<Vec<_>>>()?
+            separate.iter().zip(&widths).map(|(s, &w)| self.store.linear(&format!("{module}.{s}"), k, w)).collect::<Result<Vec<_>>>()?
         };
         Projections::new(&fused_name, parts, widths, k)
     }
@@ -185,9 +186,8 @@ impl<S: Store> WeightSource for Source<S> {
                 Ok(_) => self.vector(&bias_name, c.experts)?,
                 Err(_) => vec![0.0; c.experts],
             };
-            let experts = (0..c.experts)
-                .map(|e| self.swiglu(&format!("{base}.mlp.experts.{e}"), c.moe_intermediate))
-                .collect::<Result<Vec<_>>>()?;
+            let experts =
+                (0..c.experts).map(|e| self.swiglu(&format!("{base}.mlp.experts.{e}"), c.moe_intermediate)).collect::<Result<Vec<_>>>()?;
             let shared = match c.shared_experts {
                 0 => None,
                 n => Some(self.swiglu(&format!("{base}.mlp.shared_experts"), c.moe_intermediate * n)?),
@@ -269,12 +269,14 @@ impl Store for QuantStore<'_> {
     }
 
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
-        let t = self.find(module).ok_or_else(|| Error::TensorNotFound {
-            checkpoint: self.q.checkpoint().path().to_path_buf(),
-            tensor: module.to_string(),
-        })?;
+        let t = self
+            .find(module)
+            .ok_or_else(|| Error::TensorNotFound { checkpoint: self.q.checkpoint().path().to_path_buf(), tensor: module.to_string() })?;
         if (t.k, t.n) != (k, n) {
-            return Err(Error::BadTensor { tensor: t.name.clone(), problem: format!("logical shape [{}, {}] is not [{k}, {n}]", t.k, t.n) });
+            return Err(Error::BadTensor {
+                tensor: t.name.clone(),
+                problem: format!("logical shape [{}, {}] is not [{k}, {n}]", t.k, t.n),
+            });
         }
         let weights = self.q.weights(t)?;
         self.q.release(t);

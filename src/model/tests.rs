@@ -70,12 +70,7 @@ fn golden() -> Golden {
         routing: seqs
             .iter()
             .map(|s| {
-                s["routing"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| (parse(&r["layer"]), parse(&r["experts"]), parse(&r["weights"])))
-                    .collect()
+                s["routing"].as_array().unwrap().iter().map(|r| (parse(&r["layer"]), parse(&r["experts"]), parse(&r["weights"]))).collect()
             })
             .collect(),
     }
@@ -214,7 +209,8 @@ fn bad_input_is_named_before_work() {
     assert_eq!(err(&[vec![0; 4097]]), "sequence 0 has 4097 tokens, more than max_position_embeddings (4096)");
     assert!(evaluate(&source, &source, &[vec![3]], 16).unwrap_err().to_string().contains("nothing to predict"));
 
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("ernie45-tiny-pt/config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("ernie45-tiny-pt/config.json")).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("moe_k");
     let e = ForwardConfig::from_json(&cfg, Path::new("config.json")).unwrap_err().to_string();
     assert_eq!(e, "config.json: config lacks \"moe_k\", which the forward pass needs");

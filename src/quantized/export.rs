@@ -156,11 +156,8 @@ fn pieces_of(q: &QuantizedCheckpoint, index: usize, t: &QuantizedTensor) -> Resu
     let mut pieces = Vec::new();
     let mut offset = 0;
     for s in sources {
-        let stored_as_source = t.scheme.is_none()
-            && sources.len() == 1
-            && t.dtype == Some(s.dtype)
-            && t.shape == s.shape
-            && t.transposed == t.stored_nk;
+        let stored_as_source =
+            t.scheme.is_none() && sources.len() == 1 && t.dtype == Some(s.dtype) && t.shape == s.shape && t.transposed == t.stored_nk;
         let dtype = match s.dtype {
             Dtype::F32 | Dtype::F16 | Dtype::BF16 => s.dtype,
             _ if stored_as_source => s.dtype,

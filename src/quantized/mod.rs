@@ -216,10 +216,10 @@ impl QuantizedCheckpoint {
 
     /// The tensor called `name` (for a packed tensor, the prefix of its components).
     pub fn get(&self, name: &str) -> Result<&QuantizedTensor> {
-        self.by_name.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::TensorNotFound {
-            checkpoint: self.ckpt.path().to_path_buf(),
-            tensor: name.to_string(),
-        })
+        self.by_name
+            .get(name)
+            .map(|&i| &self.tensors[i])
+            .ok_or_else(|| Error::TensorNotFound { checkpoint: self.ckpt.path().to_path_buf(), tensor: name.to_string() })
     }
 
     /// Reads a packed tensor's components, checked against its scheme. An unquantized
@@ -238,9 +238,7 @@ impl QuantizedCheckpoint {
         }
         let packed = Packed { kind, k: t.k, n: t.n, components };
         for (name, dtype, shape) in &layout {
-            packed
-                .expect_component(name, *dtype, shape)
-                .map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+            packed.expect_component(name, *dtype, shape).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
         }
         Ok(packed)
     }
@@ -477,9 +475,7 @@ fn fastdeploy_tensors(ckpt: &Checkpoint) -> Result<Vec<QuantizedTensor>> {
         };
         if let Some(expected) = quant_config.and_then(|q| expected_scheme(q, &model.classify(&format!("{prefix}.weight")))) {
             if expected != kind {
-                return Err(bad(format!(
-                    "its components are {kind}, but config.json's quantization_config makes it {expected}"
-                )));
+                return Err(bad(format!("its components are {kind}, but config.json's quantization_config makes it {expected}")));
             }
         }
         found.push(Found { name: prefix.to_string(), kind, k, n, transposed: false });
@@ -542,9 +538,7 @@ fn native_tensors(ckpt: &Checkpoint, guess_orientation: bool) -> Result<Vec<Quan
     };
     let model = ModelLayout::detect(model, ckpt.tensors().iter().map(|t| t.name.as_str()));
     let nk = |name: &str, rank: usize| {
-        guess_orientation
-            && model.naming == Naming::Pytorch
-            && crate::convert::plan::is_linear(name, &model.classify(name), rank)
+        guess_orientation && model.naming == Naming::Pytorch && crate::convert::plan::is_linear(name, &model.classify(name), rank)
     };
     assemble(ckpt, found, &nk)
 }
@@ -569,7 +563,10 @@ fn parse_native_metadata(file: &Path, name: &str, text: &str) -> Result<Found> {
     let expected: Vec<&str> = scheme_impl.component_layout(k, n).into_iter().map(|(c, _, _)| c).collect();
     let listed: Option<Vec<&str>> = v.get("components").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
     if listed.as_deref() != Some(expected.as_slice()) {
-        return Err(bad(format!("\"components\" must list {expected:?} for {kind}, found {}", v.get("components").unwrap_or(&Value::Null))));
+        return Err(bad(format!(
+            "\"components\" must list {expected:?} for {kind}, found {}",
+            v.get("components").unwrap_or(&Value::Null)
+        )));
     }
     Ok(Found { name: name.to_string(), kind, k, n, transposed })
 }
@@ -584,9 +581,8 @@ fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path
         return Err(bad(format!("lists tensor '{}', which the checkpoint does not hold", missing.name)));
     }
     for t in tensors.iter_mut() {
-        let r = records
-            .get(t.name.as_str())
-            .ok_or_else(|| bad(format!("does not list tensor '{}', which the checkpoint holds", t.name)))?;
+        let r =
+            records.get(t.name.as_str()).ok_or_else(|| bad(format!("does not list tensor '{}', which the checkpoint holds", t.name)))?;
         let scheme = r.scheme.as_deref().and_then(SchemeKind::from_name);
         if scheme != t.scheme || (t.scheme.is_some() && (r.k, r.n) != (t.k, t.n)) {
             return Err(bad(format!(
@@ -622,10 +618,7 @@ fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path
                 _ => (t.shape.iter().product(), 1),
             };
             if (k, n) != (r.k, r.n) {
-                return Err(bad(format!(
-                    "records '{}' as [{}, {}], but the checkpoint stores {:?}",
-                    t.name, r.k, r.n, t.shape
-                )));
+                return Err(bad(format!("records '{}' as [{}, {}], but the checkpoint stores {:?}", t.name, r.k, r.n, t.shape)));
             }
             t.stored_nk = nk;
             t.k = k;

@@ -208,12 +208,5 @@ fn tensor_record(ckpt: &Checkpoint, t: &PlannedTensor) -> ProvenanceTensor {
             ProvenanceSourceTensor { name: s.clone(), width, dtype: dtype.name().to_string(), shape }
         })
         .collect();
-    ProvenanceTensor {
-        name,
-        scheme: t.choice.map(|k| k.name().to_string()),
-        k: t.k,
-        n: t.n,
-        transposed: t.transpose,
-        sources,
-    }
+    ProvenanceTensor { name, scheme: t.choice.map(|k| k.name().to_string()), k: t.k, n: t.n, transposed: t.transpose, sources }
 }

@@ -135,10 +135,12 @@ impl Hessian {
         let base: Vec<f64> = if empty {
             (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
         } else {
-            (0..k * k).map(|i| {
-                let (r, c) = (i / k, i % k);
-                xtx[r.min(c) * k + r.max(c)] as f64
-            }).collect()
+            (0..k * k)
+                .map(|i| {
+                    let (r, c) = (i / k, i % k);
+                    xtx[r.min(c) * k + r.max(c)] as f64
+                })
+                .collect()
         };
         let scale = if empty { 1.0 } else { mean_diag };
         // At least a tiny damping, so that an all-zero channel never gives a zero pivot.
@@ -191,10 +193,20 @@ impl Hessian {
         // given, and `he` is not aliased.
         unsafe {
             matrixmultiply::sgemm(
-                k, k, n, 1.0,
-                self.h.as_ptr(), k as isize, 1,
-                e.as_ptr(), n as isize, 1,
-                0.0, he.as_mut_ptr(), n as isize, 1,
+                k,
+                k,
+                n,
+                1.0,
+                self.h.as_ptr(),
+                k as isize,
+                1,
+                e.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                he.as_mut_ptr(),
+                n as isize,
+                1,
             );
         }
         let mut out = vec![0.0f64; n];

@@ -99,33 +99,19 @@ impl Packed {
 
     /// The component called `name`, checked to have the given dtype and shape and a byte
     /// length that matches them.
-    pub fn expect_component(
-        &self,
-        name: &'static str,
-        dtype: Dtype,
-        shape: &[usize],
-    ) -> Result<&Component, SchemeError> {
-        let c = self
-            .component(name)
-            .ok_or(SchemeError::MissingComponent { name })?;
+    pub fn expect_component(&self, name: &'static str, dtype: Dtype, shape: &[usize]) -> Result<&Component, SchemeError> {
+        let c = self.component(name).ok_or(SchemeError::MissingComponent { name })?;
         if c.dtype != dtype {
             return Err(SchemeError::ComponentDtype { name, expected: dtype, found: c.dtype });
         }
         if c.shape != shape {
-            return Err(SchemeError::ComponentShape {
-                name,
-                expected: shape.to_vec(),
-                found: c.shape.clone(),
-            });
+            return Err(SchemeError::ComponentShape { name, expected: shape.to_vec(), found: c.shape.clone() });
         }
-        let expected = shape
-            .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or(SchemeError::ComponentShape {
-                name,
-                expected: shape.to_vec(),
-                found: c.shape.clone(),
-            })?;
+        let expected = shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).ok_or(SchemeError::ComponentShape {
+            name,
+            expected: shape.to_vec(),
+            found: c.shape.clone(),
+        })?;
         if c.bytes.len() != expected {
             return Err(SchemeError::ComponentLength { name, expected, found: c.bytes.len() });
         }
@@ -329,11 +315,7 @@ pub(crate) fn check_encode_input(w: &[f32], k: usize, n: usize, importance: Impo
 
 /// Reads little-endian bf16 values of a component as f32, rejecting NaN and infinities.
 pub(crate) fn finite_bf16s(c: &Component) -> Result<Vec<f32>, SchemeError> {
-    let values: Vec<f32> = c
-        .bytes
-        .chunks_exact(2)
-        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect();
+    let values: Vec<f32> = c.bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
     check_finite(c.name, values)
 }
 

@@ -247,13 +247,7 @@ fn col_absmax(col: &[f32]) -> f32 {
 }
 
 /// The scale of one column under `rule` (`floor` is used by [`ScaleRule::Search`] only).
-pub fn column_scale(
-    col: &[f32],
-    h: Option<&[f32]>,
-    qmax: i32,
-    rule: ScaleRule,
-    floor: f32,
-) -> bf16 {
+pub fn column_scale(col: &[f32], h: Option<&[f32]>, qmax: i32, rule: ScaleRule, floor: f32) -> bf16 {
     match rule {
         ScaleRule::Absmax => absmax_scale(col_absmax(col), qmax),
         ScaleRule::Search => search_scale(col, h, qmax, floor),
@@ -262,15 +256,7 @@ pub fn column_scale(
 
 /// Quantizes a validated row-major `[k, n]` matrix: the codes `q` (row-major `[k, n]`, each
 /// in `-qmax..=qmax`) and one bf16 scale per column.
-pub fn quantize_matrix(
-    w: &[f32],
-    k: usize,
-    n: usize,
-    h: Option<&[f32]>,
-    qmax: i32,
-    rule: ScaleRule,
-    floor: f32,
-) -> (Vec<i8>, Vec<bf16>) {
+pub fn quantize_matrix(w: &[f32], k: usize, n: usize, h: Option<&[f32]>, qmax: i32, rule: ScaleRule, floor: f32) -> (Vec<i8>, Vec<bf16>) {
     let scales: Vec<bf16> = (0..n)
         .into_par_iter()
         .map(|c| {
@@ -335,40 +321,23 @@ pub(crate) fn check_shape<L: Layout>(k: usize, n: usize) -> Result<(), SchemeErr
 /// The two components of a `[k, n]` matrix: `quant_weight` (`I8`) and `weight_scale`
 /// (`BF16`, `[N]`).
 pub(crate) fn component_layout<L: Layout>(k: usize, n: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
-    vec![
-        (COMPONENTS[0], Dtype::I8, quant_weight_shape::<L>(k, n).to_vec()),
-        (COMPONENTS[1], Dtype::BF16, vec![n]),
-    ]
+    vec![(COMPONENTS[0], Dtype::I8, quant_weight_shape::<L>(k, n).to_vec()), (COMPONENTS[1], Dtype::BF16, vec![n])]
 }
 
 /// Encodes `w` into `quant_weight` (`I8`) and `weight_scale` (`BF16`, `[N]`). With a Hessian the
 /// scales are chosen first, under its damped diagonal, and the codes then by scalar GPTQ
 /// ([`quantize_matrix_with_feedback`]).
-pub(crate) fn encode<L: Layout>(
-    rule: ScaleRule,
-    w: &[f32],
-    k: usize,
-    n: usize,
-    importance: Importance<'_>,
-) -> Result<Packed, SchemeError> {
+pub(crate) fn encode<L: Layout>(rule: ScaleRule, w: &[f32], k: usize, n: usize, importance: Importance<'_>) -> Result<Packed, SchemeError> {
     check_shape::<L>(k, n)?;
     check_encode_input(w, k, n, importance)?;
     let (q, scales) = match importance {
         Importance::Hessian(h) => quantize_matrix_with_feedback(w, k, n, h, L::QMAX, rule, L::SEARCH_FLOOR),
         other => quantize_matrix(w, k, n, other.diagonal(), L::QMAX, rule, L::SEARCH_FLOOR),
     };
-    let quant_weight = Component {
-        name: COMPONENTS[0],
-        dtype: Dtype::I8,
-        shape: quant_weight_shape::<L>(k, n).to_vec(),
-        bytes: L::interleave(&q, k, n),
-    };
-    let weight_scale = Component {
-        name: COMPONENTS[1],
-        dtype: Dtype::BF16,
-        shape: vec![n],
-        bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
-    };
+    let quant_weight =
+        Component { name: COMPONENTS[0], dtype: Dtype::I8, shape: quant_weight_shape::<L>(k, n).to_vec(), bytes: L::interleave(&q, k, n) };
+    let weight_scale =
+        Component { name: COMPONENTS[1], dtype: Dtype::BF16, shape: vec![n], bytes: scales.iter().flat_map(|s| s.to_le_bytes()).collect() };
     Ok(Packed { kind: L::KIND, k, n, components: vec![quant_weight, weight_scale] })
 }
 
@@ -540,10 +509,7 @@ pub(crate) mod paddle_reference {
         for col in 0..n {
             for wr in 0..words_per_col {
                 let tile_start = wr - wr % words_per_tile;
-                let dst_word = (col / il) * words_per_col * il
-                    + il * tile_start
-                    + words_per_tile * (col % il)
-                    + wr % words_per_tile;
+                let dst_word = (col / il) * words_per_col * il + il * tile_start + words_per_tile * (col % il) + wr % words_per_tile;
                 let src = (col * words_per_col + wr) * per_word;
                 let dst = dst_word * per_word;
                 interleaved[dst..dst + per_word].copy_from_slice(&transposed[src..src + per_word]);
@@ -554,16 +520,11 @@ pub(crate) mod paddle_reference {
         //    bytes 1 and 2 of every 4; int4 puts source code 2d (d < 4) or 2(d - 4) + 1
         //    (d >= 4) in nibble d.
         let bias = 1i16 << (bits - 1);
-        let biased: Vec<u8> =
-            interleaved.iter().map(|&c| ((c as i16 + bias) as u8) & mask).collect();
+        let biased: Vec<u8> = interleaved.iter().map(|&c| ((c as i16 + bias) as u8) & mask).collect();
         let mut codes = biased.clone();
         for (reg, out) in biased.chunks(per_word).zip(codes.chunks_mut(per_word)) {
             for (d, o) in out.iter_mut().enumerate() {
-                *o = if bits == 8 {
-                    reg[[0, 2, 1, 3][d]]
-                } else {
-                    reg[if d < 4 { 2 * d } else { 2 * (d - 4) + 1 }]
-                };
+                *o = if bits == 8 { reg[[0, 2, 1, 3][d]] } else { reg[if d < 4 { 2 * d } else { 2 * (d - 4) + 1 }] };
             }
         }
 
@@ -625,9 +586,7 @@ pub(crate) mod test_support {
         let bound = L::QMAX as f32;
         for (k, n, seed) in [(64, 8, 1u64), (128, 16, 2), (192, 24, 3), (256, 64, 4)] {
             let mut rng = Rng::new(seed);
-            let w: Vec<f32> = (0..k * n)
-                .map(|i| bf16::from_f32(rng.normal() as f32 * (1 + i % 5) as f32).to_f32())
-                .collect();
+            let w: Vec<f32> = (0..k * n).map(|i| bf16::from_f32(rng.normal() as f32 * (1 + i % 5) as f32).to_f32()).collect();
             let scales: Vec<bf16> = (0..n)
                 .map(|c| {
                     let mut max = w[c];
@@ -659,8 +618,7 @@ pub(crate) mod test_support {
             q[(c * 7 % k) * n + c] = if c % 2 == 0 { L::QMAX as i8 } else { -L::QMAX as i8 };
         }
         // Column c has scale 2^(c % 7 - 3).
-        let w: Vec<f32> =
-            (0..k * n).map(|i| f32::from(q[i]) * 2f32.powi((i % n % 7) as i32 - 3)).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| f32::from(q[i]) * 2f32.powi((i % n % 7) as i32 - 3)).collect();
         let p = scheme.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap();
         assert_eq!(scheme.decode(&p).unwrap(), w);
     }
@@ -697,11 +655,7 @@ pub(crate) mod test_support {
 
     /// Shape, length, finiteness and importance errors. `bad_n` has a bad column count,
     /// `bad_k` a bad row count.
-    pub(crate) fn assert_bad_inputs<L: Layout>(
-        scheme: &dyn Scheme,
-        bad_n: (usize, usize),
-        bad_k: (usize, usize),
-    ) {
+    pub(crate) fn assert_bad_inputs<L: Layout>(scheme: &dyn Scheme, bad_n: (usize, usize), bad_k: (usize, usize)) {
         let bad_shape = |k: usize, n: usize| {
             let w = vec![0f32; k * n];
             assert!(
@@ -758,10 +712,7 @@ pub(crate) mod test_support {
             scheme.decode(&p)
         };
         let other = crate::scheme::SchemeKind::ALL.into_iter().find(|&x| x != L::KIND).unwrap();
-        assert_eq!(
-            edit(&|p| p.kind = other),
-            Err(SchemeError::WrongKind { expected: L::KIND, found: other })
-        );
+        assert_eq!(edit(&|p| p.kind = other), Err(SchemeError::WrongKind { expected: L::KIND, found: other }));
         assert!(matches!(edit(&|p| p.k = 96), Err(SchemeError::BadShape { .. })));
         assert!(matches!(edit(&|p| p.n = n + 1), Err(SchemeError::BadShape { .. })));
         assert_eq!(
@@ -772,52 +723,28 @@ pub(crate) mod test_support {
         );
         assert_eq!(
             edit(&|p| p.components[0].dtype = Dtype::U8),
-            Err(SchemeError::ComponentDtype {
-                name: "quant_weight",
-                expected: Dtype::I8,
-                found: Dtype::U8
-            })
+            Err(SchemeError::ComponentDtype { name: "quant_weight", expected: Dtype::I8, found: Dtype::U8 })
         );
         assert_eq!(
             edit(&|p| p.components[1].dtype = Dtype::F32),
-            Err(SchemeError::ComponentDtype {
-                name: "weight_scale",
-                expected: Dtype::BF16,
-                found: Dtype::F32
-            })
+            Err(SchemeError::ComponentDtype { name: "weight_scale", expected: Dtype::BF16, found: Dtype::F32 })
         );
         assert_eq!(
             edit(&|p| p.components[0].shape = vec![k, n * L::BITS / 8]),
-            Err(SchemeError::ComponentShape {
-                name: "quant_weight",
-                expected: qw_shape.clone(),
-                found: vec![k, n * L::BITS / 8]
-            })
+            Err(SchemeError::ComponentShape { name: "quant_weight", expected: qw_shape.clone(), found: vec![k, n * L::BITS / 8] })
         );
         assert_eq!(
             edit(&|p| p.components[0].bytes.pop().map(drop).unwrap_or(())),
-            Err(SchemeError::ComponentLength {
-                name: "quant_weight",
-                expected: k * n * L::BITS / 8,
-                found: k * n * L::BITS / 8 - 1
-            })
+            Err(SchemeError::ComponentLength { name: "quant_weight", expected: k * n * L::BITS / 8, found: k * n * L::BITS / 8 - 1 })
         );
         assert_eq!(
             edit(&|p| p.components[1].bytes.push(0)),
-            Err(SchemeError::ComponentLength {
-                name: "weight_scale",
-                expected: 2 * n,
-                found: 2 * n + 1
-            })
+            Err(SchemeError::ComponentLength { name: "weight_scale", expected: 2 * n, found: 2 * n + 1 })
         );
         for (bits, value) in [(0x7FC0u16, f32::NAN), (0x7F80, f32::INFINITY)] {
             let r = edit(&|p| p.components[1].bytes[2..4].copy_from_slice(&bits.to_le_bytes()));
             match r {
-                Err(SchemeError::NonFiniteParameter {
-                    name: "weight_scale",
-                    index: 1,
-                    value: v,
-                }) => {
+                Err(SchemeError::NonFiniteParameter { name: "weight_scale", index: 1, value: v }) => {
                     assert!(v.is_nan() == value.is_nan() && (v.is_nan() || v == value));
                 }
                 other => panic!("expected NonFiniteParameter, got {other:?}"),
@@ -830,17 +757,12 @@ pub(crate) mod test_support {
     pub(crate) fn matrix(n_multiple: usize) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
         (1usize..=4, 1usize..=6).prop_flat_map(move |(kt, nm)| {
             let (k, n) = (64 * kt, n_multiple * nm);
-            (
-                Just(k),
-                Just(n),
-                prop::collection::vec(-1.0f32..1.0, k * n),
-                prop::collection::vec(-30i32..=30, n),
-            )
-                .prop_map(|(k, n, w, mags)| {
-                    let w =
-                        w.iter().enumerate().map(|(i, v)| v * 10f32.powi(mags[i % n])).collect();
+            (Just(k), Just(n), prop::collection::vec(-1.0f32..1.0, k * n), prop::collection::vec(-30i32..=30, n)).prop_map(
+                |(k, n, w, mags)| {
+                    let w = w.iter().enumerate().map(|(i, v)| v * 10f32.powi(mags[i % n])).collect();
                     (k, n, w)
-                })
+                },
+            )
         })
     }
 
@@ -860,51 +782,29 @@ pub(crate) mod test_support {
     ) -> Result<(), TestCaseError> {
         let p = scheme.encode(w, k, n, crate::scheme::Importance::Uniform).unwrap();
         let d = scheme.decode(&p).unwrap();
-        let scales: Vec<f32> = p.components[1]
-            .bytes
-            .chunks(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
+        let scales: Vec<f32> = p.components[1].bytes.chunks(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
         let searched = rule == ScaleRule::Search;
         for i in 0..k * n {
             let s = scales[i % n];
             let e = (w[i] - d[i]).abs();
-            let clamped = d[i].abs() == L::QMAX as f32 * s
-                && d[i].signum() == w[i].signum()
-                && w[i].abs() >= d[i].abs();
-            prop_assert!(
-                e <= s * (0.5 + 2f32.powi(-16)) || (searched && clamped),
-                "element {i}: w {} decoded {} scale {s}",
-                w[i],
-                d[i]
-            );
+            let clamped = d[i].abs() == L::QMAX as f32 * s && d[i].signum() == w[i].signum() && w[i].abs() >= d[i].abs();
+            prop_assert!(e <= s * (0.5 + 2f32.powi(-16)) || (searched && clamped), "element {i}: w {} decoded {} scale {s}", w[i], d[i]);
         }
         for c in 0..n {
             let col: Vec<f32> = (0..k).map(|r| w[r * n + c]).collect();
             let absmax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
             let a = super::absmax_scale(absmax, L::QMAX).to_f32();
-            prop_assert!(
-                column_error(&col, None, scales[c], L::QMAX)
-                    <= column_error(&col, None, a, L::QMAX)
-            );
+            prop_assert!(column_error(&col, None, scales[c], L::QMAX) <= column_error(&col, None, a, L::QMAX));
         }
         Ok(())
     }
 
     /// Random `quant_weight` bytes and bf16 scale bit patterns (NaN and infinities included)
     /// for a valid shape.
-    pub(crate) fn arbitrary_components(
-        n_multiple: usize,
-        bits: usize,
-    ) -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<u16>)> {
+    pub(crate) fn arbitrary_components(n_multiple: usize, bits: usize) -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<u16>)> {
         (1usize..=3, 1usize..=4).prop_flat_map(move |(kt, nm)| {
             let (k, n) = (64 * kt, n_multiple * nm);
-            (
-                Just(k),
-                Just(n),
-                prop::collection::vec(any::<u8>(), k * n * bits / 8),
-                prop::collection::vec(any::<u16>(), n),
-            )
+            (Just(k), Just(n), prop::collection::vec(any::<u8>(), k * n * bits / 8), prop::collection::vec(any::<u16>(), n))
         })
     }
 
@@ -924,12 +824,7 @@ pub(crate) mod test_support {
             k,
             n,
             components: vec![
-                crate::scheme::Component {
-                    name: "quant_weight",
-                    dtype: Dtype::I8,
-                    shape: vec![n * L::BITS / 8, k],
-                    bytes,
-                },
+                crate::scheme::Component { name: "quant_weight", dtype: Dtype::I8, shape: vec![n * L::BITS / 8, k], bytes },
                 crate::scheme::Component {
                     name: "weight_scale",
                     dtype: Dtype::BF16,
@@ -960,8 +855,7 @@ mod tests {
 
     #[test]
     fn rounding_is_half_away_from_zero() {
-        for (x, r) in [(0.5, 1.0), (-0.5, -1.0), (1.5, 2.0), (2.5, 3.0), (-2.5, -3.0), (0.49, 0.0)]
-        {
+        for (x, r) in [(0.5, 1.0), (-0.5, -1.0), (1.5, 2.0), (2.5, 3.0), (-2.5, -3.0), (0.49, 0.0)] {
             assert_eq!(round_half_away_from_zero(x), r, "{x}");
         }
     }
@@ -985,11 +879,7 @@ mod tests {
         // Exact halves, their neighbours, the clamp edges and huge quotients.
         for i in -300..=300 {
             let half = i as f32 * 0.5;
-            ws.extend([
-                half,
-                f32::from_bits(half.to_bits() + 1),
-                f32::from_bits(half.to_bits().saturating_sub(1)),
-            ]);
+            ws.extend([half, f32::from_bits(half.to_bits() + 1), f32::from_bits(half.to_bits().saturating_sub(1))]);
         }
         ws.extend([0.0, -0.0, 1.0e30, -1.0e30, f32::MAX, f32::MIN, 1.0e-40]);
         for qmax in [127, 7] {
@@ -1024,10 +914,7 @@ mod tests {
                     let floor = 0.5;
                     let s = search_scale(&col, imp, qmax, floor);
                     assert_eq!(s, search_scale(&col, imp, qmax, floor));
-                    assert!(
-                        column_error(&col, imp, s.to_f32(), qmax)
-                            <= column_error(&col, imp, a, qmax)
-                    );
+                    assert!(column_error(&col, imp, s.to_f32(), qmax) <= column_error(&col, imp, a, qmax));
                     let ratio = s.to_f32() / a;
                     assert!((floor - 0.01..=1.01).contains(&ratio), "ratio {ratio}");
                 }

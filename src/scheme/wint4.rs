@@ -77,8 +77,7 @@ impl Layout for Wint4 {
     // against 1.29e-2 here); 0.25 changed NMSE by under 0.02%.
     const SEARCH_FLOOR: f32 = 0.40;
     const N_MULTIPLE: usize = 4;
-    const REQUIREMENT: &'static str =
-        "k must be a positive multiple of 64 and n a positive multiple of 4";
+    const REQUIREMENT: &'static str = "k must be a positive multiple of 64 and n a positive multiple of 4";
 
     fn code_address(k: usize, row: usize, col: usize) -> usize {
         nibble_address(k, row, col)
@@ -206,19 +205,13 @@ mod tests {
     fn layout_matches_paddle_pipeline() {
         for (k, n) in [(64, 8), (128, 16), (192, 24), (256, 64), (64, 136)] {
             let q = test_support::random_codes(k, n, 7, (k * n) as u64);
-            assert_eq!(
-                Wint4::interleave(&q, k, n),
-                paddle_reference::quant_weight(&q, k, n, 4),
-                "[{k}, {n}]"
-            );
+            assert_eq!(Wint4::interleave(&q, k, n), paddle_reference::quant_weight(&q, k, n, 4), "[{k}, {n}]");
         }
     }
 
     #[test]
     fn absmax_bytes_match_paddle() {
-        test_support::assert_absmax_matches_paddle::<Wint4>(&Wint4 {
-            scale_rule: ScaleRule::Absmax,
-        });
+        test_support::assert_absmax_matches_paddle::<Wint4>(&Wint4 { scale_rule: ScaleRule::Absmax });
     }
 
     #[test]

@@ -12,8 +12,16 @@ pub fn html(report: &VerifyReport) -> String {
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ccq verify</title>\n<style>");
     out.push_str("body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}");
     out.push_str("td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}");
-    out.push_str(".fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}svg text{font:11px sans-serif}</style></head><body>\n");
-    let _ = writeln!(out, "<h1>ccq verify</h1><p>original <code>{}</code><br>quantized <code>{}</code><br>{}</p>", escape(&report.original), escape(&report.quantized), escape(&report.probe));
+    out.push_str(
+        ".fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}svg text{font:11px sans-serif}</style></head><body>\n",
+    );
+    let _ = writeln!(
+        out,
+        "<h1>ccq verify</h1><p>original <code>{}</code><br>quantized <code>{}</code><br>{}</p>",
+        escape(&report.original),
+        escape(&report.quantized),
+        escape(&report.probe)
+    );
     if report.passed {
         out.push_str("<p class=\"pass\">all thresholds met</p>\n");
     } else {
@@ -85,7 +93,14 @@ fn heatmap(tensors: &[TensorRow]) -> String {
             );
         }
     }
-    let _ = writeln!(svg, "<text x=\"{left}\" y=\"{}\">experts 0..{} (green {:.3e} .. red {:.3e}, log scale)</text></svg>", height - 8, experts - 1, lo.exp(), hi.exp());
+    let _ = writeln!(
+        svg,
+        "<text x=\"{left}\" y=\"{}\">experts 0..{} (green {:.3e} .. red {:.3e}, log scale)</text></svg>",
+        height - 8,
+        experts - 1,
+        lo.exp(),
+        hi.exp()
+    );
     svg
 }
 
@@ -107,7 +122,8 @@ fn histograms(tensors: &[TensorRow]) -> String {
         let peak = counts.values().copied().max().unwrap_or(1);
         let (bar, h) = (30usize, 120usize);
         let width = (bins * bar + 20).max(240);
-        let mut svg = format!("<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\">\n", escape(scheme), h + 40);
+        let mut svg =
+            format!("<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\">\n", escape(scheme), h + 40);
         for (i, b) in (first..=last).enumerate() {
             let n = counts.get(&b).copied().unwrap_or(0);
             let bh = n * h / peak;
@@ -123,7 +139,13 @@ fn histograms(tensors: &[TensorRow]) -> String {
                 h + 25
             );
         }
-        let _ = writeln!(svg, "<text x=\"10\" y=\"{}\">NMSE {:.1e} .. {:.1e}</text></svg>", h + 38, 10f64.powf(first as f64 / 4.0), 10f64.powf((last + 1) as f64 / 4.0));
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{}\">NMSE {:.1e} .. {:.1e}</text></svg>",
+            h + 38,
+            10f64.powf(first as f64 / 4.0),
+            10f64.powf((last + 1) as f64 / 4.0)
+        );
         out.push_str(&svg);
     }
     out

@@ -142,13 +142,22 @@ fn pair<'a>(original: &Checkpoint, model: &ModelLayout, quant: &'a QuantizedChec
         problems.push(format!("... and {more} more"));
     }
     if !problems.is_empty() {
-        return Err(Error::Mismatch { original: original.path().to_path_buf(), quantized: quant.checkpoint().path().to_path_buf(), problems });
+        return Err(Error::Mismatch {
+            original: original.path().to_path_buf(),
+            quantized: quant.checkpoint().path().to_path_buf(),
+            problems,
+        });
     }
     Ok(pairings)
 }
 
 /// Each source's column count in `t`'s logical matrix, checking that the shapes agree.
-fn source_widths(original: &Checkpoint, t: &QuantizedTensor, names: &[String], transposed: bool) -> std::result::Result<Vec<(String, usize)>, String> {
+fn source_widths(
+    original: &Checkpoint,
+    t: &QuantizedTensor,
+    names: &[String],
+    transposed: bool,
+) -> std::result::Result<Vec<(String, usize)>, String> {
     let mut out = Vec::new();
     let mut total = 0;
     for name in names {
@@ -171,7 +180,13 @@ fn source_widths(original: &Checkpoint, t: &QuantizedTensor, names: &[String], t
 }
 
 /// The figures of one packed tensor, one row per source.
-fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoint, p: &Pairing, options: &VerifyOptions) -> Result<Vec<TensorRow>> {
+fn measure(
+    original: &Checkpoint,
+    model: &ModelLayout,
+    quant: &QuantizedCheckpoint,
+    p: &Pairing,
+    options: &VerifyOptions,
+) -> Result<Vec<TensorRow>> {
     let t = p.tensor;
     let names: Vec<String> = p.sources.iter().map(|(n, _)| n.clone()).collect();
     let w = logical_matrix(original, &names, t.k, t.n, p.transposed)?;
@@ -203,7 +218,8 @@ fn measure(original: &Checkpoint, model: &ModelLayout, quant: &QuantizedCheckpoi
         let weights = column_sums(&w, &w_hat, t.n, offset, *width);
         let output_rel_err = match &outputs {
             OutputReference::Calibration(stats) => {
-                let st = stats.for_weight(name).ok_or_else(|| Error::BadInput { problem: format!("no calibration statistics for '{name}'") })?;
+                let st =
+                    stats.for_weight(name).ok_or_else(|| Error::BadInput { problem: format!("no calibration statistics for '{name}'") })?;
                 weighted_error(&w, &w_hat, t.k, t.n, offset, *width, st)
             }
             OutputReference::Probe { y, y_hat } => column_sums(y, y_hat, t.n, offset, *width).relative_l2(),
@@ -254,7 +270,9 @@ pub fn weighted_error(w: &[f32], w_hat: &[f32], k: usize, n: usize, offset: usiz
     match &st.xtx {
         Some(h) => {
             // sum_n e_n^T H e_n over the columns, accumulated row pair by row pair.
-            let e: Vec<f64> = (0..k * width).map(|i| (w[(i / width) * n + offset + i % width] - w_hat[(i / width) * n + offset + i % width]) as f64).collect();
+            let e: Vec<f64> = (0..k * width)
+                .map(|i| (w[(i / width) * n + offset + i % width] - w_hat[(i / width) * n + offset + i % width]) as f64)
+                .collect();
             let x: Vec<f64> = (0..k * width).map(|i| w[(i / width) * n + offset + i % width] as f64).collect();
             for a in 0..k {
                 for b in 0..k {

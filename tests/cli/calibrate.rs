@@ -16,7 +16,18 @@ fn calibrated_quantization_end_to_end() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = repo("fixtures/ernie45-tiny-pt");
     let stats = dir.join("stats.safetensors").display().to_string();
-    let summary: Value = serde_json::from_str(&stdout(&ccq(&["calibrate", &src, "--tokens", &tokens(&dir, 1), "-o", &stats, "--json", "--min-tokens", "40"]))).unwrap();
+    let summary: Value = serde_json::from_str(&stdout(&ccq(&[
+        "calibrate",
+        &src,
+        "--tokens",
+        &tokens(&dir, 1),
+        "-o",
+        &stats,
+        "--json",
+        "--min-tokens",
+        "40",
+    ])))
+    .unwrap();
     // 6 sequences x 24 tokens, top-2 routing: every MoE layer routes 288 token slots, and the
     // experts under --min-tokens are the ones listed as fallbacks.
     for layer in ["1", "2"] {
@@ -41,9 +52,17 @@ fn calibrated_quantization_end_to_end() {
 
     // Under the calibration statistics, the calibrated checkpoint has the lower output error.
     let error = |q: &std::path::Path| -> f64 {
-        let v: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &q.display().to_string(), "--calib", &stats, "--json", "--quiet"]))).unwrap();
+        let v: Value =
+            serde_json::from_str(&stdout(&ccq(&["verify", &src, &q.display().to_string(), "--calib", &stats, "--json", "--quiet"])))
+                .unwrap();
         assert!(v["probe"].as_str().unwrap().contains("calibration"), "{}", v["probe"]);
-        let rows: Vec<f64> = v["tensors"].as_array().unwrap().iter().filter(|r| r["scheme"] == "wint2").map(|r| r["output_rel_err"].as_f64().unwrap()).collect();
+        let rows: Vec<f64> = v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["scheme"] == "wint2")
+            .map(|r| r["output_rel_err"].as_f64().unwrap())
+            .collect();
         rows.iter().sum::<f64>() / rows.len() as f64
     };
     assert!(error(&calibrated) < error(&plain));
@@ -75,7 +94,8 @@ fn feedback_conversion_from_calibration_tokens() {
     let toks = tokens(&dir, 3);
     let path = |name: &str| dir.join(name).display().to_string();
     let quantize = |out: &str, extra: &[&str]| {
-        let mut args = vec!["quantize", &src, "-o", out, "--preset", "wint2-experts", "--layout", "native", "--shard-size", "40KB", "--force"];
+        let mut args =
+            vec!["quantize", &src, "-o", out, "--preset", "wint2-experts", "--layout", "native", "--shard-size", "40KB", "--force"];
         args.extend_from_slice(extra);
         ccq(&args)
     };
@@ -117,7 +137,13 @@ fn feedback_conversion_from_calibration_tokens() {
     assert!(plain.status.success());
     let error = |q: &str| -> f64 {
         let v: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &path(q), "--calib", &stats, "--json", "--quiet"]))).unwrap();
-        let rows: Vec<f64> = v["tensors"].as_array().unwrap().iter().filter(|r| r["scheme"] == "wint2").map(|r| r["output_rel_err"].as_f64().unwrap()).collect();
+        let rows: Vec<f64> = v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["scheme"] == "wint2")
+            .map(|r| r["output_rel_err"].as_f64().unwrap())
+            .collect();
         rows.iter().sum::<f64>() / rows.len() as f64
     };
     assert!(error("one") < error("plain"), "feedback {} plain {}", error("one"), error("plain"));

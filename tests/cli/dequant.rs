@@ -4,7 +4,7 @@
 //! source, unquantized ones bit for bit; corrupted checkpoints fail with typed errors naming
 //! the tensor.
 
-use super::{ccq, fails_with, refused, repo, stdout, tensor_set, temp_dir};
+use super::{ccq, fails_with, refused, repo, stdout, temp_dir, tensor_set};
 use ccq::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use ccq::convert::scheme_for;
 use ccq::quantized::QuantizedCheckpoint;
@@ -149,7 +149,10 @@ fn without_provenance_names_stay_as_stored_and_schemes_are_inferred() {
     let recorded: Vec<_> = with.tensors().iter().map(|t| (t.name.clone(), t.scheme, t.k, t.n)).collect();
     let qkv = with.get("ernie.layers.0.self_attn.qkv_proj").unwrap();
     let sources: Vec<&str> = qkv.sources.as_ref().unwrap().iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(sources, ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"]);
+    assert_eq!(
+        sources,
+        ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
+    );
     // The reader's dequantize is the scheme's decode; weights() hands the same packed bytes on.
     let expert = with.get("ernie.layers.2.mlp.experts.1.down_proj").unwrap();
     assert_eq!(expert.scheme, Some(SchemeKind::Wint2));
@@ -284,10 +287,8 @@ fn corrupted_packed_tensors_are_errors_naming_them() {
 fn native_file(dir: &Path, metadata: Option<&str>) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("model.safetensors");
-    let specs = vec![
-        TensorSpec::new("w.quant_weight", Dtype::I8, vec![128, 128]),
-        TensorSpec::new("w.weight_scale", Dtype::BF16, vec![128]),
-    ];
+    let specs =
+        vec![TensorSpec::new("w.quant_weight", Dtype::I8, vec![128, 128]), TensorSpec::new("w.weight_scale", Dtype::BF16, vec![128])];
     let mut meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     if let Some(m) = metadata {
         meta.insert("ccq.tensor.w".to_string(), m.to_string());
@@ -313,10 +314,19 @@ fn native_metadata_missing_or_garbled_is_a_typed_error() {
         (None, "no ccq.tensor.w metadata"),
         (Some("{not json"), "not valid JSON"),
         (Some(r#"{"scheme": "wint3", "k": 128, "n": 128, "transposed": true, "components": []}"#), "unknown scheme 'wint3'"),
-        (Some(r#"{"scheme": "wint8", "k": -1, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#), "\"k\" is not a positive integer"),
+        (
+            Some(r#"{"scheme": "wint8", "k": -1, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#),
+            "\"k\" is not a positive integer",
+        ),
         (Some(r#"{"scheme": "wint8", "k": 128, "n": 128, "components": ["quant_weight", "weight_scale"]}"#), "no \"transposed\""),
-        (Some(r#"{"scheme": "wint8", "k": 128, "n": 128, "transposed": true, "components": ["quant_weight"]}"#), "\"components\" must list"),
-        (Some(r#"{"scheme": "wint8", "k": 64, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#), "component quant_weight has shape [128, 128], expected [128, 64]"),
+        (
+            Some(r#"{"scheme": "wint8", "k": 128, "n": 128, "transposed": true, "components": ["quant_weight"]}"#),
+            "\"components\" must list",
+        ),
+        (
+            Some(r#"{"scheme": "wint8", "k": 64, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#),
+            "component quant_weight has shape [128, 128], expected [128, 64]",
+        ),
     ];
     for (i, (meta, problem)) in cases.into_iter().enumerate() {
         let path = native_file(&dir.join(format!("bad{i}")), meta);

@@ -79,10 +79,7 @@ fn inspect_json_schema() {
     assert_eq!(v["naming"], "paddle");
     let tensors = v["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 40);
-    let expert = tensors
-        .iter()
-        .find(|t| t["name"] == "ernie.layers.2.mlp.experts.3.up_gate_proj.weight")
-        .unwrap();
+    let expert = tensors.iter().find(|t| t["name"] == "ernie.layers.2.mlp.experts.3.up_gate_proj.weight").unwrap();
     assert_eq!(expert["role"], "expert_up_gate");
     assert_eq!(expert["layer"], 2);
     assert_eq!(expert["expert"], 3);

@@ -2,7 +2,7 @@
 //! schemes' own encoders, determinism across thread counts, interruption and resume, and bad
 //! input.
 
-use super::{ccq, fails_with, refused, repo, stdout, tensor_set, temp_dir};
+use super::{ccq, fails_with, refused, repo, stdout, temp_dir, tensor_set};
 use ccq::scheme::{Scheme, Wint2, Wint4, Wint8};
 use ccq::{Checkpoint, Dtype};
 use std::collections::BTreeMap;
@@ -117,10 +117,26 @@ fn fastdeploy_layout_from_pytorch_is_exact() {
     // matrix, assembled here independently (transpose, concatenate q|k|v and gate|up).
     let src = Checkpoint::open(repo("fixtures/ernie45-tiny-pt")).unwrap();
     let cases: [(&str, Vec<String>, Box<dyn Scheme>); 4] = [
-        ("ernie.layers.2.mlp.experts.3.up_gate_proj", vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.2.mlp.experts.3.{p}.weight")).collect(), Box::new(Wint2::default())),
-        ("ernie.layers.2.mlp.experts.0.down_proj", vec!["model.layers.2.mlp.experts.0.down_proj.weight".to_string()], Box::new(Wint2::default())),
-        ("ernie.layers.1.mlp.experts.1.up_gate_proj", vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.1.mlp.experts.1.{p}.weight")).collect(), Box::new(Wint4::default())),
-        ("ernie.layers.0.self_attn.qkv_proj", vec!["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("model.layers.0.self_attn.{p}.weight")).collect(), Box::new(Wint8::default())),
+        (
+            "ernie.layers.2.mlp.experts.3.up_gate_proj",
+            vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.2.mlp.experts.3.{p}.weight")).collect(),
+            Box::new(Wint2::default()),
+        ),
+        (
+            "ernie.layers.2.mlp.experts.0.down_proj",
+            vec!["model.layers.2.mlp.experts.0.down_proj.weight".to_string()],
+            Box::new(Wint2::default()),
+        ),
+        (
+            "ernie.layers.1.mlp.experts.1.up_gate_proj",
+            vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.1.mlp.experts.1.{p}.weight")).collect(),
+            Box::new(Wint4::default()),
+        ),
+        (
+            "ernie.layers.0.self_attn.qkv_proj",
+            vec!["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("model.layers.0.self_attn.{p}.weight")).collect(),
+            Box::new(Wint8::default()),
+        ),
     ];
     for (base, sources, scheme) in &cases {
         let names: Vec<&str> = sources.iter().map(String::as_str).collect();
@@ -213,7 +229,19 @@ fn existing_output_needs_force_and_dry_run_writes_nothing() {
 #[test]
 fn overrides_and_policy_files_change_the_plan() {
     let src = repo("fixtures/ernie45-tiny-pt");
-    let plan = stdout(&ccq(&["quantize", &src, "--dry-run", "--w4-end-layer", "1", "--set", r"experts\.0\.=wint8", "--set", r"layers\.2\.mlp\.experts\.0\.down=none", "--layout", "native"]));
+    let plan = stdout(&ccq(&[
+        "quantize",
+        &src,
+        "--dry-run",
+        "--w4-end-layer",
+        "1",
+        "--set",
+        r"experts\.0\.=wint8",
+        "--set",
+        r"layers\.2\.mlp\.experts\.0\.down=none",
+        "--layout",
+        "native",
+    ]));
     let scheme_of = |name: &str| plan.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(scheme_of("model.layers.1.mlp.experts.0.up_proj.weight"), "wint8");
     assert_eq!(scheme_of("model.layers.2.mlp.experts.0.down_proj.weight"), "none");
@@ -319,7 +347,10 @@ fn mtp_block_and_side_files_are_carried_into_the_fastdeploy_layout() {
 fn unloadable_expert_mixes_and_unconvertible_sources_are_refused_before_work() {
     let src = repo("fixtures/ernie45-tiny-pt");
     // WINT2 experts beside unquantized ones: FastDeploy's loader could not read that.
-    fails_with(&["quantize", &src, "--dry-run", "--preset", "wint2-experts", "--set", r"experts\.0\.=none"], "WINT2 experts only beside wint4");
+    fails_with(
+        &["quantize", &src, "--dry-run", "--preset", "wint2-experts", "--set", r"experts\.0\.=none"],
+        "WINT2 experts only beside wint4",
+    );
 
     // U16 payload is read as bf16 only when asked, and the refusal says how.
     let dir = temp_dir("u16-quant");

@@ -94,7 +94,8 @@ fn loader_api_multiplies_by_a_packed_tensor() {
     let q = dir.join("q");
     stdout(&ccq(&["quantize", &repo("fixtures/ernie45-tiny-pt"), "-o", &q.display().to_string(), "--w4-end-layer", "1", "--quiet"]));
     let ckpt = QuantizedCheckpoint::open(&q).unwrap();
-    for name in ["ernie.layers.2.mlp.experts.1.up_gate_proj", "ernie.layers.1.mlp.experts.0.down_proj", "ernie.layers.0.self_attn.qkv_proj"] {
+    for name in ["ernie.layers.2.mlp.experts.1.up_gate_proj", "ernie.layers.1.mlp.experts.0.down_proj", "ernie.layers.0.self_attn.qkv_proj"]
+    {
         let t = ckpt.get(name).unwrap();
         let m = 3;
         let x: Vec<f32> = (0..m * t.k).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();

@@ -165,7 +165,9 @@ pub(crate) unsafe fn wint2_lines_m1_vbmi<const L: usize>(blocks: &[Wint2Block<'_
         let qw = blocks[0].quant_weight.as_ptr().add(n0);
         let ws = blocks[0].weight_scale.as_ptr().add(n0);
         let group = |g: usize| -> [[__m512i; 16]; L] {
-            std::array::from_fn(|l| transpose_16x64(std::array::from_fn(|p| _mm512_loadu_si512(qw.add((16 * g + p) * n + 64 * l) as *const _))))
+            std::array::from_fn(|l| {
+                transpose_16x64(std::array::from_fn(|p| _mm512_loadu_si512(qw.add((16 * g + p) * n + 64 * l) as *const _)))
+            })
         };
         for g in 0..k / 64 {
             let columns = group(g);
@@ -225,24 +227,40 @@ fn transpose_16x64(r: [__m512i; 16]) -> [__m512i; 16] {
     // t1[8h + a]: rows 2a, 2a + 1 of lane columns 8h .. 8h + 8.
     let t1: [__m512i; 16] = std::array::from_fn(|i| {
         let (h, a) = (i / 8, i % 8);
-        if h == 0 { _mm512_unpacklo_epi8(r[2 * a], r[2 * a + 1]) } else { _mm512_unpackhi_epi8(r[2 * a], r[2 * a + 1]) }
+        if h == 0 {
+            _mm512_unpacklo_epi8(r[2 * a], r[2 * a + 1])
+        } else {
+            _mm512_unpackhi_epi8(r[2 * a], r[2 * a + 1])
+        }
     });
     // t2[4 cg + b]: rows 4b .. 4b + 4 of lane columns 4cg .. 4cg + 4.
     let t2: [__m512i; 16] = std::array::from_fn(|i| {
         let (cg, b) = (i / 4, i % 4);
         let (x, y) = (t1[8 * (cg / 2) + 2 * b], t1[8 * (cg / 2) + 2 * b + 1]);
-        if cg % 2 == 0 { _mm512_unpacklo_epi16(x, y) } else { _mm512_unpackhi_epi16(x, y) }
+        if cg % 2 == 0 {
+            _mm512_unpacklo_epi16(x, y)
+        } else {
+            _mm512_unpackhi_epi16(x, y)
+        }
     });
     // t3[2 cp + rb]: rows 8rb .. 8rb + 8 of lane columns 2cp, 2cp + 1.
     let t3: [__m512i; 16] = std::array::from_fn(|i| {
         let (cp, rb) = (i / 2, i % 2);
         let (x, y) = (t2[4 * (cp / 2) + 2 * rb], t2[4 * (cp / 2) + 2 * rb + 1]);
-        if cp % 2 == 0 { _mm512_unpacklo_epi32(x, y) } else { _mm512_unpackhi_epi32(x, y) }
+        if cp % 2 == 0 {
+            _mm512_unpacklo_epi32(x, y)
+        } else {
+            _mm512_unpackhi_epi32(x, y)
+        }
     });
     // t4[z]: rows 0 .. 16 of lane column z.
     std::array::from_fn(|z| {
         let (x, y) = (t3[2 * (z / 2)], t3[2 * (z / 2) + 1]);
-        if z % 2 == 0 { _mm512_unpacklo_epi64(x, y) } else { _mm512_unpackhi_epi64(x, y) }
+        if z % 2 == 0 {
+            _mm512_unpacklo_epi64(x, y)
+        } else {
+            _mm512_unpackhi_epi64(x, y)
+        }
     })
 }
 
@@ -373,9 +391,12 @@ unsafe fn rows_nb<const MR: usize, const NA: usize, const NB: usize>(
     // SAFETY (all pointer reads below): byte rows `p < k / 4` and scale rows `g / 2 < k / 128`
     // of `[.., n]` matrices, columns `n0 .. n0 + 32 <= n`; x rows `r0 .. r0 + MR <= m`.
     unsafe {
-        let cs: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_scale.as_ptr()), _mm512_loadu_ps(bs[i].code_scale.as_ptr().add(16))]);
-        let cc: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_c.as_ptr()), _mm512_loadu_ps(bs[i].code_c.as_ptr().add(16))]);
-        let sup: [[__m512; 2]; NB] = std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].super_scale.as_ptr()), _mm512_loadu_ps(bs[i].super_scale.as_ptr().add(16))]);
+        let cs: [[__m512; 2]; NB] =
+            std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_scale.as_ptr()), _mm512_loadu_ps(bs[i].code_scale.as_ptr().add(16))]);
+        let cc: [[__m512; 2]; NB] =
+            std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].code_c.as_ptr()), _mm512_loadu_ps(bs[i].code_c.as_ptr().add(16))]);
+        let sup: [[__m512; 2]; NB] =
+            std::array::from_fn(|i| [_mm512_loadu_ps(bs[i].super_scale.as_ptr()), _mm512_loadu_ps(bs[i].super_scale.as_ptr().add(16))]);
         let zero = _mm512_setzero_si512();
         let magic = _mm512_set1_epi32(0x4B00_0000);
         let pow = [1.0 / 512.0, 1.0 / 64.0, 1.0 / 8.0, 1.0f32];
@@ -405,61 +426,61 @@ unsafe fn rows_nb<const MR: usize, const NA: usize, const NB: usize>(
             for pp in 0..16 {
                 let p = g * 16 + pp;
                 for nb in 0..NB {
-                let (sj, s32, cj, cs, cc) = (&sj[nb], &s32[nb], &cj[nb], &cs[nb], &cc[nb]);
-                let acc = &mut acc[nb];
-                let row = bs[nb].quant_weight.as_ptr().add(p * n + bs[nb].n0);
-                // The block reads 32 bytes per row at a stride of `n`: fetch ahead.
-                if p + PREFETCH_ROWS < k / 4 {
-                    _mm_prefetch::<_MM_HINT_T0>(row.add(PREFETCH_ROWS * n) as *const i8);
-                }
-                let d = [codes(row, cs[0], cc[0]), codes(row.add(16), cs[1], cc[1])];
-                for j in 0..4 {
-                    let mask = _mm512_set1_epi32(masks[j]);
-                    let (w0, w1) = if j < 3 {
-                        // Bits `2^23 | u << sh` are the f32 `2^23 + u 2^sh` (one ternary op).
-                        let f0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[0], mask, magic));
-                        let f1 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[1], mask, magic));
-                        (_mm512_fmsub_ps(f0, sj[j][0], cj[j][0]), _mm512_fmsub_ps(f1, sj[j][1], cj[j][1]))
-                    } else {
-                        let a0 = _mm512_cvtepi32_ps(_mm512_and_si512(d[0], mask));
-                        let a1 = _mm512_cvtepi32_ps(_mm512_and_si512(d[1], mask));
-                        (_mm512_fmsub_ps(a0, sj[j][0], s32[0]), _mm512_fmsub_ps(a1, sj[j][1], s32[1]))
-                    };
-                    let wb: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(w1, w0));
-                    let lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wb));
-                    let hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wb));
-                    for r in 0..MR {
-                        let xv = _mm512_set1_ps(*xp[r].add(4 * p + j));
-                        let a = &mut acc[j % NA][r];
-                        a[0] = _mm512_fmadd_ps(xv, lo, a[0]);
-                        a[1] = _mm512_fmadd_ps(xv, hi, a[1]);
+                    let (sj, s32, cj, cs, cc) = (&sj[nb], &s32[nb], &cj[nb], &cs[nb], &cc[nb]);
+                    let acc = &mut acc[nb];
+                    let row = bs[nb].quant_weight.as_ptr().add(p * n + bs[nb].n0);
+                    // The block reads 32 bytes per row at a stride of `n`: fetch ahead.
+                    if p + PREFETCH_ROWS < k / 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(row.add(PREFETCH_ROWS * n) as *const i8);
                     }
-                }
+                    let d = [codes(row, cs[0], cc[0]), codes(row.add(16), cs[1], cc[1])];
+                    for j in 0..4 {
+                        let mask = _mm512_set1_epi32(masks[j]);
+                        let (w0, w1) = if j < 3 {
+                            // Bits `2^23 | u << sh` are the f32 `2^23 + u 2^sh` (one ternary op).
+                            let f0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[0], mask, magic));
+                            let f1 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(d[1], mask, magic));
+                            (_mm512_fmsub_ps(f0, sj[j][0], cj[j][0]), _mm512_fmsub_ps(f1, sj[j][1], cj[j][1]))
+                        } else {
+                            let a0 = _mm512_cvtepi32_ps(_mm512_and_si512(d[0], mask));
+                            let a1 = _mm512_cvtepi32_ps(_mm512_and_si512(d[1], mask));
+                            (_mm512_fmsub_ps(a0, sj[j][0], s32[0]), _mm512_fmsub_ps(a1, sj[j][1], s32[1]))
+                        };
+                        let wb: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(w1, w0));
+                        let lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wb));
+                        let hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wb));
+                        for r in 0..MR {
+                            let xv = _mm512_set1_ps(*xp[r].add(4 * p + j));
+                            let a = &mut acc[j % NA][r];
+                            a[0] = _mm512_fmadd_ps(xv, lo, a[0]);
+                            a[1] = _mm512_fmadd_ps(xv, hi, a[1]);
+                        }
+                    }
                 }
             }
         }
         for nb in 0..NB {
-        let acc = &acc[nb];
-        let out = &mut *outs[nb];
-        for r in 0..MR {
-            let (mut lo, mut hi) = (acc[0][r][0], acc[0][r][1]);
-            for set in &acc[1..] {
-                lo = _mm512_add_ps(lo, set[r][0]);
-                hi = _mm512_add_ps(hi, set[r][1]);
+            let acc = &acc[nb];
+            let out = &mut *outs[nb];
+            for r in 0..MR {
+                let (mut lo, mut hi) = (acc[0][r][0], acc[0][r][1]);
+                for set in &acc[1..] {
+                    lo = _mm512_add_ps(lo, set[r][0]);
+                    hi = _mm512_add_ps(hi, set[r][1]);
+                }
+                let mut l = [0f32; 16];
+                let mut h = [0f32; 16];
+                _mm512_storeu_ps(l.as_mut_ptr(), lo);
+                _mm512_storeu_ps(h.as_mut_ptr(), hi);
+                let o = &mut out[r];
+                for lane in 0..16 {
+                    // 128-bit block `lane / 4` holds columns (block / 2) * 16 + (block % 2) * 8 + i.
+                    let (blk, i) = (lane / 4, lane % 4);
+                    let col = (blk / 2) * 16 + (blk % 2) * 8 + i;
+                    o[col] = l[lane];
+                    o[col + 4] = h[lane];
+                }
             }
-            let mut l = [0f32; 16];
-            let mut h = [0f32; 16];
-            _mm512_storeu_ps(l.as_mut_ptr(), lo);
-            _mm512_storeu_ps(h.as_mut_ptr(), hi);
-            let o = &mut out[r];
-            for lane in 0..16 {
-                // 128-bit block `lane / 4` holds columns (block / 2) * 16 + (block % 2) * 8 + i.
-                let (blk, i) = (lane / 4, lane % 4);
-                let col = (blk / 2) * 16 + (blk % 2) * 8 + i;
-                o[col] = l[lane];
-                o[col + 4] = h[lane];
-            }
-        }
         }
     }
 }

@@ -317,7 +317,13 @@ mod tests {
                 let h: [f32; 4] = std::array::from_fn(|j| match t % 3 {
                     0 => 1.0,
                     1 => (rng.normal() * 1.5).exp() as f32,
-                    _ => if j == t % 4 { 0.0 } else { 1.0 },
+                    _ => {
+                        if j == t % 4 {
+                            0.0
+                        } else {
+                            1.0
+                        }
+                    }
                 });
                 let brute = cb.best_byte_brute(&vals, &x, &h);
                 assert_eq!(cb.best_byte(&vals, &x, &h), brute);

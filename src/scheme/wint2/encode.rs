@@ -129,18 +129,10 @@ struct Plan {
 impl Plan {
     fn of(effort: Effort) -> Plan {
         match effort {
-            Effort::Default => {
-                Plan { maps: 1, passes: 1, ls_search: false, keep: 1, ls_radius: 1, rounds: 1, mirror: false, zps: 1 }
-            }
-            Effort::Medium => {
-                Plan { maps: 2, passes: 2, ls_search: true, keep: 1, ls_radius: 1, rounds: 1, mirror: true, zps: 1 }
-            }
-            Effort::High => {
-                Plan { maps: 2, passes: 4, ls_search: true, keep: 2, ls_radius: 1, rounds: 1, mirror: true, zps: 8 }
-            }
-            Effort::Max => {
-                Plan { maps: 2, passes: 4, ls_search: true, keep: 4, ls_radius: 1, rounds: 1, mirror: true, zps: 32 }
-            }
+            Effort::Default => Plan { maps: 1, passes: 1, ls_search: false, keep: 1, ls_radius: 1, rounds: 1, mirror: false, zps: 1 },
+            Effort::Medium => Plan { maps: 2, passes: 2, ls_search: true, keep: 1, ls_radius: 1, rounds: 1, mirror: true, zps: 1 },
+            Effort::High => Plan { maps: 2, passes: 4, ls_search: true, keep: 2, ls_radius: 1, rounds: 1, mirror: true, zps: 8 },
+            Effort::Max => Plan { maps: 2, passes: 4, ls_search: true, keep: 4, ls_radius: 1, rounds: 1, mirror: true, zps: 32 },
         }
     }
 }
@@ -232,9 +224,8 @@ fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[C
     let mut best: Option<Fit> = None;
     let order: Vec<usize> = if plan.keep < cands {
         let screen = Plan { passes: 0, ls_search: false, ..plan };
-        let mut scored: Vec<(f64, usize)> = (0..cands)
-            .map(|i| (fit_map(data(i), h, &rms, &cand_map(i), rounding, screen).error, i))
-            .collect();
+        let mut scored: Vec<(f64, usize)> =
+            (0..cands).map(|i| (fit_map(data(i), h, &rms, &cand_map(i), rounding, screen).error, i)).collect();
         scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         scored.iter().take(plan.keep).map(|s| s.1).collect()
     } else {
@@ -302,15 +293,7 @@ fn vector(v: &[f32], p: usize) -> [f32; 4] {
 }
 
 /// Best bytes of one 64-row group (16 vectors) under local scale `ls`; returns the error.
-fn assign_group(
-    cb: &Codebook,
-    x: &[f32],
-    h: &[f32],
-    ls: u8,
-    sup: f32,
-    rounding: Rounding,
-    bytes: &mut [u8],
-) -> f64 {
+fn assign_group(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: Rounding, bytes: &mut [u8]) -> f64 {
     let table = cb.table(&value_table(ls, sup, rounding));
     let mut error = 0.0f64;
     for (p, byte) in bytes.iter_mut().enumerate() {
@@ -442,11 +425,7 @@ fn search_local_scales(
 /// Error of a group's current bytes.
 fn group_error(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: Rounding, bytes: &[u8]) -> f64 {
     let vals = value_table(ls, sup, rounding);
-    bytes
-        .iter()
-        .enumerate()
-        .map(|(p, &b)| cb.error(b, &vals, &vector(x, p), &vector(h, p)) as f64)
-        .sum()
+    bytes.iter().enumerate().map(|(p, &b)| cb.error(b, &vals, &vector(x, p), &vector(h, p)) as f64).sum()
 }
 
 #[cfg(test)]
@@ -515,7 +494,9 @@ mod experiments {
             let l1 = ((ls / sup).round() as i32).clamp(1, 15);
             let mut best = e0;
             for l in (l1 - radius).max(0)..=(l1 + radius).min(15) {
-                if l == l0 { continue; }
+                if l == l0 {
+                    continue;
+                }
                 let e = assign_group(cb, xg, hg, l as u8, sup, Rounding::Fused, &mut bytes);
                 best = best.min(e);
             }
@@ -551,11 +532,14 @@ mod experiments {
         ];
         for (name, plan) in plans {
             let t = std::time::Instant::now();
-            let e: f64 = cols.iter().map(|x| {
-                let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
-                let d = Wint2::default().decode(&Wint2::pack(k, 1, &[c])).unwrap();
-                x.iter().zip(&d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
-            }).sum();
+            let e: f64 = cols
+                .iter()
+                .map(|x| {
+                    let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                    let d = Wint2::default().decode(&Wint2::pack(k, 1, &[c])).unwrap();
+                    x.iter().zip(&d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+                })
+                .sum();
             let el = t.elapsed().as_secs_f64();
             eprintln!("{name:16} {:.5}  {:.2} Mw/s", e / energy, (k * n) as f64 / el / 1e6);
         }
@@ -571,20 +555,23 @@ mod experiments {
         // reference levels
         for effort in Effort::ALL {
             let t = std::time::Instant::now();
-            let e: f64 = cols.iter().map(|x| {
-                let plan = Plan::of(effort);
-                let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
-                let mut err = 0.0f64;
-                for g in 0..k / 64 {
-                    let vals = value_table(c.local_scales[g], c.super_scale.to_f32(), Rounding::Fused);
-                    let cb = Codebook::new(c.code_scale, c.code_zp);
-                    for p in 0..16 {
-                        let r = g * 64 + 4 * p;
-                        err += cb.error(c.quant_weight[g * 16 + p], &vals, &vector(x, r / 4), &[1.0; 4]) as f64;
+            let e: f64 = cols
+                .iter()
+                .map(|x| {
+                    let plan = Plan::of(effort);
+                    let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                    let mut err = 0.0f64;
+                    for g in 0..k / 64 {
+                        let vals = value_table(c.local_scales[g], c.super_scale.to_f32(), Rounding::Fused);
+                        let cb = Codebook::new(c.code_scale, c.code_zp);
+                        for p in 0..16 {
+                            let r = g * 64 + 4 * p;
+                            err += cb.error(c.quant_weight[g * 16 + p], &vals, &vector(x, r / 4), &[1.0; 4]) as f64;
+                        }
                     }
-                }
-                err
-            }).sum();
+                    err
+                })
+                .sum();
             eprintln!("{:?}: {:.5} ({:.2?})", effort, e / energy, t.elapsed());
         }
         // candidate grid: (map, sign, zp offset, super factor)
@@ -606,7 +593,9 @@ mod experiments {
                     for s in 0..2 {
                         let xx = if s == 0 { &x[..] } else { &neg[..] };
                         for (fi, &f) in fs.iter().enumerate() {
-                            if zi % 4 != 0 && fi % 4 != 2 && m > 0 { continue; }
+                            if zi % 4 != 0 && fi % 4 != 2 && m > 0 {
+                                continue;
+                            }
                             let sup = bf16_rne(max / 15.0 * f);
                             errs[c][m][s][zi][fi] = exact(&cb, xx, &h, &targets, sup, 1);
                         }
@@ -619,18 +608,31 @@ mod experiments {
             let mut tot = 0.0;
             for c in 0..n {
                 let mut b = f64::INFINITY;
-                for m in 0..nm { for s in 0..2 { for z in 0..16 { for f in 0..16 {
-                    if pred(m, s, z, f) { b = b.min(errs[c][m][s][z][f]); }
-                }}}}
+                for m in 0..nm {
+                    for s in 0..2 {
+                        for z in 0..16 {
+                            for f in 0..16 {
+                                if pred(m, s, z, f) {
+                                    b = b.min(errs[c][m][s][z][f]);
+                                }
+                            }
+                        }
+                    }
+                }
                 tot += b;
             }
             tot / energy
         };
-        for f in 0..16 { eprint!("f{:.2}:{:.5} ", fs[f], sel(&|m, s, z, ff| m == 0 && s == 0 && z == 0 && ff == f)); }
+        for f in 0..16 {
+            eprint!("f{:.2}:{:.5} ", fs[f], sel(&|m, s, z, ff| m == 0 && s == 0 && z == 0 && ff == f));
+        }
         eprintln!();
         eprintln!("m0 s0 z0 f=1.0 r1: {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z == 0 && f == 10));
         eprintln!("m0 s0 z0 all f (16): {:.5}", sel(&|m, s, z, _| m == 0 && s == 0 && z == 0));
-        eprintln!("m0 s0 z0 f in 4 (0.86,.94,1.0,1.06)?: {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z == 0 && [3,7,10,13].contains(&f)));
+        eprintln!(
+            "m0 s0 z0 f in 4 (0.86,.94,1.0,1.06)?: {:.5}",
+            sel(&|m, s, z, f| m == 0 && s == 0 && z == 0 && [3, 7, 10, 13].contains(&f))
+        );
         eprintln!("m0 s0 all z f=1: {:.5}", sel(&|m, s, _, f| m == 0 && s == 0 && f == 10));
         eprintln!("m0 s0 z%4 f=1 (4 z): {:.5}", sel(&|m, s, z, f| m == 0 && s == 0 && z % 4 == 0 && f == 10));
         eprintln!("m0 both s f=1 z0: {:.5}", sel(&|m, _, z, f| m == 0 && z == 0 && f == 10));

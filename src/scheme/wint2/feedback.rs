@@ -96,12 +96,8 @@ pub(crate) fn encode_columns_with_feedback(
         .iter()
         .enumerate()
         .map(|(col, c)| {
-            let local_scales = c
-                .local_scales
-                .iter()
-                .enumerate()
-                .map(|(g, &ls)| ls_candidates(ls, radius)[coded.choices[g * n + col] as usize])
-                .collect();
+            let local_scales =
+                c.local_scales.iter().enumerate().map(|(g, &ls)| ls_candidates(ls, radius)[coded.choices[g * n + col] as usize]).collect();
             ColumnCode { quant_weight: (0..k / 4).map(|p| coded.codes[p * n + col]).collect(), local_scales, ..c.clone() }
         })
         .collect();
@@ -194,7 +190,13 @@ mod tests {
         let (k, n) = (128, 70);
         let h = Hessian::new(k, &correlated_hessian(k, 1), 0.01).unwrap();
         let w = Rng::new(2).normals(k * n);
-        let run = |t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| Wint2::default().encode(&w, k, n, Importance::Hessian(&h)).unwrap());
+        let run = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| Wint2::default().encode(&w, k, n, Importance::Hessian(&h)).unwrap())
+        };
         assert_eq!(run(1), run(2));
     }
 

@@ -30,7 +30,7 @@ pub const MAPS: &[CodeMap] = &[
     CodeMap { code_scale: 120.950_356, code_zp: 1651.0, alpha: 0.0612 }, // 0.1073
     CodeMap { code_scale: 121.063_385, code_zp: 1125.0, alpha: 0.0612 }, // 0.1092
     CodeMap { code_scale: 121.796_22, code_zp: 1510.0, alpha: 0.0612 }, // 0.1094
-    CodeMap { code_scale: 123.0932, code_zp: 1194.0, alpha: 0.0612 }, // 0.1094
+    CodeMap { code_scale: 123.0932, code_zp: 1194.0, alpha: 0.0612 },   // 0.1094
     CodeMap { code_scale: 121.792_94, code_zp: 1456.0, alpha: 0.0612 }, // 0.1094
     CodeMap { code_scale: 117.831_06, code_zp: 1166.0, alpha: 0.0612 }, // 0.1096
     CodeMap { code_scale: 121.727_13, code_zp: 1183.0, alpha: 0.0612 }, // 0.1096

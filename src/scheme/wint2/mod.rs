@@ -20,10 +20,7 @@ pub mod encode;
 pub mod feedback;
 pub mod maps;
 
-use super::{
-    check_encode_input, check_finite, finite_bf16s, Component, Importance, Packed, Scheme,
-    SchemeError, SchemeKind,
-};
+use super::{check_encode_input, check_finite, finite_bf16s, Component, Importance, Packed, Scheme, SchemeError, SchemeKind};
 use crate::Dtype;
 
 /// Rows per local-scale group.
@@ -32,8 +29,7 @@ pub const GROUP_ROWS: usize = 64;
 pub const K_MULTIPLE: usize = 128;
 
 /// Component names, in the order [`Wint2::encode`] writes them.
-pub const COMPONENTS: [&str; 5] =
-    ["quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp"];
+pub const COMPONENTS: [&str; 5] = ["quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp"];
 
 /// How the decoder rounds the scale product (`wint2-format.md`, steps 6-7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -172,14 +168,9 @@ impl Wint2 {
 
 /// Reads little-endian f32 values of a component, rejecting NaN and infinities.
 fn finite_f32s(c: &Component) -> Result<Vec<f32>, SchemeError> {
-    let values: Vec<f32> = c
-        .bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values: Vec<f32> = c.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     check_finite(c.name, values)
 }
-
 
 impl Scheme for Wint2 {
     fn kind(&self) -> SchemeKind {
@@ -188,12 +179,7 @@ impl Scheme for Wint2 {
 
     fn check_shape(&self, k: usize, n: usize) -> Result<(), SchemeError> {
         if k == 0 || k % K_MULTIPLE != 0 {
-            return Err(SchemeError::BadShape {
-                scheme: SchemeKind::Wint2,
-                k,
-                n,
-                requirement: "k must be a positive multiple of 128",
-            });
+            return Err(SchemeError::BadShape { scheme: SchemeKind::Wint2, k, n, requirement: "k must be a positive multiple of 128" });
         }
         Ok(())
     }
@@ -290,9 +276,7 @@ mod tests {
         let w = gaussian(k, n, 3);
         let h: Vec<f32> = Rng::new(4).normals(k).iter().map(|z| (1.5 * z).exp()).collect();
         let s = Wint2::default();
-        let weighted = |d: &[f32]| -> f64 {
-            (0..k * n).map(|i| h[i / n] as f64 * ((w[i] - d[i]) as f64).powi(2)).sum()
-        };
+        let weighted = |d: &[f32]| -> f64 { (0..k * n).map(|i| h[i / n] as f64 * ((w[i] - d[i]) as f64).powi(2)).sum() };
         let with = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Diagonal(&h)).unwrap()).unwrap();
         let without = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()).unwrap();
         assert!(weighted(&with) < 0.85 * weighted(&without));
