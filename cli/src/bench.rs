@@ -117,7 +117,8 @@ fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
 fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
     use ccq::bench::calibrate::{prepare, time_calibration};
     // (preset, layers, experts, [(seq_len, sequences)])
-    let cases: [(&str, usize, usize, &[(usize, usize)]); 3] =
+    type Case<'a> = (&'a str, usize, usize, &'a [(usize, usize)]);
+    let cases: [Case; 3] =
         [("tiny", 3, 4, &[(64, 8), (256, 8)]), ("21b-a3b", 2, 16, &[(64, 4), (256, 4)]), ("21b-a3b", 2, 64, &[(64, 4), (256, 4)])];
     println!("shape | layers | experts | seq len | sequences | tokens | seconds | tokens/s | peak RSS so far (MiB)");
     for (preset, layers, experts, runs) in cases {

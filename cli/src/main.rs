@@ -30,7 +30,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Quantize a checkpoint: ERNIE 4.5 to FastDeploy's 2-bit layout, or any MoE model to
     /// ccq's native layout.
-    Quantize(quantize::QuantizeArgs),
+    Quantize(Box<quantize::QuantizeArgs>),
     /// Write a quantized checkpoint back as bf16, in the source model's names and orientation
     /// when ccq-provenance.json is present.
     Dequant(dequant::DequantArgs),

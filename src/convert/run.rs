@@ -315,19 +315,7 @@ fn write_shard(
         let tensor = &plan.tensors[t];
         match pre_encoded.get(&tensor.name) {
             Some(file) => copy_pre_encoded(tensor, file, &mut writer)?,
-            None => {
-                let importance = options.importance.as_ref().and_then(|m| m.get(&tensor.name));
-                records.extend(write_tensor(
-                    ckpt,
-                    tensor,
-                    plan.layout,
-                    options.effort,
-                    importance,
-                    options.damp,
-                    &mut factors,
-                    &mut writer,
-                )?);
-            }
+            None => records.extend(write_tensor(ckpt, tensor, plan.layout, options, &mut factors, &mut writer)?),
         }
         state.tensors_done += 1;
         state.bytes_done += tensor.bytes_in;
@@ -450,12 +438,11 @@ fn write_tensor(
     ckpt: &Checkpoint,
     t: &PlannedTensor,
     layout: OutputLayout,
-    effort: Effort,
-    importance: Option<&TensorImportance>,
-    damp: f32,
+    options: &ConvertOptions,
     factors: &mut FactorCache,
     writer: &mut SafetensorsWriter,
 ) -> Result<Option<FeedbackRecord>> {
+    let importance = options.importance.as_ref().and_then(|m| m.get(&t.name));
     let mut record = None;
     if t.is_raw_copy(layout) {
         writer.write(ckpt.raw_bytes(ckpt.get(&t.sources[0])?)?)?;
@@ -464,7 +451,7 @@ fn write_tensor(
         match t.choice {
             None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
             Some(kind) => {
-                let (packed, fed) = encode_planned(t, kind, effort, &w, importance, damp, factors)?;
+                let (packed, fed) = encode_planned(t, kind, options.effort, &w, importance, options.damp, factors)?;
                 record = fed;
                 for c in &packed.components {
                     writer.write(&c.bytes)?;

@@ -251,7 +251,7 @@ fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Ve
 
 /// Checks `x` and widens it to f32.
 fn activations(x: Input<'_>, m: usize, k: usize) -> Result<Vec<f32>, KernelError> {
-    let expected = m.checked_mul(k).unwrap_or(usize::MAX);
+    let expected = m.saturating_mul(k);
     if x.len() != expected {
         return Err(KernelError::InputLength { expected, found: x.len() });
     }

@@ -61,7 +61,7 @@ impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
         } else {
             let a = nibble_address(self.k, row, col);
             let b = self.quant_weight[a / 2];
-            i32::from(if a % 2 == 0 { b & 15 } else { b >> 4 }) - 8
+            i32::from(if a.is_multiple_of(2) { b & 15 } else { b >> 4 }) - 8
         }
     }
 

@@ -52,7 +52,7 @@ pub struct MoeConfig {
 }
 
 /// The family-specific rule deciding which layer indices are MoE layers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MoeLayerRule {
     /// ERNIE 4.5: `start <= i <= end` and `(i + 1) % interval == 0`.
     Ernie {
@@ -78,13 +78,8 @@ pub enum MoeLayerRule {
         freq: usize,
     },
     /// Every layer (Mixtral).
+    #[default]
     All,
-}
-
-impl Default for MoeLayerRule {
-    fn default() -> Self {
-        MoeLayerRule::All
-    }
 }
 
 impl MoeConfig {
@@ -99,9 +94,11 @@ impl MoeConfig {
             return false;
         }
         match &self.rule {
-            MoeLayerRule::Ernie { start, end, interval } => i >= *start && i <= end.unwrap_or(num_layers - 1) && (i + 1) % interval == 0,
-            MoeLayerRule::Qwen { step, mlp_only_layers } => !mlp_only_layers.contains(&i) && (i + 1) % step == 0,
-            MoeLayerRule::DeepSeek { first_dense, freq } => i >= *first_dense && i % freq == 0,
+            MoeLayerRule::Ernie { start, end, interval } => {
+                i >= *start && i <= end.unwrap_or(num_layers - 1) && (i + 1).is_multiple_of(*interval)
+            }
+            MoeLayerRule::Qwen { step, mlp_only_layers } => !mlp_only_layers.contains(&i) && (i + 1).is_multiple_of(*step),
+            MoeLayerRule::DeepSeek { first_dense, freq } => i >= *first_dense && i.is_multiple_of(*freq),
             MoeLayerRule::All => true,
         }
     }

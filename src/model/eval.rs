@@ -54,14 +54,14 @@ pub fn parse_tokens(bytes: &[u8], seq_len: Option<usize>, path: &Path) -> Result
     let sequences = match seq_len {
         Some(0) => return Err(bad("--seq-len must be positive".to_string())),
         Some(n) => {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return Err(bad(format!("{} bytes is not a whole number of little-endian u32 token ids", bytes.len())));
             }
             let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             ids.chunks(n).map(<[u32]>::to_vec).collect()
         }
         None => {
-            let json: serde_json::Value = serde_json::from_slice(&bytes)
+            let json: serde_json::Value = serde_json::from_slice(bytes)
                 .map_err(|e| bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len")))?;
             let seqs = json.as_array().ok_or_else(|| bad("must be a JSON array of sequences (arrays of token ids)".to_string()))?;
             let mut out = Vec::with_capacity(seqs.len());

@@ -312,7 +312,7 @@ pub(crate) fn quant_weight_shape<L: Layout>(k: usize, n: usize) -> [usize; 2] {
 
 /// Shape check shared by both formats.
 pub(crate) fn check_shape<L: Layout>(k: usize, n: usize) -> Result<(), SchemeError> {
-    if k == 0 || k % K_MULTIPLE != 0 || n == 0 || n % L::N_MULTIPLE != 0 {
+    if k == 0 || !k.is_multiple_of(K_MULTIPLE) || n == 0 || !n.is_multiple_of(L::N_MULTIPLE) {
         return Err(SchemeError::BadShape { scheme: L::KIND, k, n, requirement: L::REQUIREMENT });
     }
     Ok(())

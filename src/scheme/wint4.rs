@@ -91,7 +91,7 @@ impl Layout for Wint4 {
                 for row in 0..k {
                     let a = nibble_in_group(row, col);
                     let v = ((q[row * n + col] as u8).wrapping_add(8)) & 15;
-                    run[a / 2] |= if a % 2 == 0 { v } else { v << 4 };
+                    run[a / 2] |= if a.is_multiple_of(2) { v } else { v << 4 };
                 }
             }
         });

@@ -5,8 +5,10 @@
 //! - SQNR = 10 log10(sum W^2 / sum e^2) dB (= -10 log10 NMSE);
 //! - cosine = sum W What / (||W|| ||What||);
 //! - max abs = max |e|;
+//!
 //! and on activations, with `Y = X W` and `Yhat = X What`:
 //! - output relative error = ||Y - Yhat|| / ||Y||.
+//!
 //! Sums are in f64 and taken in a fixed order, so figures do not depend on thread count.
 
 use serde::Serialize;
@@ -79,7 +81,7 @@ impl ErrorSums {
 fn ratio(num: f64, den: f64) -> f64 {
     match (num, den) {
         (n, d) if d > 0.0 => n / d,
-        (n, _) if n == 0.0 => 0.0,
+        (0.0, _) => 0.0,
         _ => f64::INFINITY,
     }
 }

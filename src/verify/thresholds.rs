@@ -46,7 +46,7 @@ impl Limits {
 
     /// Whether `value` of a `scheme` tensor breaks its limit (NaN always does).
     pub fn exceeded(&self, scheme: &str, value: f64) -> Option<f64> {
-        self.for_scheme(scheme).filter(|&limit| !(value <= limit))
+        self.for_scheme(scheme).filter(|&limit| value.is_nan() || value > limit)
     }
 }
 

@@ -119,7 +119,7 @@ fn fastdeploy_layout_from_pytorch_is_exact() {
     let cases: [(&str, Vec<String>, Box<dyn Scheme>); 4] = [
         (
             "ernie.layers.2.mlp.experts.3.up_gate_proj",
-            vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.2.mlp.experts.3.{p}.weight")).collect(),
+            ["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.2.mlp.experts.3.{p}.weight")).collect(),
             Box::new(Wint2::default()),
         ),
         (
@@ -129,12 +129,12 @@ fn fastdeploy_layout_from_pytorch_is_exact() {
         ),
         (
             "ernie.layers.1.mlp.experts.1.up_gate_proj",
-            vec!["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.1.mlp.experts.1.{p}.weight")).collect(),
+            ["gate_proj", "up_proj"].iter().map(|p| format!("model.layers.1.mlp.experts.1.{p}.weight")).collect(),
             Box::new(Wint4::default()),
         ),
         (
             "ernie.layers.0.self_attn.qkv_proj",
-            vec!["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("model.layers.0.self_attn.{p}.weight")).collect(),
+            ["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("model.layers.0.self_attn.{p}.weight")).collect(),
             Box::new(Wint8::default()),
         ),
     ];

@@ -293,7 +293,7 @@ unsafe fn group_scale_parts(ws: *const u8, g: usize, sup: &[f32; 64]) -> ([u32; 
 /// invariants, `x.len() == m * b.k`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(crate) unsafe fn wint2_block_avx512(b: &Wint2Block<'_>, x: &[f32], m: usize) -> Vec<[f32; WIDTH]> {
-    debug_assert!(b.n0 + WIDTH <= b.n && b.k % 64 == 0 && x.len() == m * b.k);
+    debug_assert!(b.n0 + WIDTH <= b.n && b.k.is_multiple_of(64) && x.len() == m * b.k);
     let mut out = vec![[0f32; WIDTH]; m];
     let mut r0 = 0;
     while r0 < m {
@@ -364,7 +364,7 @@ unsafe fn codes_low(p: *const u8, cs: __m512, c: __m512) -> __m512i {
 unsafe fn group_scales(p: *const u8, g: usize, sup: __m512) -> __m512 {
     // SAFETY: the caller guarantees 16 readable bytes at `p`.
     let bytes = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) });
-    let ls = if g % 2 == 0 { _mm512_srli_epi32::<4>(bytes) } else { _mm512_and_si512(bytes, _mm512_set1_epi32(15)) };
+    let ls = if g.is_multiple_of(2) { _mm512_srli_epi32::<4>(bytes) } else { _mm512_and_si512(bytes, _mm512_set1_epi32(15)) };
     bf16_round(_mm512_mul_ps(_mm512_cvtepi32_ps(ls), sup))
 }
 

@@ -53,7 +53,7 @@ pub fn windows(d: i32) -> [i32; 4] {
 /// ```
 #[inline]
 pub fn local_scale(byte: u8, g: usize) -> u8 {
-    if g % 2 == 0 {
+    if g.is_multiple_of(2) {
         byte >> 4
     } else {
         byte & 15
@@ -173,7 +173,7 @@ mod tests {
         // Separately rounded: the product rounds to 20018.0 (f32 ulp at 20018 is 2^-9),
         //   then 20018 - 20000 = 18 -> d = 18.
         // Fused: the exact sum 18 - 2^-17 is representable (ulp at 18 is 2^-19) -> d = 17.
-        let cs = 78.501_960_754_394_53_f32;
+        let cs = 78.501_96_f32;
         assert_eq!(cs, 10_289_409.0 * (2.0f32).powi(-17));
         let zp = -20000.5f32;
         let separate = ((255.0f32 * cs) + (zp + 0.5)).floor() as i32;

@@ -237,7 +237,7 @@ fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[C
             // Decoding is odd in the super scale: -super decodes the mirrored column exactly.
             fit.code.super_scale = -fit.code.super_scale;
         }
-        if best.as_ref().map_or(true, |b| fit.error < b.error) {
+        if best.as_ref().is_none_or(|b| fit.error < b.error) {
             best = Some(fit);
         }
     }
@@ -485,10 +485,10 @@ mod experiments {
     fn exact(cb: &Codebook, x: &[f32], h: &[f32], targets: &[f32], sup: f32, radius: i32) -> f64 {
         let mut bytes = [0u8; 16];
         let mut total = 0.0;
-        for g in 0..targets.len() {
+        for (g, &target) in targets.iter().enumerate() {
             let rows = g * 64..(g + 1) * 64;
             let (xg, hg) = (&x[rows.clone()], &h[rows.clone()]);
-            let l0 = ((targets[g] / sup).round() as i32).clamp(1, 15);
+            let l0 = ((target / sup).round() as i32).clamp(1, 15);
             let e0 = assign_group(cb, xg, hg, l0 as u8, sup, Rounding::Fused, &mut bytes);
             let ls = least_squares_scales(cb, xg, hg, &bytes)[0];
             let l1 = ((ls / sup).round() as i32).clamp(1, 15);
@@ -547,6 +547,7 @@ mod experiments {
 
     #[test]
     #[ignore = "experiment"]
+    #[allow(clippy::needless_range_loop)]
     fn exp_candidates() {
         let (k, n) = (4096, 8);
         let cols = data(k, n);

@@ -178,7 +178,7 @@ impl Scheme for Wint2 {
     }
 
     fn check_shape(&self, k: usize, n: usize) -> Result<(), SchemeError> {
-        if k == 0 || k % K_MULTIPLE != 0 {
+        if k == 0 || !k.is_multiple_of(K_MULTIPLE) {
             return Err(SchemeError::BadShape { scheme: SchemeKind::Wint2, k, n, requirement: "k must be a positive multiple of 128" });
         }
         Ok(())
