@@ -19,12 +19,9 @@
 //! U      = V^-1,    so Hd^-1 = U^T U                (U upper: GPTQ's Cholesky factor of H^-1)
 //! ```
 //!
-//! `V` is computed from the last row upwards:
-//!
-//! ```text
-//! V[j][j] = sqrt(Hd[j][j] - sum_{m > j} V[j][m]^2)
-//! V[i][j] = (Hd[i][j] - sum_{m > j} V[i][m] V[j][m]) / V[j][j]        i < j
-//! ```
+//! With `P` the exchange matrix (rows and columns reversed), `P Hd P = L L^T` is an ordinary
+//! lower Cholesky factorisation, so `V = P L P` and `U = P L^-1 P` (both blocked, in
+//! [`super::cholesky`]).
 //!
 //! A pivot that is not positive (a Hessian that is singular in f64 even after damping) makes the
 //! factorisation retry with ten times the damping, up to [`MAX_RETRIES`] times; the damping
@@ -34,8 +31,7 @@
 //! [`Damping::empty`] says so. Nothing here returns NaN: the inputs are checked finite and the
 //! pivots positive.
 
-use rayon::prelude::*;
-
+use super::cholesky::{cholesky_lower, invert_lower};
 use super::SchemeError;
 
 /// Default relative damping (`--damp`): a hundredth of the mean diagonal, as GPTQ uses.
@@ -147,8 +143,7 @@ impl Hessian {
         let mut relative = f64::from(damp).max(1e-6);
         for retries in 0..=MAX_RETRIES {
             let lambda = relative * scale;
-            if let Some(v) = upper_lower_cholesky(&base, k, lambda) {
-                let u = upper_inverse(&v, k);
+            if let Some(u) = upper_lower_inverse(&base, k, lambda) {
                 let h: Vec<f32> = (0..k * k).map(|i| (base[i] + if i / k == i % k { lambda } else { 0.0 }) as f32).collect();
                 let diag = (0..k).map(|i| h[i * k + i]).collect();
                 let damping = Damping { requested: damp, used: relative as f32, lambda, retries, empty };
@@ -219,61 +214,18 @@ impl Hessian {
     }
 }
 
-/// `sum a_i b_i` with 8 independent partial sums (lane `i` takes the terms `i mod 8`, lanes
-/// added in order): vectorises, and the order is fixed, so the result is too.
-#[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
+/// `V` upper triangular with `base + lambda I = V V^T`, inverted: `U = V^-1`, or `None` when a
+/// pivot is not positive. With `P` the exchange matrix (rows and columns reversed),
+/// `P (base + lambda I) P = L L^T` (lower Cholesky, [`cholesky_lower`]), so `V = P L P` and
+/// `U = P L^-1 P` ([`invert_lower`]).
+fn upper_lower_inverse(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>> {
+    let flip = |i: usize| k - 1 - i;
+    let mut a: Vec<f64> = (0..k * k).map(|i| base[flip(i / k) * k + flip(i % k)] + if i / k == i % k { lambda } else { 0.0 }).collect();
+    if !cholesky_lower(&mut a, k) {
+        return None;
     }
-    let tail: f64 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
-/// `V` upper triangular with `base + lambda I = V V^T`, or `None` when a pivot is not positive.
-fn upper_lower_cholesky(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>> {
-    let mut v = vec![0.0f64; k * k];
-    for j in (0..k).rev() {
-        let tail = j + 1..k;
-        let rj: Vec<f64> = v[j * k..][tail.clone()].to_vec();
-        let pivot = base[j * k + j] + lambda - dot(&rj, &rj);
-        if !(pivot > 0.0 && pivot.is_finite()) {
-            return None;
-        }
-        let d = pivot.sqrt();
-        v[j * k + j] = d;
-        // Rows above j: each is independent, so the parallel split changes no arithmetic.
-        let (above, _) = v.split_at_mut(j * k);
-        above.par_chunks_mut(k).enumerate().with_min_len(64).for_each(|(i, row)| {
-            row[j] = (base[i * k + j] - dot(&row[tail.clone()], &rj)) / d;
-        });
-    }
-    Some(v)
-}
-
-/// `U = V^-1` for upper triangular `V`, by back substitution one column at a time
-/// (`U[i][c] = -(sum_{i < m <= c} V[i][m] U[m][c]) / V[i][i]`, `U[c][c] = 1 / V[c][c]`).
-fn upper_inverse(v: &[f64], k: usize) -> Vec<f64> {
-    // Column c of U is computed into row c of `ut` (U transposed), independently of the others.
-    let mut ut = vec![0.0f64; k * k];
-    ut.par_chunks_mut(k).enumerate().with_min_len(16).for_each(|(c, col)| {
-        col[c] = 1.0 / v[c * k + c];
-        for i in (0..c).rev() {
-            col[i] = -dot(&v[i * k + i + 1..i * k + c + 1], &col[i + 1..=c]) / v[i * k + i];
-        }
-    });
-    let mut u = vec![0.0f64; k * k];
-    for r in 0..k {
-        for c in r..k {
-            u[r * k + c] = ut[c * k + r];
-        }
-    }
-    u
+    let x = invert_lower(&a, k);
+    Some((0..k * k).map(|i| x[flip(i / k) * k + flip(i % k)]).collect())
 }
 
 #[cfg(test)]

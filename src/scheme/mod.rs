@@ -11,6 +11,7 @@
 //! checked against the shapes the scheme expects. Nothing here panics on bad input or
 //! prints; every failure is a [`SchemeError`] naming the problem.
 
+pub mod cholesky;
 pub mod feedback;
 pub mod importance;
 pub mod per_channel;
