@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Columns of the Gaussian matrix.
     #[arg(long, default_value_t = 512)]
     pub n: usize,
+    /// feedback: also convert a 21B-A3B-shaped checkpoint of a dense and an MoE layer with this
+    /// many routed experts, calibrated layer by layer (0: skip; 64 is the real model, minutes).
+    #[arg(long, default_value_t = 0)]
+    pub layer_experts: usize,
     /// Print one row per real matrix instead of pooling them.
     #[arg(long)]
     pub per_matrix: bool,
@@ -171,6 +175,17 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
                 t.peak_rss_mib.map_or("?".to_string(), |m| format!("{m:.0}"))
             );
         }
+    }
+    if args.layer_experts > 0 {
+        let dir = std::env::temp_dir().join(format!("ccq-bench-feedback-{}", std::process::id()));
+        let t = ccq::bench::feedback::time_layer(&dir, args.layer_experts, 4, 256)?;
+        println!(
+            "21B-A3B-shaped checkpoint, a dense layer and one MoE layer of {} experts, {} calibration tokens, --calib-tokens conversion: {:.1} s, peak RSS {}",
+            t.experts,
+            t.tokens,
+            t.seconds,
+            t.peak_rss_mib.map_or("?".to_string(), |m| format!("{m:.0} MiB"))
+        );
     }
     let bytes = layer_hessian_bytes(64, 2560, 1536);
     println!(

@@ -120,3 +120,55 @@ pub fn time_feedback(scheme: &dyn Scheme, k: usize, n: usize, seed: u64) -> crat
         peak_rss_mib: super::calibrate::peak_rss_mib(),
     })
 }
+
+/// One calibrated, layer-by-layer conversion of a synthetic 21B-A3B-shaped checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTiming {
+    /// Routed experts of its MoE layer.
+    pub experts: usize,
+    /// Calibration tokens.
+    pub tokens: usize,
+    /// Seconds of the conversion (calibration, feedback encoding and writing).
+    pub seconds: f64,
+    /// Peak resident memory of the process so far, MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Writes a 21B-A3B-shaped checkpoint of two layers (a dense one, then one MoE layer of
+/// `experts` routed experts) into `dir` (untimed), then converts it with `--preset
+/// wint2-experts --layout native --calib-tokens` on `sequences` random sequences of `seq_len`
+/// tokens (timed), and removes both.
+pub fn time_layer(dir: &std::path::Path, experts: usize, sequences: usize, seq_len: usize) -> crate::Result<LayerTiming> {
+    use crate::calibrate::layerwise::{Layerwise, LayerwiseOptions, DEFAULT_HESSIAN_BUDGET};
+    use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
+    let src = dir.join("source");
+    let model = super::calibrate::prepare(&src, "21b-a3b", 2, experts)?;
+    let ckpt = crate::Checkpoint::open(&src)?;
+    let layout = crate::layout::ModelLayout::of(&ckpt)?;
+    let preset = Preset::from_name("wint2-experts", 0).map_err(|problem| crate::Error::BadInput { problem })?;
+    let policy = Policy { preset, rules: Vec::new() };
+    let plan =
+        Plan::build(&ckpt, &layout, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: 4 << 30 })
+            .map_err(|r| crate::Error::BadInput { problem: format!("{} tensor(s) cannot be planned", r.len()) })?;
+    let mut rng = Rng::new(7);
+    let seqs: Vec<Vec<u32>> =
+        (0..sequences).map(|_| (0..seq_len).map(|_| (rng.next_u64() % model.vocab_size as u64) as u32).collect()).collect();
+    let options = LayerwiseOptions {
+        sequences: std::sync::Arc::new(seqs),
+        batch_tokens: 2048,
+        min_tokens: 16,
+        weighting: crate::calibrate::Weighting::Uniform,
+        damp: crate::scheme::importance::DEFAULT_DAMP,
+        sequential: false,
+        hessian_budget: DEFAULT_HESSIAN_BUDGET,
+        tokens_label: serde_json::Value::Null,
+    };
+    let opts = ConvertOptions { force: true, layerwise: Some(std::sync::Arc::new(Layerwise::new(options))), ..ConvertOptions::default() };
+    let out = dir.join("out");
+    let start = Instant::now();
+    convert::convert(&ckpt, &plan, &out, &opts, &|_| Ok(()), &mut |_| {})?;
+    let seconds = start.elapsed().as_secs_f64();
+    let timing = LayerTiming { experts, tokens: sequences * seq_len, seconds, peak_rss_mib: super::calibrate::peak_rss_mib() };
+    std::fs::remove_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    Ok(timing)
+}

@@ -11,12 +11,16 @@ use crate::scheme::SchemeError;
 /// ([`DenseView::gemm`]) instead of the tile kernels.
 pub(crate) const GEMM_MIN_ROWS: usize = 16;
 
-/// Rows of `x` per parallel GEMM task: fixed, so the result does not depend on threads.
-const GEMM_ROWS: usize = 64;
+/// Rows of `x` per parallel GEMM task for `m` rows: at least 64, at most 8 tasks (each task
+/// packs the whole weight matrix once, so fewer, taller tasks pack less). A function of `m`
+/// alone, so the result does not depend on threads.
+fn gemm_rows(m: usize) -> usize {
+    m.div_ceil(8).next_multiple_of(64).max(64)
+}
 
 impl<const SIZE: usize> DenseView<'_, SIZE> {
     /// `y = x W` by `matrixmultiply::sgemm`, in parallel over fixed blocks of
-    /// [`GEMM_ROWS`] rows of `x` (f32 sums in the GEMM's own order: within
+    /// [`gemm_rows`] rows of `x` (f32 sums in the GEMM's own order: within
     /// [`super::tolerance`] of the reference, like the other fast paths). bf16 weights are
     /// widened (exactly) to an f32 copy of the matrix for the call.
     pub(crate) fn gemm(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -35,7 +39,8 @@ impl<const SIZE: usize> DenseView<'_, SIZE> {
         if n == 0 {
             return y;
         }
-        y.par_chunks_mut(GEMM_ROWS * n).zip(x.par_chunks(GEMM_ROWS * k.max(1))).for_each(|(yb, xb)| {
+        let rows = gemm_rows(m);
+        y.par_chunks_mut(rows * n).zip(x.par_chunks(rows * k.max(1))).for_each(|(yb, xb)| {
             let rows = yb.len() / n;
             // SAFETY: xb is rows x k, w is k x n, yb is rows x n, all row-major and in bounds;
             // yb is not aliased.

@@ -71,7 +71,7 @@
 //! weights below 16 rows of `x` the fast path keeps the reference's order and operations, and
 //! tests hold it bit-identical; so does the portable WINT2 path. From 16 rows on, dense
 //! weights (bf16 widened exactly to an f32 copy for the call) go through `matrixmultiply`'s
-//! GEMM (its own summation order, in parallel over fixed blocks of 64 rows, so still
+//! GEMM (its own summation order, in parallel over blocks of rows fixed by `m`, so still
 //! independent of the thread count, and of the column a weight sits in): the forward pass of
 //! calibration and evaluation spends its time there. The AVX-512 WINT2 kernel sums in another
 //! order (FMA, per-lane accumulators), so for WINT2 [`matmul`] is held to the bound only;

@@ -127,16 +127,12 @@ impl Hessian {
         }
         let mean_diag = (0..k).map(|i| xtx[i * k + i] as f64).sum::<f64>() / k as f64;
         let empty = mean_diag <= f64::from(f32::MIN_POSITIVE);
-        // Symmetrise from the upper triangle, in f64.
-        let base: Vec<f64> = if empty {
-            (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
-        } else {
-            (0..k * k)
-                .map(|i| {
-                    let (r, c) = (i / k, i % k);
-                    xtx[r.min(c) * k + r.max(c)] as f64
-                })
-                .collect()
+        // The symmetric H from the upper triangle (the identity when empty).
+        let base = |r: usize, c: usize| -> f64 {
+            match empty {
+                true => f64::from(u8::from(r == c)),
+                false => xtx[r.min(c) * k + r.max(c)] as f64,
+            }
         };
         let scale = if empty { 1.0 } else { mean_diag };
         // At least a tiny damping, so that an all-zero channel never gives a zero pivot.
@@ -144,10 +140,10 @@ impl Hessian {
         for retries in 0..=MAX_RETRIES {
             let lambda = relative * scale;
             if let Some(u) = upper_lower_inverse(&base, k, lambda) {
-                let h: Vec<f32> = (0..k * k).map(|i| (base[i] + if i / k == i % k { lambda } else { 0.0 }) as f32).collect();
+                let h: Vec<f32> = (0..k * k).map(|i| (base(i / k, i % k) + if i / k == i % k { lambda } else { 0.0 }) as f32).collect();
                 let diag = (0..k).map(|i| h[i * k + i]).collect();
                 let damping = Damping { requested: damp, used: relative as f32, lambda, retries, empty };
-                return Ok(Hessian { k, h, diag, u: u.into_iter().map(|x| x as f32).collect(), damping });
+                return Ok(Hessian { k, h, diag, u, damping });
             }
             relative *= 10.0;
         }
@@ -214,18 +210,20 @@ impl Hessian {
     }
 }
 
-/// `V` upper triangular with `base + lambda I = V V^T`, inverted: `U = V^-1`, or `None` when a
-/// pivot is not positive. With `P` the exchange matrix (rows and columns reversed),
-/// `P (base + lambda I) P = L L^T` (lower Cholesky, [`cholesky_lower`]), so `V = P L P` and
-/// `U = P L^-1 P` ([`invert_lower`]).
-fn upper_lower_inverse(base: &[f64], k: usize, lambda: f64) -> Option<Vec<f64>> {
+/// `V` upper triangular with `H + lambda I = V V^T` (`H[r][c] = base(r, c)`), inverted and
+/// rounded to f32: `U = V^-1`, or `None` when a pivot is not positive. With `P` the exchange
+/// matrix (rows and columns reversed), `P (H + lambda I) P = L L^T` (lower Cholesky,
+/// [`cholesky_lower`]), so `V = P L P` and `U = P L^-1 P` ([`invert_lower`]). Holds two f64
+/// copies of the matrix at most.
+fn upper_lower_inverse(base: &dyn Fn(usize, usize) -> f64, k: usize, lambda: f64) -> Option<Vec<f32>> {
     let flip = |i: usize| k - 1 - i;
-    let mut a: Vec<f64> = (0..k * k).map(|i| base[flip(i / k) * k + flip(i % k)] + if i / k == i % k { lambda } else { 0.0 }).collect();
+    let mut a: Vec<f64> = (0..k * k).map(|i| base(flip(i / k), flip(i % k)) + if i / k == i % k { lambda } else { 0.0 }).collect();
     if !cholesky_lower(&mut a, k) {
         return None;
     }
     let x = invert_lower(&a, k);
-    Some((0..k * k).map(|i| x[flip(i / k) * k + flip(i % k)]).collect())
+    drop(a);
+    Some((0..k * k).map(|i| x[flip(i / k) * k + flip(i % k)] as f32).collect())
 }
 
 #[cfg(test)]
