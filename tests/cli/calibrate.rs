@@ -10,6 +10,16 @@ fn tokens(dir: &std::path::Path, seed: usize) -> String {
     path.display().to_string()
 }
 
+/// The mean calibration-weighted output error of the WINT2 tensors of `quant` (`ccq verify
+/// --calib`), checking that the report says the calibration weighted it.
+fn wint2_output_error(src: &str, quant: &str, stats: &str) -> f64 {
+    let v: Value = serde_json::from_str(&stdout(&ccq(&["verify", src, quant, "--calib", stats, "--json", "--quiet"]))).unwrap();
+    assert!(v["probe"].as_str().unwrap().contains("calibration"), "{}", v["probe"]);
+    let rows: Vec<f64> =
+        v["tensors"].as_array().unwrap().iter().filter(|r| r["scheme"] == "wint2").map(|r| r["output_rel_err"].as_f64().unwrap()).collect();
+    rows.iter().sum::<f64>() / rows.len() as f64
+}
+
 #[test]
 fn calibrated_quantization_end_to_end() {
     let dir = temp_dir("calibrate");
@@ -51,20 +61,7 @@ fn calibrated_quantization_end_to_end() {
     );
 
     // Under the calibration statistics, the calibrated checkpoint has the lower output error.
-    let error = |q: &std::path::Path| -> f64 {
-        let v: Value =
-            serde_json::from_str(&stdout(&ccq(&["verify", &src, &q.display().to_string(), "--calib", &stats, "--json", "--quiet"])))
-                .unwrap();
-        assert!(v["probe"].as_str().unwrap().contains("calibration"), "{}", v["probe"]);
-        let rows: Vec<f64> = v["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["scheme"] == "wint2")
-            .map(|r| r["output_rel_err"].as_f64().unwrap())
-            .collect();
-        rows.iter().sum::<f64>() / rows.len() as f64
-    };
+    let error = |q: &std::path::Path| wint2_output_error(&src, &q.display().to_string(), &stats);
     assert!(error(&calibrated) < error(&plain));
 
     // Statistics of another model are refused before any work.
@@ -135,17 +132,7 @@ fn feedback_conversion_from_calibration_tokens() {
     stdout(&ccq(&["calibrate", &src, "--tokens", &toks, "-o", &stats, "--hessian", "full", "--min-tokens", "40"]));
     let plain = quantize(&path("plain"), &["--quiet"]);
     assert!(plain.status.success());
-    let error = |q: &str| -> f64 {
-        let v: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &path(q), "--calib", &stats, "--json", "--quiet"]))).unwrap();
-        let rows: Vec<f64> = v["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["scheme"] == "wint2")
-            .map(|r| r["output_rel_err"].as_f64().unwrap())
-            .collect();
-        rows.iter().sum::<f64>() / rows.len() as f64
-    };
+    let error = |q: &str| wint2_output_error(&src, &path(q), &stats);
     assert!(error("one") < error("plain"), "feedback {} plain {}", error("one"), error("plain"));
 
     // Bad input is refused before any work: ids outside the vocabulary, a budget too small.
