@@ -3,17 +3,21 @@
 //! The crate is laid out by concept:
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
-//! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side;
+//! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side, and what
+//!   an encoder minimises ([`scheme::Importance`]: none, diagonal, or a full Hessian with error
+//!   feedback, [`scheme::feedback`]);
 //! - [`kernel`]: dequantize and matmul straight from packed bytes (reference and fast paths);
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
 //!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
 //! - [`model`]: the ERNIE 4.5 MoE forward pass (layer by layer, on original or quantized
 //!   weights), with routing and activation hooks, and `ccq eval`'s perplexity / KL figures;
+//! - [`calibrate`]: per-expert activation statistics from the forward pass, and the
+//!   calibrated layer-by-layer conversion ([`calibrate::layerwise`]);
 //! - [`inspect`]: a header-only summary of a checkpoint;
 //! - [`verify`]: error figures, thresholds and reports comparing a quantized checkpoint with
 //!   its original;
-//! - [`bench`]: quality and speed measurements behind `ccq bench`;
+//! - [`bench`](mod@bench): quality and speed measurements behind `ccq bench`;
 //! - [`synth`], [`rng`]: deterministic synthetic data for tests and benchmarks.
 #![deny(missing_docs)]
 

@@ -7,7 +7,7 @@
 //! rows are the f32 matmul baseline (the same tiled kernel on plain f32 weights).
 //!
 //! WINT2 gets a second row, `wint2-portable`: the same call with the instruction-set
-//! kernels turned off ([`matmul_portable`](crate::kernel::matmul_portable)), the path CPUs
+//! kernels turned off ([`crate::kernel::matmul_portable`]), the path CPUs
 //! without AVX-512 BF16 run and the old fast path, timed in the same run for a ratio.
 //!
 //! Figures per row: `weights/s = K * N / t` (each call reads every weight once, whatever

@@ -363,10 +363,10 @@ pub struct FactorCache {
 
 impl FactorCache {
     /// Entries kept.
-    const KEEP: usize = 3;
+    const KEEP: usize = 3; // see `get`
 
     /// The factorised Hessian of `xtx` (`[k, k]`) with damping `damp`, computed at most once
-    /// while it stays among the last [`FactorCache::KEEP`] used.
+    /// while it stays among the last three used.
     pub fn get(
         &mut self,
         xtx: &std::sync::Arc<Vec<f32>>,

@@ -1,7 +1,7 @@
 //! The WINT2 decoder: the exact arithmetic of FastDeploy's fused GEMM, step by step.
 //!
 //! Each function below is one numbered step of `wint2-format.md`; the comment above it
-//! quotes the step. [`decode_matrix`] strings them together. The encoder uses the same
+//! quotes the step. `decode_matrix` strings them together. The encoder uses the same
 //! functions to build its candidate tables, so what it optimises is what inference sees.
 
 use rayon::prelude::*;
