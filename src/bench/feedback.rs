@@ -87,8 +87,7 @@ pub fn layer_hessian_bytes(experts: usize, hidden: usize, width: usize) -> u64 {
 }
 
 fn relative_error(w: &[f32], d: &[f32], n: usize, h: &Hessian) -> f64 {
-    let e: Vec<f32> = w.iter().zip(d).map(|(a, b)| a - b).collect();
-    let num: f64 = h.column_errors(&e, n).iter().sum();
+    let num: f64 = h.output_errors(w, d, n).iter().sum();
     let den: f64 = h.column_errors(w, n).iter().sum();
     num / den.max(f64::MIN_POSITIVE)
 }

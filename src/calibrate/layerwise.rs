@@ -237,17 +237,14 @@ impl LayerwiseEncoder for Layerwise {
                 self.layers.lock().map_err(|_| poisoned())?.insert(l, entry["experts"].clone());
                 let names: Vec<String> = serde_json::from_value(entry["tensors"].clone()).unwrap_or_default();
                 let kept: Vec<&PlannedTensor> = tensors.iter().copied().filter(|t| names.contains(&t.name)).collect();
-                let packed = if o.sequential { read_layer(&path, &kept, effort)? } else { Vec::new() };
-                if !o.sequential {
-                    run_layer(&cfg, &source, l, &mut h, &batches, &mut NoObserver)?;
-                }
                 for t in &kept {
                     pre.insert(t.name.clone(), path.clone());
                 }
                 if !o.sequential {
+                    run_layer(&cfg, &source, l, &mut h, &batches, &mut NoObserver)?;
                     continue;
                 }
-                packed
+                read_layer(&path, &kept, effort)?
             } else {
                 let mut next = None;
                 let mut encoded = Vec::new();

@@ -88,15 +88,19 @@ pub(crate) fn code_matrix<C: BlockCoder>(w: &[f32], k: usize, n: usize, hessian:
     let mut codes = vec![0u8; k / r * n];
     let mut choices = vec![0u8; k / CHUNK_ROWS * n];
     for (c0, (panel, chosen)) in panels {
-        let p = PANEL_COLUMNS.min(n - c0);
-        for (b, row) in panel.chunks_exact(p).enumerate() {
-            codes[b * n + c0..b * n + c0 + p].copy_from_slice(row);
-        }
-        for (g, row) in chosen.chunks_exact(p).enumerate() {
-            choices[g * n + c0..g * n + c0 + p].copy_from_slice(row);
-        }
+        place_columns(&mut codes, n, c0, &panel);
+        place_columns(&mut choices, n, c0, &chosen);
     }
     Coded { codes, choices }
+}
+
+/// Copies the columns `c0..c0 + p` of a row-major matrix `n` wide from `panel` (row-major,
+/// `p = min(PANEL_COLUMNS, n - c0)` wide).
+fn place_columns(dst: &mut [u8], n: usize, c0: usize, panel: &[u8]) {
+    let p = PANEL_COLUMNS.min(n - c0);
+    for (row, src) in panel.chunks_exact(p).enumerate() {
+        dst[row * n + c0..row * n + c0 + p].copy_from_slice(src);
+    }
 }
 
 /// `M_B = U_BB^-T` of every block, row-major `r x r` each.
@@ -132,7 +136,7 @@ fn code_panel<C: BlockCoder>(
     hessian: &Hessian,
     metrics: &[Vec<f32>],
     coder: &C,
-) -> (Vec<u8>, Vec<u8>) {
+) -> PanelCodes {
     let r = coder.rows();
     let u = hessian.factor();
     let mut x: Vec<f32> = (0..k).flat_map(|row| w[row * n + c0..row * n + c0 + p].iter().copied()).collect();
@@ -233,6 +237,12 @@ fn code_chunk<C: BlockCoder>(coder: &C, cand: &C::Chunk, column: &[f32], s: usiz
     ChunkCode { choice: 0, loss, x, y, codes }
 }
 
+/// The `[k, k]` identity, row-major: the Hessian under which feedback has nothing to feed.
+#[cfg(test)]
+pub(crate) fn identity(k: usize) -> Vec<f32> {
+    (0..k * k).map(|i| f32::from(u8::from(i / k == i % k))).collect()
+}
+
 /// `X^T X / T` of `4k` tokens whose channels are random mixtures of each other (strongly
 /// correlated, as real activations are): the Hessian of the feedback tests.
 #[cfg(test)]
@@ -297,18 +307,14 @@ mod tests {
         let grid = Grid { q: 0.7, rows: 1 };
         let fed = decode(&code_matrix(&w, k, n, &hs, &grid).codes, grid.q);
         let plain: Vec<f32> = w.iter().map(|v| (v / grid.q).round().clamp(-3.0, 3.0) * grid.q).collect();
-        let err = |d: &[f32]| -> f64 {
-            let e: Vec<f32> = w.iter().zip(d).map(|(a, b)| a - b).collect();
-            hs.column_errors(&e, n).iter().sum()
-        };
+        let err = |d: &[f32]| -> f64 { hs.output_errors(&w, d, n).iter().sum() };
         assert!(err(&fed) < 0.7 * err(&plain), "feedback {} plain {}", err(&fed), err(&plain));
     }
 
     #[test]
     fn identity_hessian_is_plain_rounding() {
         let (k, n) = (64, 9);
-        let eye: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
-        let hs = Hessian::new(k, &eye, 0.0).unwrap();
+        let hs = Hessian::new(k, &identity(k), 0.0).unwrap();
         let w = Rng::new(4).normals(k * n);
         let grid = Grid { q: 0.5, rows: 1 };
         let fed = decode(&code_matrix(&w, k, n, &hs, &grid).codes, grid.q);

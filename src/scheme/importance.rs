@@ -175,6 +175,13 @@ impl Hessian {
         self.damping
     }
 
+    /// Per column: the output error of `w_hat` against `w` (both row-major `[K, N]`),
+    /// [`Hessian::column_errors`] of `w - w_hat`.
+    pub fn output_errors(&self, w: &[f32], w_hat: &[f32], n: usize) -> Vec<f64> {
+        let e: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+        self.column_errors(&e, n)
+    }
+
     /// Per column `c` of the row-major `[K, N]` error `e`: `e_c^T Hd e_c` (the output error of
     /// that column); their sum is `tr(E^T Hd E)`.
     pub fn column_errors(&self, e: &[f32], n: usize) -> Vec<f64> {

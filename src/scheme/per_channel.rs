@@ -390,7 +390,7 @@ pub fn quantize_matrix_with_feedback(
 mod feedback_tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::scheme::feedback::correlated_hessian;
+    use crate::scheme::feedback::{correlated_hessian, identity};
 
     fn output_error(w: &[f32], q: &[i8], scales: &[bf16], n: usize, h: &Hessian) -> f64 {
         let e: Vec<f32> = w.iter().zip(q).enumerate().map(|(i, (&a, &c))| a - f32::from(c) * scales[i % n].to_f32()).collect();
@@ -421,8 +421,7 @@ mod feedback_tests {
     #[test]
     fn identity_hessian_is_never_worse_than_plain() {
         let (k, n) = (64, 6);
-        let eye: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
-        let h = Hessian::new(k, &eye, 0.0).unwrap();
+        let h = Hessian::new(k, &identity(k), 0.0).unwrap();
         let w = Rng::new(5).normals(k * n);
         let (fed, scales) = quantize_matrix_with_feedback(&w, k, n, &h, 7, ScaleRule::Search, 0.7);
         let (plain, plain_scales) = quantize_matrix(&w, k, n, Some(h.diag()), 7, ScaleRule::Search, 0.7);

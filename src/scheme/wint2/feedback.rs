@@ -104,8 +104,7 @@ pub(crate) fn encode_columns_with_feedback(
     let scheme = Wint2 { rounding, effort };
     let errors = |cols: &[ColumnCode]| -> Vec<f64> {
         let decoded = scheme.decode(&Wint2::pack(k, n, cols)).expect("the encoder's own components decode");
-        let e: Vec<f32> = w.iter().zip(&decoded).map(|(a, b)| a - b).collect();
-        hessian.column_errors(&e, n)
+        hessian.output_errors(w, &decoded, n)
     };
     let (plain_err, fed_err) = (errors(&columns), errors(&fed));
     for (col, f) in fed.into_iter().enumerate() {
@@ -120,15 +119,14 @@ pub(crate) fn encode_columns_with_feedback(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::scheme::feedback::correlated_hessian;
+    use crate::scheme::feedback::{correlated_hessian, identity};
     use crate::scheme::Importance;
     use proptest::prelude::*;
 
     /// `tr(E^T Hd E)` of an encoding.
     fn output_error(w: &[f32], k: usize, n: usize, h: &Hessian, cols: &[ColumnCode]) -> f64 {
         let d = Wint2::default().decode(&Wint2::pack(k, n, cols)).unwrap();
-        let e: Vec<f32> = w.iter().zip(&d).map(|(a, b)| a - b).collect();
-        h.column_errors(&e, n).iter().sum()
+        h.output_errors(w, &d, n).iter().sum()
     }
 
     proptest! {
@@ -139,8 +137,7 @@ mod tests {
         fn identity_hessian_is_never_worse_than_the_diagonal_encoder(seed in 0u64..1_000_000, scale in 0.01f32..100.0) {
             let (k, n) = (128, 6);
             let w: Vec<f32> = Rng::new(seed).normals(k * n).iter().map(|v| v * scale).collect();
-            let eye: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
-            let h = Hessian::new(k, &eye, 0.0).unwrap();
+            let h = Hessian::new(k, &identity(k), 0.0).unwrap();
             let fed = encode_columns_with_feedback(&w, k, n, &h, Rounding::Fused, Effort::Default);
             let plain = encode_columns_at(&w, k, n, None, Rounding::Fused, Effort::Default);
             let (a, b) = (output_error(&w, k, n, &h, &fed), output_error(&w, k, n, &h, &plain));
