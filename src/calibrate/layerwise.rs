@@ -259,7 +259,7 @@ impl LayerwiseEncoder for Layerwise {
                         next = Some(hn);
                     }
                     let counts = cal.expert_tokens(l);
-                    let stats = cal.finish(ckpt);
+                    let mut stats = cal.finish(ckpt);
                     if cfg.is_moe_layer(l) {
                         let fell = stats.fallbacks.get(&l).cloned().unwrap_or_default();
                         let tokens = &mut experts["tokens"];
@@ -269,12 +269,13 @@ impl LayerwiseEncoder for Layerwise {
                         let list = experts["fallbacks"].as_array().cloned().unwrap_or_default();
                         experts["fallbacks"] = json!(list.into_iter().chain(fell.into_iter().map(|e| json!(e))).collect::<Vec<_>>());
                     }
-                    // One shared X^T X (and so one factorisation) per input.
-                    let mut shared: BTreeMap<String, Arc<Vec<f32>>> = BTreeMap::new();
+                    // One shared X^T X (moved out of the statistics, not copied), and so one
+                    // factorisation, per input.
+                    let shared: BTreeMap<String, Arc<Vec<f32>>> =
+                        stats.inputs.iter_mut().filter_map(|(id, s)| Some((id.clone(), Arc::new(s.xtx.take()?)))).collect();
                     let mut factors = FactorCache::default();
                     for t in tensors {
-                        let Some(id) = stats.weights.get(&t.sources[0]) else { continue };
-                        let Some(xtx) = stats.inputs.get(id).and_then(|s| s.xtx.as_ref()) else { continue };
+                        let Some(xtx) = stats.weights.get(&t.sources[0]).and_then(|id| shared.get(id)) else { continue };
                         if encoded.iter().any(|(e, _): &(&PlannedTensor, Packed)| e.name == t.name) {
                             continue;
                         }
@@ -284,9 +285,8 @@ impl LayerwiseEncoder for Layerwise {
                         }
                         let kind =
                             t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
-                        let xtx = shared.entry(id.clone()).or_insert_with(|| Arc::new(xtx.clone())).clone();
-                        let (packed, fed) =
-                            encode_planned(t, kind, effort, &w, Some(&TensorImportance::Hessian(xtx)), o.damp, &mut factors)?;
+                        let importance = TensorImportance::Hessian(xtx.clone());
+                        let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&importance), o.damp, &mut factors)?;
                         layer_records.extend(fed);
                         encoded.push((*t, packed));
                     }
