@@ -26,7 +26,7 @@ pub mod layerwise;
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::model::{Block, ForwardConfig, LinearInput, LinearRows, Observer, Routing};
+use crate::model::{Block, ForwardConfig, LinearInput, LinearRows, Observer, Routing, TensorNames};
 use crate::Dtype;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -168,10 +168,12 @@ const XTX_BLOCK: usize = 64;
 /// Gathers statistics while [`crate::model::forward`] runs.
 pub struct Calibrator {
     cfg: ForwardConfig,
-    prefix: &'static str,
+    names: TensorNames,
     options: CalibOptions,
     /// Raw sums by input id.
     pub sums: BTreeMap<String, InputSums>,
+    /// Input id -> the weight tensors that read it (candidates; those in the checkpoint are kept).
+    readers: BTreeMap<String, Vec<String>>,
     /// Routed experts whose own sums are kept (all when `None`); the layer-level sums
     /// (`moe_input`, the pooled down input) always see every expert.
     experts: Option<std::ops::Range<usize>>,
@@ -182,23 +184,16 @@ pub struct Calibrator {
 /// The id of a layer's pooled down-projection input: every routed expert's down input, summed
 /// (the layer statistics a down projection with too few tokens is blended with). Internal: not
 /// written to the statistics file.
-fn pooled_down_id(prefix: &str, layer: usize) -> String {
-    format!("{prefix}layers.{layer}.mlp.pooled_down")
+fn pooled_down_id(names: &TensorNames, layer: usize) -> String {
+    format!("{}.pooled_down", names.moe_block(layer))
 }
 
-/// Input ids and the weight tensors reading each.
-fn input_id(prefix: &str, layers: usize, layer: usize, block: Block, input: LinearInput) -> String {
+/// The id of an input: its block's module and a leaf naming the input (`qkv`, `o_proj`,
+/// `gate_up`, `down_proj`), or `lm_head`.
+fn input_id(names: &TensorNames, layers: usize, layer: usize, block: Block, input: LinearInput) -> String {
     if block == Block::LmHead || layer >= layers {
         return "lm_head".to_string();
     }
-    let base = format!("{prefix}layers.{layer}");
-    let module = match block {
-        Block::Attention => format!("{base}.self_attn"),
-        Block::DenseMlp => format!("{base}.mlp"),
-        Block::SharedExperts => format!("{base}.mlp.shared_experts"),
-        Block::Expert(e) => format!("{base}.mlp.experts.{e}"),
-        Block::LmHead => unreachable!(),
-    };
     let leaf = match input {
         LinearInput::Qkv => "qkv",
         LinearInput::O => "o_proj",
@@ -206,33 +201,29 @@ fn input_id(prefix: &str, layers: usize, layer: usize, block: Block, input: Line
         LinearInput::Down => "down_proj",
         LinearInput::LmHead => "lm_head",
     };
-    format!("{module}.{leaf}")
+    format!("{}.{leaf}", names.module(layer, block))
 }
 
-fn moe_input_id(prefix: &str, layer: usize) -> String {
-    format!("{prefix}layers.{layer}.mlp.moe_input")
+fn moe_input_id(names: &TensorNames, layer: usize) -> String {
+    format!("{}.moe_input", names.moe_block(layer))
 }
 
-/// The weight tensors (`*.weight`) that read input `id`, by naming convention.
-fn weight_candidates(id: &str) -> Vec<String> {
-    let (module, leaves): (&str, &[&str]) = if let Some(m) = id.strip_suffix(".qkv") {
-        (m, &["qkv_proj", "q_proj", "k_proj", "v_proj"])
-    } else if let Some(m) = id.strip_suffix(".gate_up") {
-        (m, &["up_gate_proj", "gate_proj", "up_proj"])
-    } else if let Some(m) = id.strip_suffix(".moe_input") {
-        (m, &["gate"])
-    } else {
-        return vec![format!("{id}.weight")];
-    };
-    leaves.iter().map(|l| format!("{module}.{l}.weight")).collect()
+/// The weight tensors (`*.weight`) that read the input of `block` at `layer`.
+fn weight_candidates(names: &TensorNames, layer: usize, block: Block, input: LinearInput) -> Vec<String> {
+    if block == Block::LmHead {
+        return vec!["lm_head.weight".to_string()];
+    }
+    let module = names.module(layer, block);
+    names.readers(block, input).into_iter().map(|leaf| format!("{module}.{leaf}.weight")).collect()
 }
 
 impl Calibrator {
-    /// A calibrator for `cfg`; `paddle` selects the `ernie.` naming.
-    pub fn new(cfg: &ForwardConfig, paddle: bool, options: CalibOptions) -> Calibrator {
+    /// A calibrator for a model of `cfg` whose tensors are called `names`.
+    pub fn new(cfg: &ForwardConfig, names: &TensorNames, options: CalibOptions) -> Calibrator {
         Calibrator {
             cfg: cfg.clone(),
-            prefix: if paddle { "ernie." } else { "model." },
+            names: names.clone(),
+            readers: BTreeMap::new(),
             options,
             sums: BTreeMap::new(),
             experts: None,
@@ -265,7 +256,7 @@ impl Calibrator {
     pub fn expert_tokens(&self, l: usize) -> Vec<usize> {
         (0..self.cfg.experts)
             .map(|e| {
-                let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), LinearInput::GateUp);
+                let id = input_id(&self.names, self.cfg.layers, l, Block::Expert(e), LinearInput::GateUp);
                 self.sums.get(&id).map_or(0, |s| s.tokens.round() as usize)
             })
             .collect()
@@ -283,13 +274,13 @@ impl Calibrator {
             let min = self.options.min_tokens;
             let fell: Vec<usize> = kept.clone().filter(|&e| counts[e] < min).collect();
             // Layer-level means: gate_up from the MoE input, down pooled over the experts.
-            let pooled_down = self.sums.get(&pooled_down_id(self.prefix, l));
-            let moe_in = self.sums.get(&moe_input_id(self.prefix, l));
+            let pooled_down = self.sums.get(&pooled_down_id(&self.names, l));
+            let moe_in = self.sums.get(&moe_input_id(&self.names, l));
             for &e in &fell {
                 for (input, layer_sums, k) in
                     [(LinearInput::GateUp, moe_in, self.cfg.hidden), (LinearInput::Down, pooled_down, self.cfg.moe_intermediate)]
                 {
-                    let id = input_id(self.prefix, self.cfg.layers, l, Block::Expert(e), input);
+                    let id = input_id(&self.names, self.cfg.layers, l, Block::Expert(e), input);
                     let own = self.sums.get(&id).cloned().unwrap_or_else(|| InputSums::new(k, self.options.hessian == Hessian::Full));
                     inputs.insert(id, blend(&own, layer_sums, min));
                 }
@@ -297,7 +288,7 @@ impl Calibrator {
             expert_tokens.insert(l, counts);
             fallbacks.insert(l, fell);
         }
-        let pooled: Vec<String> = moe_layers.iter().map(|&l| pooled_down_id(self.prefix, l)).collect();
+        let pooled: Vec<String> = moe_layers.iter().map(|&l| pooled_down_id(&self.names, l)).collect();
         for (id, s) in &self.sums {
             if !inputs.contains_key(id) && !pooled.contains(id) {
                 inputs.insert(id.clone(), InputStats::from_sums(s, false));
@@ -305,9 +296,9 @@ impl Calibrator {
         }
         let mut weights = BTreeMap::new();
         for id in inputs.keys() {
-            for name in weight_candidates(id) {
-                if ckpt.get(&name).is_ok() {
-                    weights.insert(name, id.clone());
+            for name in self.readers.get(id).into_iter().flatten() {
+                if ckpt.get(name).is_ok() {
+                    weights.insert(name.clone(), id.clone());
                 }
             }
         }
@@ -337,12 +328,15 @@ impl Observer for Calibrator {
     }
 
     fn on_linear_input(&mut self, r: &LinearRows<'_>) {
-        let id = input_id(self.prefix, self.cfg.layers, r.layer, r.block, r.input);
+        let id = input_id(&self.names, self.cfg.layers, r.layer, r.block, r.input);
         let gates = match (self.options.weighting, r.block) {
             (Weighting::Gate, Block::Expert(_)) => r.gate_weights,
             _ => None,
         };
         if self.keeps(r.block) {
+            if !self.readers.contains_key(&id) {
+                self.readers.insert(id.clone(), weight_candidates(&self.names, r.layer, r.block, r.input));
+            }
             self.sums(id, r.k).add(r.rows, gates, 1.0);
         }
         // Every token is routed to exactly top_k experts, so the experts' gate_up inputs, each
@@ -351,11 +345,14 @@ impl Observer for Calibrator {
         match (r.block, r.input) {
             (Block::Expert(_), LinearInput::GateUp) => {
                 let top_k = self.cfg.top_k as f64;
-                let id = moe_input_id(self.prefix, r.layer);
+                let id = moe_input_id(&self.names, r.layer);
+                if !self.readers.contains_key(&id) {
+                    self.readers.insert(id.clone(), vec![self.names.router(r.layer)]);
+                }
                 self.sums(id, r.k).add(r.rows, None, 1.0 / top_k);
             }
             (Block::Expert(_), LinearInput::Down) => {
-                let id = pooled_down_id(self.prefix, r.layer);
+                let id = pooled_down_id(&self.names, r.layer);
                 self.sums(id, r.k).add(r.rows, gates, 1.0);
             }
             _ => {}
@@ -603,8 +600,7 @@ pub fn calibrate(ckpt: &Checkpoint, sequences: &[Vec<u32>], options: CalibOption
     let source = crate::model::source::OriginalWeights::new(ckpt)?;
     let cfg = crate::model::WeightSource::config(&source).clone();
     cfg.check_tokens(sequences)?;
-    let paddle = ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."));
-    let mut cal = Calibrator::new(&cfg, paddle, options);
+    let mut cal = Calibrator::new(&cfg, crate::model::WeightSource::names(&source), options);
     for batch in crate::model::batches(sequences, batch_tokens) {
         crate::model::forward(&source, batch, &mut cal)?;
     }

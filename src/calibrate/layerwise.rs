@@ -121,7 +121,7 @@ fn expert_chunks(cfg: &ForwardConfig, l: usize, budget: u64) -> Result<Vec<Range
         let no_experts: Range<usize> = 0..0;
         return if need <= budget { Ok(vec![no_experts]) } else { Err(too_small(budget, need, l)) };
     }
-    let shared = if cfg.shared_experts > 0 { sums_bytes(&[h, cfg.moe_intermediate * cfg.shared_experts]) } else { 0 };
+    let shared = if cfg.shared_intermediate > 0 { sums_bytes(&[h, cfg.shared_intermediate]) } else { 0 };
     // moe_input and the pooled down input are kept for every chunk.
     let layer_level = sums_bytes(&[h, cfg.moe_intermediate]);
     let per_expert = sums_bytes(&[h, cfg.moe_intermediate]);
@@ -144,7 +144,7 @@ pub fn model_hessian_bytes(cfg: &ForwardConfig) -> u64 {
             if !cfg.is_moe_layer(l) {
                 return attention + sums_bytes(&[h, cfg.intermediate]);
             }
-            let shared = if cfg.shared_experts > 0 { sums_bytes(&[h, cfg.moe_intermediate * cfg.shared_experts]) } else { 0 };
+            let shared = if cfg.shared_intermediate > 0 { sums_bytes(&[h, cfg.shared_intermediate]) } else { 0 };
             attention + shared + (cfg.experts as u64 + 1) * sums_bytes(&[h, cfg.moe_intermediate])
         })
         .sum();
@@ -208,7 +208,6 @@ impl LayerwiseEncoder for Layerwise {
         let cfg = self.check(ckpt)?;
         let source = OriginalWeights::new(ckpt)?;
         let chunks: Vec<Vec<Range<usize>>> = (0..cfg.layers).map(|l| expert_chunks(&cfg, l, o.hessian_budget)).collect::<Result<_>>()?;
-        let paddle = ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."));
         let mut by_layer: BTreeMap<usize, Vec<&PlannedTensor>> = BTreeMap::new();
         for t in plan.tensors.iter().filter(|t| t.choice.is_some()) {
             if let Some(l) = layer_of(&t.sources[0]).filter(|&l| l < cfg.layers) {
@@ -252,7 +251,7 @@ impl LayerwiseEncoder for Layerwise {
                 let mut experts = json!({});
                 for (ci, range) in layer_chunks.iter().enumerate() {
                     let options = CalibOptions { min_tokens: o.min_tokens, hessian: HessianKind::Full, weighting: o.weighting };
-                    let mut cal = Calibrator::new(&cfg, paddle, options).restricted(range.clone(), ci == 0);
+                    let mut cal = Calibrator::new(&cfg, source.names(), options).restricted(range.clone(), ci == 0);
                     let mut hn = h.clone();
                     run_layer(&cfg, &source, l, &mut hn, &batches, &mut cal)?;
                     if ci == 0 {

@@ -1,32 +1,35 @@
-//! The ERNIE 4.5 MoE text forward pass, layer by layer, on original or quantized weights.
+//! The decoder forward pass of every family ccq runs, layer by layer, on original or
+//! quantized weights.
 //!
 //! # What it computes
-//! The reference is Hugging Face's `Ernie4_5_MoeForCausalLM` (transformers
-//! `models/ernie4_5_moe/modeling_ernie4_5_moe.py`: `Ernie4_5_MoeRMSNorm`, `rotate_half` +
-//! `apply_rotary_pos_emb` with `repeat_interleave`, `Ernie4_5_MoeTopKRouter`,
-//! `Ernie4_5_MoeSparseMoeBlock`), computed in f32 throughout (the reference runs bf16
-//! activations with f32 norms, rope and router):
+//! One family-independent driver; what differs per family (rope pairing, q/k norms, router
+//! renormalisation, shared expert and its gate, names) is data in [`config`] and [`names`].
+//! The references are Hugging Face's `Ernie4_5_MoeForCausalLM`, `Qwen2MoeForCausalLM`,
+//! `Qwen3MoeForCausalLM`, `MixtralForCausalLM` and `LlamaForCausalLM`, computed here in f32
+//! throughout:
 //!
 //! ```text
 //! h = E[token]
 //! for each layer l:
-//!     h += o( attn( rope(q(n1(h))), rope(k(n1(h))), v(n1(h)) ) )      n1 = input_layernorm
-//!     h += mlp_l( n2(h) )                                            n2 = post_attention_layernorm
+//!     q, k, v = n1(h) Wq + bq, n1(h) Wk + bk, n1(h) Wv + bv   n1 = input_layernorm; biases when stored
+//!     q, k = qn(q), kn(k)                                     per-head rmsnorm (Qwen3 only)
+//!     h += o( attn( rope(q), rope(k), v ) )
+//!     h += mlp_l( n2(h) )                                     n2 = post_attention_layernorm
 //! logits = lm_head( norm(h) )          lm_head = E^T when tie_word_embeddings
 //!
 //! rmsnorm(x) = w * x / sqrt(mean(x^2) + rms_norm_eps)
-//! rope (interleaved, GPT-J style), for head dim d, pair (2i, 2i+1), position p:
-//!     f_i = p * rope_theta^(-2i/d)
-//!     y[2i]   = x[2i] cos f_i - x[2i+1] sin f_i
-//!     y[2i+1] = x[2i+1] cos f_i + x[2i] sin f_i
+//! rope, head dim d, position p, f_i = p * rope_theta^(-2i/d), i < d/2, rotating the pair (a, b):
+//!     a' = a cos f_i - b sin f_i,   b' = b cos f_i + a sin f_i
+//!     interleaved (ERNIE): (a, b) = (x[2i], x[2i+1]);  half (others): (a, b) = (x[i], x[i + d/2])
 //! attention: grouped-query (query head h reads kv head h / (heads / kv_heads)),
-//!     softmax(q k^T / sqrt(d) + causal mask) v, no biases
-//! dense mlp (layers where MoeConfig::is_moe_layer is false): down(silu(gate x) * up x)
+//!     softmax(q k^T / sqrt(d) + causal mask) v
+//! dense mlp (layers that are not MoE): down(silu(gate x) * up x)
 //! moe mlp:
-//!     p = softmax(x · G)                      G = mlp.gate.weight, f32, [hidden, experts]
-//!     S = top-moe_k experts by p + b          b = mlp.moe_statics.e_score_correction_bias
-//!     w_e = p_e / max(sum_{e' in S} p_e', moe_norm_min)  for e in S   (un-biased p)
-//!     y = sum_{e in S} w_e expert_e(x) + shared(x)       (each a SwiGLU mlp)
+//!     p = softmax(x · G)                      G = router, f32, [hidden, experts]
+//!     S = top-k experts by p + b              b = e_score_correction_bias (ERNIE), else 0
+//!     w_e = p_e / max(sum_{e' in S} p_e', moe_norm_min)  when renormalised, else p_e
+//!     y = sum_{e in S} w_e expert_e(x) + g(x) shared(x)   g = sigmoid(x · shared_expert_gate)
+//!                                                         (Qwen2-MoE), else 1; each a SwiGLU mlp
 //! ```
 //! Ties in the top-k are broken towards the lower expert index.
 //!
@@ -37,7 +40,7 @@
 //! sequence's attention scores (`heads x len x len`) at a time.
 //!
 //! # Weights
-//! Every projection is a [`Linear`] (`y = x W`, `x` is `[m, k]`); [`source::OriginalWeights`]
+//! Every projection is a [`Linear`] (`y = x W + b`, `x` is `[m, k]`); [`source::OriginalWeights`]
 //! reads an original checkpoint (PyTorch or Paddle naming) into f32 matrices,
 //! [`source::QuantizedWeights`] hands a quantized checkpoint's packed tensors to the kernels.
 //! Fused tensors (Paddle's `qkv_proj`, `up_gate_proj`) run once and are split by columns.
@@ -47,150 +50,17 @@
 //! it, with their token indices and routing weights) and every MoE layer's [`Routing`]: what
 //! per-expert calibration statistics are gathered from.
 
+pub mod config;
 pub mod eval;
+pub mod names;
 pub mod source;
 #[cfg(test)]
 mod tests;
 
+pub use config::{Architecture, ForwardConfig, Rope};
+pub use names::TensorNames;
+
 use crate::error::{Error, Result};
-use crate::layout::{ModelConfig, MoeConfig};
-use serde_json::Value;
-
-/// The default of `moe_norm_min` in the reference (`Ernie4_5_MoeConfig`).
-pub const DEFAULT_MOE_NORM_MIN: f64 = 1e-12;
-
-/// Everything the forward pass needs from `config.json`, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForwardConfig {
-    /// `hidden_size`.
-    pub hidden: usize,
-    /// `num_hidden_layers`.
-    pub layers: usize,
-    /// `num_attention_heads`.
-    pub heads: usize,
-    /// `num_key_value_heads` (`heads` when absent).
-    pub kv_heads: usize,
-    /// `head_dim` (`hidden / heads` when absent).
-    pub head_dim: usize,
-    /// `vocab_size`.
-    pub vocab: usize,
-    /// `intermediate_size`: the dense MLP width.
-    pub intermediate: usize,
-    /// `moe_intermediate_size` (text experts).
-    pub moe_intermediate: usize,
-    /// Routed (text) experts per MoE layer.
-    pub experts: usize,
-    /// Experts chosen per token (`moe_k`).
-    pub top_k: usize,
-    /// `moe_num_shared_experts` (their MLP is `moe_intermediate * shared` wide).
-    pub shared_experts: usize,
-    /// `rms_norm_eps`.
-    pub rms_norm_eps: f32,
-    /// `rope_theta`.
-    pub rope_theta: f64,
-    /// `max_position_embeddings` (no limit when absent).
-    pub max_positions: Option<usize>,
-    /// `moe_norm_min`.
-    pub moe_norm_min: f32,
-    /// `tie_word_embeddings`.
-    pub tie_word_embeddings: bool,
-    /// Which layers are MoE.
-    pub moe: MoeConfig,
-}
-
-impl ForwardConfig {
-    /// Reads and checks the config; a missing key is an [`Error::BadInput`] naming it.
-    pub fn from_json(json: &Value, file: &std::path::Path) -> Result<ForwardConfig> {
-        let cfg = ModelConfig::from_json(json, file)?;
-        let missing =
-            |key: &str| Error::BadInput { problem: format!("{}: config lacks \"{key}\", which the forward pass needs", file.display()) };
-        let float = |key: &str| json.get(key).and_then(Value::as_f64);
-        let Some(moe) = cfg.moe.clone() else {
-            return Err(missing("moe_num_experts"));
-        };
-        if !matches!(moe.rule, crate::layout::MoeLayerRule::Ernie { .. }) {
-            return Err(missing("moe_layer_start_index"));
-        }
-        let hidden = cfg.hidden_size.ok_or_else(|| missing("hidden_size"))?;
-        let heads = cfg.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
-        let kv_heads = cfg.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(Error::BadInput {
-                problem: format!(
-                    "{}: num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})",
-                    file.display()
-                ),
-            });
-        }
-        let head_dim = cfg.head_dim.unwrap_or(hidden / heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(Error::BadInput { problem: format!("{}: head_dim {head_dim} must be even and positive", file.display()) });
-        }
-        let experts = moe.num_experts[0];
-        let top_k = moe.top_k.ok_or_else(|| missing("moe_k"))?;
-        if top_k == 0 || top_k > experts {
-            return Err(Error::BadInput { problem: format!("{}: moe_k {top_k} must be in 1..={experts}", file.display()) });
-        }
-        let positive = |key: &str, value: Option<usize>| -> Result<usize> {
-            match value {
-                None => Err(missing(key)),
-                Some(0) => Err(Error::BadInput { problem: format!("{}: \"{key}\" must be positive", file.display()) }),
-                Some(v) => Ok(v),
-            }
-        };
-        let hidden = positive("hidden_size", Some(hidden))?;
-        // Every projection must be addressable: heads x head_dim x hidden cannot overflow.
-        let elements = |h: usize| h.checked_mul(head_dim).and_then(|w| w.checked_mul(hidden));
-        if elements(heads).and(elements(kv_heads)).is_none() {
-            return Err(Error::BadInput { problem: format!("{}: head_dim {head_dim} is too large", file.display()) });
-        }
-        Ok(ForwardConfig {
-            hidden,
-            layers: positive("num_hidden_layers", cfg.num_hidden_layers)?,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab: positive("vocab_size", cfg.vocab_size)?,
-            intermediate: positive("intermediate_size", cfg.intermediate_size)?,
-            moe_intermediate: positive("moe_intermediate_size", moe.intermediate_size.first().copied())?,
-            experts,
-            top_k,
-            shared_experts: moe.num_shared_experts,
-            rms_norm_eps: float("rms_norm_eps").ok_or_else(|| missing("rms_norm_eps"))? as f32,
-            rope_theta: float("rope_theta").ok_or_else(|| missing("rope_theta"))?,
-            max_positions: json.get("max_position_embeddings").and_then(Value::as_u64).map(|v| v as usize),
-            moe_norm_min: float("moe_norm_min").unwrap_or(DEFAULT_MOE_NORM_MIN) as f32,
-            tie_word_embeddings: cfg.tie_word_embeddings,
-            moe,
-        })
-    }
-
-    /// Whether layer `i` is an MoE layer.
-    pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.moe.is_moe_layer(i, self.layers)
-    }
-
-    /// Checks token sequences before any work: not empty, every id below `vocab`, no
-    /// sequence empty or longer than `max_position_embeddings`.
-    pub fn check_tokens(&self, sequences: &[Vec<u32>]) -> Result<()> {
-        let bad = |problem: String| Err(Error::BadInput { problem });
-        if sequences.is_empty() {
-            return bad("no token sequences given".to_string());
-        }
-        for (s, seq) in sequences.iter().enumerate() {
-            if seq.is_empty() {
-                return bad(format!("sequence {s} is empty"));
-            }
-            if let Some(max) = self.max_positions.filter(|&m| seq.len() > m) {
-                return bad(format!("sequence {s} has {} tokens, more than max_position_embeddings ({max})", seq.len()));
-            }
-            if let Some((i, t)) = seq.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
-                return bad(format!("sequence {s}, position {i}: token id {t} is outside the vocabulary (vocab_size {})", self.vocab));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A projection `y = x W`: `x` is `[m, k]`, `y` is `[m, n]`, both row-major.
 pub trait Linear {
@@ -234,6 +104,32 @@ impl Linear for KernelLinear {
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
             .map_err(|e| Error::BadTensor { tensor: self.name.clone(), problem: e.to_string() })
+    }
+}
+
+/// A linear followed by a bias: `y = x W + b`.
+pub struct Biased {
+    /// The linear.
+    pub linear: Box<dyn Linear>,
+    /// `b`, one per output.
+    pub bias: Vec<f32>,
+}
+
+impl Linear for Biased {
+    fn k(&self) -> usize {
+        self.linear.k()
+    }
+
+    fn n(&self) -> usize {
+        self.linear.n()
+    }
+
+    fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut y = self.linear.forward(x, m)?;
+        for row in y.chunks_exact_mut(self.bias.len()) {
+            add(row, &self.bias);
+        }
+        Ok(y)
     }
 }
 
@@ -306,6 +202,8 @@ pub struct MoeWeights {
     pub experts: Vec<SwiGlu>,
     /// The shared experts' MLP, when there are any.
     pub shared: Option<SwiGlu>,
+    /// The shared expert's gate `[hidden]` (Qwen2-MoE): its output is scaled by `sigmoid(x · g)`.
+    pub shared_gate: Option<Vec<f32>>,
 }
 
 /// A layer's MLP.
@@ -324,6 +222,8 @@ pub struct LayerWeights {
     pub post_norm: Vec<f32>,
     /// `[q, k, v]`, separate or fused.
     pub qkv: Projections,
+    /// Per-head RMSNorm weights of q and k (`[head_dim]` each; Qwen3).
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     /// The output projection.
     pub o: Box<dyn Linear>,
     /// The MLP.
@@ -334,6 +234,8 @@ pub struct LayerWeights {
 pub trait WeightSource {
     /// The checked config.
     fn config(&self) -> &ForwardConfig;
+    /// The checkpoint's tensor names.
+    fn names(&self) -> &TensorNames;
     /// The embedding rows of `tokens`, `[tokens.len(), hidden]`.
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Layer `i`'s weights.
@@ -534,19 +436,25 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// Interleaved rotary embedding, in place, on `[len, heads * d]` rows at positions 0..len.
-fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64) {
+/// Rotary embedding, in place, on `[len, heads * d]` rows at positions 0..len; `style` says
+/// which channels pair up (see the module documentation).
+fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64, style: Rope) {
     let width = heads * d;
     let inv: Vec<f64> = (0..d / 2).map(|i| theta.powf(-((2 * i) as f64) / d as f64)).collect();
+    let pair = |i: usize| match style {
+        Rope::Interleaved => (2 * i, 2 * i + 1),
+        Rope::Half => (i, i + d / 2),
+    };
     for (p, row) in x.chunks_exact_mut(width).enumerate() {
         for (i, &f) in inv.iter().enumerate() {
             let a = p as f64 * f;
             let (s, c) = (a.sin() as f32, a.cos() as f32);
+            let (ja, jb) = pair(i);
             for h in 0..heads {
-                let j = h * d + 2 * i;
-                let (x0, x1) = (row[j], row[j + 1]);
-                row[j] = x0 * c - x1 * s;
-                row[j + 1] = x1 * c + x0 * s;
+                let (a, b) = (h * d + ja, h * d + jb);
+                let (x0, x1) = (row[a], row[b]);
+                row[a] = x0 * c - x1 * s;
+                row[b] = x1 * c + x0 * s;
             }
         }
     }
@@ -571,16 +479,21 @@ fn attention(
         gate_weights: None,
     });
     let mut qkv = w.qkv.forward(x, m)?.into_iter();
-    let (mut q, mut k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+    let (mut q, mut k, v) = (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
     let (d, hq, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+    if let Some((qn, kn)) = &w.qk_norm {
+        q = rms_norm(&q, qn, cfg.rms_norm_eps);
+        k = rms_norm(&k, kn, cfg.rms_norm_eps);
+    }
     let (qw, kw) = (hq * d, hk * d);
     let group = hq / hk;
     let scale = 1.0 / (d as f32).sqrt();
     let mut ctx = vec![0.0f32; m * qw];
     let mut start = 0;
     for &len in lengths {
-        rope(&mut q[start * qw..(start + len) * qw], hq, d, cfg.rope_theta);
-        rope(&mut k[start * kw..(start + len) * kw], hk, d, cfg.rope_theta);
+        let style = cfg.architecture.rope();
+        rope(&mut q[start * qw..(start + len) * qw], hq, d, cfg.rope_theta, style);
+        rope(&mut k[start * kw..(start + len) * kw], hk, d, cfg.rope_theta, style);
         let mut scores = vec![0.0f32; len];
         for h in 0..hq {
             let kh = h / group;
@@ -645,7 +558,8 @@ fn swiglu(
     mlp.down.forward(&act, m)
 }
 
-/// Routes every token: top-k on `softmax(x G) + bias`, weights renormalised.
+/// Routes every token: top-k on `softmax(x G) + bias`, weights renormalised when the family
+/// does.
 pub fn route(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], layer: usize) -> Routing {
     let (hd, e, top_k) = (cfg.hidden, cfg.experts, cfg.top_k);
     let mut experts = Vec::new();
@@ -666,7 +580,10 @@ pub fn route(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], layer: usize) -> 
         let score = |i: usize| p[i] + moe.bias[i];
         order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
         let chosen = &order[..top_k];
-        let total: f32 = chosen.iter().map(|&i| p[i]).sum::<f32>().max(cfg.moe_norm_min);
+        let total = match cfg.renormalize {
+            true => chosen.iter().map(|&i| p[i]).sum::<f32>().max(cfg.moe_norm_min),
+            false => 1.0,
+        };
         experts.extend_from_slice(chosen);
         weights.extend(chosen.iter().map(|&i| p[i] / total));
     }
@@ -681,6 +598,12 @@ fn moe_block(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], m: usize, layer: 
         Some(shared) => swiglu(shared, x, m, layer, Block::SharedExperts, None, observer)?,
         None => vec![0.0f32; m * hd],
     };
+    if let Some(g) = &moe.shared_gate {
+        for (row, out) in x.chunks_exact(hd).zip(y.chunks_exact_mut(hd)) {
+            let s = 1.0 / (1.0 + (-row.iter().zip(g).map(|(a, b)| a * b).sum::<f32>()).exp());
+            out.iter_mut().for_each(|v| *v *= s);
+        }
+    }
     for (e, expert) in moe.experts.iter().enumerate() {
         let mut tokens = Vec::new();
         let mut gates = Vec::new();

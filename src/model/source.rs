@@ -1,11 +1,12 @@
 //! Where the forward pass gets its weights: an original checkpoint or a quantized one.
 //!
-//! Both namings are understood. PyTorch (`model.` prefix): `self_attn.{q,k,v,o}_proj`,
-//! `mlp.{gate,up,down}_proj`, linear weights `[out, in]`, router `mlp.gate.weight`
-//! `[experts, hidden]`. Paddle (`ernie.` prefix): fused `self_attn.qkv_proj` (`[q | k | v]`
-//! columns) and `mlp.up_gate_proj` (`[gate | up]`), weights `[in, out]`, router
-//! `[hidden, experts]`. Which one a layer uses is decided by which tensors exist, so a
-//! FastDeploy checkpoint made from a PyTorch one (Paddle names) reads the same way.
+//! Tensor names come from [`super::names`]. Both namings are understood. PyTorch (`model.`
+//! prefix): separate `q/k/v_proj` and `gate/up` projections, linear weights `[out, in]`,
+//! router `[experts, hidden]`. Paddle (`ernie.` prefix, ERNIE only): fused
+//! `self_attn.qkv_proj` (`[q | k | v]` columns) and `up_gate_proj` (`[gate | up]`), weights
+//! `[in, out]`, router `[hidden, experts]`. Which one a layer uses is decided by which tensors
+//! exist, so a FastDeploy checkpoint made from a PyTorch one (Paddle names) reads the same
+//! way. A linear's `.bias`, when stored, is added to its output.
 //!
 //! [`OriginalWeights`] assembles f32 logical `[k, n]` matrices
 //! ([`crate::convert::run::logical_matrix`]); [`QuantizedWeights`] hands each tensor's packed
@@ -14,7 +15,10 @@
 //! bias and the embedding are read as stored in both. The lm_head, when tied, is the
 //! embedding transposed, in f32.
 
-use super::{ForwardConfig, KernelLinear, LayerWeights, Linear, Mlp, MoeWeights, Projections, SwiGlu, WeightSource};
+use super::names::{QKV_FUSED, QKV_LEAVES};
+use super::{
+    Biased, Block, ForwardConfig, KernelLinear, LayerWeights, Linear, Mlp, MoeWeights, Projections, SwiGlu, TensorNames, WeightSource,
+};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::quantized::QuantizedCheckpoint;
@@ -32,7 +36,7 @@ trait Store {
 struct Source<S> {
     store: S,
     cfg: ForwardConfig,
-    prefix: &'static str,
+    names: TensorNames,
     paddle: bool,
 }
 
@@ -90,18 +94,14 @@ impl<'a> QuantizedWeights<'a> {
 impl<S: Store> Source<S> {
     fn new(store: S, cfg: ForwardConfig) -> Result<Source<S>> {
         let paddle = is_paddle(store.ckpt());
-        let prefix = if paddle { "ernie." } else { "model." };
-        let source = Source { store, cfg, prefix, paddle };
-        source.ckpt().get(&source.embed_name())?;
+        let names = TensorNames::new(cfg.architecture, paddle);
+        let source = Source { store, cfg, names, paddle };
+        source.ckpt().get(&source.names.embed())?;
         Ok(source)
     }
 
     fn ckpt(&self) -> &Checkpoint {
         self.store.ckpt()
-    }
-
-    fn embed_name(&self) -> String {
-        format!("{}embed_tokens.weight", self.prefix)
     }
 
     /// A 1-D f32 weight of `len` values (the first `len` when longer, e.g. the VL bias).
@@ -132,22 +132,54 @@ impl<S: Store> Source<S> {
         crate::convert::run::logical_matrix(self.ckpt(), &[name.to_string()], k, n, transpose)
     }
 
+    /// The linear `module`, with its `.bias` when the checkpoint stores one.
+    fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
+        let linear = self.store.linear(module, k, n)?;
+        let bias_name = format!("{module}.bias");
+        if self.ckpt().get(&bias_name).is_err() {
+            return Ok(linear);
+        }
+        Ok(Box::new(Biased { linear, bias: self.vector(&bias_name, n)? }))
+    }
+
     fn projections(&self, module: &str, fused: &str, separate: &[&str], widths: Vec<usize>, k: usize) -> Result<Projections> {
         let fused_name = format!("{module}.{fused}");
         let parts = if self.store.has_linear(&fused_name) {
-            vec![self.store.linear(&fused_name, k, widths.iter().sum())?]
+            vec![self.linear(&fused_name, k, widths.iter().sum())?]
         } else {
-            separate.iter().zip(&widths).map(|(s, &w)| self.store.linear(&format!("{module}.{s}"), k, w)).collect::<Result<Vec<_>>>()?
+            separate.iter().zip(&widths).map(|(s, &w)| self.linear(&format!("{module}.{s}"), k, w)).collect::<Result<Vec<_>>>()?
         };
         Projections::new(&fused_name, parts, widths, k)
     }
 
-    fn swiglu(&self, module: &str, width: usize) -> Result<SwiGlu> {
+    fn swiglu(&self, layer: usize, block: Block, width: usize) -> Result<SwiGlu> {
         let h = self.cfg.hidden;
+        let module = self.names.module(layer, block);
+        let leaves = self.names.mlp_leaves(block);
         Ok(SwiGlu {
-            gate_up: self.projections(module, "up_gate_proj", &["gate_proj", "up_proj"], vec![width, width], h)?,
-            down: self.store.linear(&format!("{module}.down_proj"), width, h)?,
+            gate_up: self.projections(&module, leaves.fused, &[leaves.gate, leaves.up], vec![width, width], h)?,
+            down: self.linear(&format!("{module}.{}", leaves.down), width, h)?,
         })
+    }
+
+    fn moe(&self, i: usize) -> Result<MoeWeights> {
+        let (c, names) = (&self.cfg, &self.names);
+        let router = self.matrix(&names.router(i), c.hidden, c.experts)?;
+        let bias_name = names.router_bias(i);
+        let bias = match self.ckpt().get(&bias_name) {
+            Ok(_) => self.vector(&bias_name, c.experts)?,
+            Err(_) => vec![0.0; c.experts],
+        };
+        let experts = (0..c.experts).map(|e| self.swiglu(i, Block::Expert(e), c.moe_intermediate)).collect::<Result<Vec<_>>>()?;
+        let shared = match c.shared_intermediate {
+            0 => None,
+            width => Some(self.swiglu(i, Block::SharedExperts, width)?),
+        };
+        let shared_gate = match c.shared_gate && shared.is_some() {
+            true => Some(self.matrix(&names.shared_gate(i), c.hidden, 1)?),
+            false => None,
+        };
+        Ok(MoeWeights { router, bias, experts, shared, shared_gate })
     }
 }
 
@@ -156,9 +188,13 @@ impl<S: Store> WeightSource for Source<S> {
         &self.cfg
     }
 
+    fn names(&self) -> &TensorNames {
+        &self.names
+    }
+
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let (h, vocab) = (self.cfg.hidden, self.cfg.vocab);
-        let entry = self.ckpt().get(&self.embed_name())?;
+        let entry = self.ckpt().get(&self.names.embed())?;
         if entry.shape != [vocab, h] {
             return Err(Error::BadTensor { tensor: entry.name.clone(), problem: format!("shape {:?} is not [{vocab}, {h}]", entry.shape) });
         }
@@ -174,29 +210,24 @@ impl<S: Store> WeightSource for Source<S> {
 
     fn layer(&self, i: usize) -> Result<LayerWeights> {
         let c = &self.cfg;
-        let base = format!("{}layers.{i}", self.prefix);
-        let attn = format!("{base}.self_attn");
+        let base = self.names.layer(i);
+        let attn = self.names.attention(i);
         let (qw, kvw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let qkv = self.projections(&attn, "qkv_proj", &["q_proj", "k_proj", "v_proj"], vec![qw, kvw, kvw], c.hidden)?;
-        let o = self.store.linear(&format!("{attn}.o_proj"), qw, c.hidden)?;
-        let mlp = if c.is_moe_layer(i) {
-            let router = self.matrix(&format!("{base}.mlp.gate.weight"), c.hidden, c.experts)?;
-            let bias_name = format!("{base}.mlp.moe_statics.e_score_correction_bias");
-            let bias = match self.ckpt().get(&bias_name) {
-                Ok(_) => self.vector(&bias_name, c.experts)?,
-                Err(_) => vec![0.0; c.experts],
-            };
-            let experts =
-                (0..c.experts).map(|e| self.swiglu(&format!("{base}.mlp.experts.{e}"), c.moe_intermediate)).collect::<Result<Vec<_>>>()?;
-            let shared = match c.shared_experts {
-                0 => None,
-                n => Some(self.swiglu(&format!("{base}.mlp.shared_experts"), c.moe_intermediate * n)?),
-            };
-            Mlp::Moe(MoeWeights { router, bias, experts, shared })
-        } else {
-            Mlp::Dense(self.swiglu(&format!("{base}.mlp"), c.intermediate)?)
+        let qkv = self.projections(&attn, QKV_FUSED, &QKV_LEAVES, vec![qw, kvw, kvw], c.hidden)?;
+        let o = self.linear(&format!("{attn}.o_proj"), qw, c.hidden)?;
+        let qk_norm = match c.architecture.qk_norm() {
+            true => Some((
+                self.vector(&format!("{attn}.q_norm.weight"), c.head_dim)?,
+                self.vector(&format!("{attn}.k_norm.weight"), c.head_dim)?,
+            )),
+            false => None,
+        };
+        let mlp = match c.is_moe_layer(i) {
+            true => Mlp::Moe(self.moe(i)?),
+            false => Mlp::Dense(self.swiglu(i, Block::DenseMlp, c.intermediate)?),
         };
         Ok(LayerWeights {
+            qk_norm,
             input_norm: self.vector(&format!("{base}.input_layernorm.weight"), c.hidden)?,
             post_norm: self.vector(&format!("{base}.post_attention_layernorm.weight"), c.hidden)?,
             qkv,
@@ -206,7 +237,7 @@ impl<S: Store> WeightSource for Source<S> {
     }
 
     fn final_norm(&self) -> Result<Vec<f32>> {
-        self.vector(&format!("{}norm.weight", self.prefix), self.cfg.hidden)
+        self.vector(&self.names.final_norm(), self.cfg.hidden)
     }
 
     fn lm_head(&self) -> Result<Box<dyn Linear>> {
@@ -216,8 +247,8 @@ impl<S: Store> WeightSource for Source<S> {
                 return Err(Error::TensorNotFound { checkpoint: self.ckpt().path().to_path_buf(), tensor: "lm_head.weight".to_string() });
             }
             // E is stored [vocab, hidden]; the head's logical [hidden, vocab] is its transpose.
-            let w = crate::convert::run::logical_matrix(self.ckpt(), &[self.embed_name()], h, vocab, true)?;
-            return Ok(Box::new(KernelLinear::dense_f32(self.embed_name(), &w, h, vocab)));
+            let w = crate::convert::run::logical_matrix(self.ckpt(), &[self.names.embed()], h, vocab, true)?;
+            return Ok(Box::new(KernelLinear::dense_f32(self.names.embed(), &w, h, vocab)));
         }
         self.store.linear("lm_head", h, vocab)
     }
@@ -290,6 +321,9 @@ macro_rules! forward_to_source {
         impl WeightSource for $wrapper<'_> {
             fn config(&self) -> &ForwardConfig {
                 self.0.config()
+            }
+            fn names(&self) -> &TensorNames {
+                self.0.names()
             }
             fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
                 self.0.embed(tokens)

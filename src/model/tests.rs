@@ -61,7 +61,11 @@ fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> T {
 }
 
 fn golden() -> Golden {
-    let text = std::fs::read_to_string(fixture("forward-golden.json")).unwrap();
+    golden_of("forward-golden.json")
+}
+
+fn golden_of(file: &str) -> Golden {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let seqs = v["sequences"].as_array().unwrap();
     Golden {
@@ -86,12 +90,35 @@ fn run(source: &dyn WeightSource, sequences: &[Vec<u32>]) -> (Vec<f32>, Vec<Rout
 /// weights within 1e-5. All sequences run as one batch.
 #[test]
 fn matches_numpy_golden() {
-    let g = golden();
     let ckpt = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
-    let source = OriginalWeights::new(&ckpt).unwrap();
+    assert_matches_golden(&OriginalWeights::new(&ckpt).unwrap(), &golden(), 2);
+}
+
+/// Each family's tiny checkpoint against its own numpy forward pass
+/// (`fixtures/make_family_fixtures.py`), with the same tolerances; the largest deviation
+/// seen is printed (`cargo test -- --nocapture`).
+#[test]
+fn families_match_numpy_golden() {
+    for (family, architecture, moe_layers) in [
+        ("qwen2-moe", Architecture::Qwen2Moe, 2),
+        ("qwen3-moe", Architecture::Qwen3Moe, 1),
+        ("mixtral", Architecture::Mixtral, 2),
+        ("llama", Architecture::Llama, 0),
+    ] {
+        let ckpt = Checkpoint::open(fixture(&format!("{family}-tiny"))).unwrap();
+        let source = OriginalWeights::new(&ckpt).unwrap();
+        assert_eq!(source.config().architecture, architecture);
+        let worst = assert_matches_golden(&source, &golden_of(&format!("forward-golden-{family}.json")), moe_layers);
+        println!("{family}: largest logit deviation {worst:.2e} of the row's largest magnitude");
+    }
+}
+
+/// Checks `source` against golden values; returns the largest relative logit deviation.
+fn assert_matches_golden(source: &dyn WeightSource, g: &Golden, moe_layers: usize) -> f64 {
     let vocab = source.config().vocab;
-    let (logits, routings) = run(&source, &g.sequences);
-    assert_eq!(routings.len(), 2);
+    let (logits, routings) = run(source, &g.sequences);
+    assert_eq!(routings.len(), moe_layers);
+    let mut worst = 0.0f64;
     let mut row = 0;
     for (s, seq) in g.sequences.iter().enumerate() {
         for t in 0..seq.len() {
@@ -99,6 +126,7 @@ fn matches_numpy_golden() {
             let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             for (j, w) in want.iter().enumerate() {
                 let got = logits[(row + t) * vocab + j] as f64;
+                worst = worst.max((got - w).abs() / scale);
                 assert!((got - w).abs() <= 1e-4 * scale, "sequence {s} position {t} logit {j}: {got} vs {w}");
             }
             for (r, (layer, experts, weights)) in routings.iter().zip(&g.routing[s]) {
@@ -112,6 +140,7 @@ fn matches_numpy_golden() {
         }
         row += seq.len();
     }
+    worst
 }
 
 /// The same weights in Paddle naming (fused qkv / up_gate, [in, out]; written by the
