@@ -185,7 +185,7 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
     let bytes_in = entries.iter().map(|e| e.nbytes()).sum();
     let sources: Vec<String> = group.sources.iter().map(|(_, s)| s.clone()).collect();
     let (k, n) = logical_shape(&entries, group.transpose)?;
-    let mut choice = options.policy.choose(&group.class, &group.name, &sources);
+    let mut choice = options.policy.choose(&group.class, &group.name, &sources, first.shape.len() == 2);
     let mut fell_back = false;
     if let Some(kind) = choice {
         if first.shape.len() != 2 {

@@ -131,12 +131,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The scheme for a tensor written as `output_name` from `source_names`.
-    pub fn choose(&self, class: &TensorRole, output_name: &str, source_names: &[String]) -> Choice {
+    /// The scheme for a tensor written as `output_name` from `source_names`. A preset
+    /// quantizes matrices only (`matrix`): biases, norms and other vectors are kept, whatever
+    /// their role; an explicit rule is applied as written.
+    pub fn choose(&self, class: &TensorRole, output_name: &str, source_names: &[String], matrix: bool) -> Choice {
         let matches = |r: &&Rule| r.pattern.is_match(output_name) || source_names.iter().any(|s| r.pattern.is_match(s));
         match self.rules.iter().rev().find(matches) {
             Some(rule) => rule.choice,
-            None => self.preset.choose(class),
+            None if matrix => self.preset.choose(class),
+            None => None,
         }
     }
 
@@ -210,10 +213,11 @@ mod tests {
             rules: vec![Rule::parse(r"experts\.=wint4").unwrap(), Rule::parse(r"experts\.3\.=none").unwrap()],
         };
         let c = class(Role::ExpertDown, Some(1));
-        assert_eq!(policy.choose(&c, "x.experts.2.down", &[]), Some(SchemeKind::Wint4));
-        assert_eq!(policy.choose(&c, "x.experts.3.down", &[]), None);
-        assert_eq!(policy.choose(&c, "fused", &["a.experts.3.b".to_string()]), None);
-        assert_eq!(policy.choose(&class(Role::Attention, Some(1)), "q", &[]), Some(SchemeKind::Wint8));
+        assert_eq!(policy.choose(&c, "x.experts.2.down", &[], true), Some(SchemeKind::Wint4));
+        assert_eq!(policy.choose(&c, "x.experts.3.down", &[], true), None);
+        assert_eq!(policy.choose(&c, "fused", &["a.experts.3.b".to_string()], true), None);
+        assert_eq!(policy.choose(&class(Role::Attention, Some(1)), "q", &[], true), Some(SchemeKind::Wint8));
+        assert_eq!(policy.choose(&class(Role::Attention, Some(1)), "q.bias", &[], false), None, "a preset never quantizes a vector");
     }
 
     #[test]

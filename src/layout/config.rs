@@ -195,9 +195,13 @@ impl Keys<'_> {
             Some(k) => Some(k),
             None => self.usize("num_experts_per_tok")?,
         };
+        // Qwen2-MoE has one shared expert when its width is given.
         let num_shared_experts = match self.usize("moe_num_shared_experts")? {
             Some(n) => n,
-            None => self.usize("n_shared_experts")?.unwrap_or(0),
+            None => match self.usize("n_shared_experts")? {
+                Some(n) => n,
+                None => usize::from(self.usize("shared_expert_intermediate_size")?.is_some_and(|w| w > 0)),
+            },
         };
         Ok(Some(MoeConfig { num_experts, intermediate_size, top_k, num_shared_experts, rule: self.rule()? }))
     }
@@ -285,6 +289,8 @@ mod tests {
         assert!(!moe.is_moe_layer(2, 61) && moe.is_moe_layer(3, 61));
         assert_eq!(moe.num_shared_experts, 1);
         assert_eq!(ds.num_mtp_layers, 1);
+        let qwen2 = parse(json!({"model_type": "qwen2_moe", "num_experts": 60, "shared_expert_intermediate_size": 5632})).unwrap();
+        assert_eq!(qwen2.moe.unwrap().num_shared_experts, 1);
     }
 
     #[test]
