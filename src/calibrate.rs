@@ -26,7 +26,7 @@ pub mod layerwise;
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::model::{Block, ForwardConfig, LinearInput, LinearRows, Observer, Routing, TensorNames};
+use crate::model::{Block, Counting, ForwardConfig, LinearInput, LinearRows, Observer, Progress, Routing, TensorNames, WeightSource};
 use crate::Dtype;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -428,9 +428,7 @@ pub fn checkpoint_fingerprint(ckpt: &Checkpoint) -> String {
 }
 
 /// FNV-1a 64 of `bytes` ([`crate::rng::fnv1a64`]), hex.
-pub fn fnv_hex(bytes: &[u8]) -> String {
-    format!("{:016x}", crate::rng::fnv1a64(bytes))
-}
+pub use crate::rng::fnv_hex;
 
 impl Stats {
     /// The `--json` summary.
@@ -595,14 +593,30 @@ impl Stats {
 }
 
 /// Runs the forward pass over `sequences`, `batch_tokens` tokens at a time, and gathers the
-/// statistics of `ckpt`.
-pub fn calibrate(ckpt: &Checkpoint, sequences: &[Vec<u32>], options: CalibOptions, batch_tokens: usize) -> Result<Stats> {
+/// statistics of `ckpt`; `progress` hears of every layer run.
+pub fn calibrate(
+    ckpt: &Checkpoint,
+    sequences: &[Vec<u32>],
+    options: CalibOptions,
+    batch_tokens: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Stats> {
     let source = crate::model::source::OriginalWeights::new(ckpt)?;
-    let cfg = crate::model::WeightSource::config(&source).clone();
+    let cfg = source.config().clone();
+    source.check_complete()?;
     cfg.check_tokens(sequences)?;
-    let mut cal = Calibrator::new(&cfg, crate::model::WeightSource::names(&source), options);
-    for batch in crate::model::batches(sequences, batch_tokens) {
-        crate::model::forward(&source, batch, &mut cal)?;
+    let mut cal = Calibrator::new(&cfg, source.names(), options);
+    let batches: Vec<&[Vec<u32>]> = crate::model::batches(sequences, batch_tokens).collect();
+    let total = Progress {
+        steps_done: 0,
+        steps_total: batches.len() * cfg.layers,
+        tokens_done: 0,
+        tokens_total: sequences.iter().map(Vec::len).sum(),
+    };
+    let mut counting = Counting { inner: &mut cal, progress: total, report: progress };
+    for batch in batches {
+        crate::model::forward(&source, batch, &mut counting)?;
+        counting.tokens_done(batch.iter().map(Vec::len).sum());
     }
     let mut stats = cal.finish(ckpt);
     stats.meta = json!({

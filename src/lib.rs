@@ -10,8 +10,10 @@
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
 //! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
 //!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
-//! - [`model`]: the ERNIE 4.5 MoE forward pass (layer by layer, on original or quantized
-//!   weights), with routing and activation hooks, and `ccq eval`'s perplexity / KL figures;
+//! - [`tokens`]: token sequences from id files or from text through the model's tokenizer;
+//! - [`model`]: the decoder forward pass of ERNIE 4.5, Qwen2/3-MoE, Mixtral and dense Llama
+//!   models (layer by layer, on original or quantized weights), with routing and activation
+//!   hooks, and `ccq eval`'s perplexity / KL figures;
 //! - [`calibrate`]: per-expert activation statistics from the forward pass, and the
 //!   calibrated layer-by-layer conversion ([`calibrate::layerwise`]);
 //! - [`inspect`]: a header-only summary of a checkpoint;
@@ -35,6 +37,7 @@ pub mod quantized;
 pub mod rng;
 pub mod scheme;
 pub mod synth;
+pub mod tokens;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, ReadOptions, TensorEntry};

@@ -9,6 +9,11 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
+/// 16 hex digits of [`fnv1a64`]: the fingerprint written to metadata and provenance.
+pub fn fnv_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a64(bytes))
+}
+
 /// SplitMix64 state.
 #[derive(Debug, Clone)]
 pub struct Rng {

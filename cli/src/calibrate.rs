@@ -1,8 +1,10 @@
 //! `ccq calibrate`: per-expert activation statistics from the forward pass on real tokens.
 
+use crate::progress::LayerReporter;
+use crate::tokens::TokenArgs;
 use anyhow::{bail, Context, Result};
-use ccq::calibrate::{calibrate, fnv_hex, CalibOptions, Hessian, Weighting};
-use ccq::model::eval::parse_tokens;
+use ccq::calibrate::{calibrate, CalibOptions, Hessian, Weighting};
+use ccq::model::WeightSource;
 use ccq::Checkpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,12 +14,8 @@ use std::process::ExitCode;
 pub struct CalibrateArgs {
     /// Original checkpoint (PyTorch or Paddle naming).
     checkpoint: PathBuf,
-    /// Token ids: a JSON array of sequences, or with --seq-len raw little-endian u32 ids.
-    #[arg(long)]
-    tokens: PathBuf,
-    /// Read --tokens as raw little-endian u32 ids cut into sequences of this length.
-    #[arg(long)]
-    seq_len: Option<usize>,
+    #[command(flatten)]
+    tokens: TokenArgs,
     /// Statistics file to write (safetensors; layout in docs/calibration.md).
     #[arg(short, long)]
     output: PathBuf,
@@ -40,17 +38,22 @@ pub struct CalibrateArgs {
     /// Print a JSON summary (per MoE layer: expert_tokens, fallbacks).
     #[arg(long)]
     json: bool,
+    /// No progress.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// Runs `ccq calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
-    // Read once: the same bytes are parsed and fingerprinted in the statistics' metadata.
-    let token_bytes = std::fs::read(&args.tokens).with_context(|| format!("reading {}", args.tokens.display()))?;
-    let sequences = parse_tokens(&token_bytes, args.seq_len, &args.tokens)?;
     if args.min_tokens == 0 {
         bail!("--min-tokens must be positive");
     }
     let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let model = ccq::model::source::OriginalWeights::new(&ckpt)?;
+    model.check_complete()?;
+    let source = args.tokens.source(&args.checkpoint)?;
+    let tokens = source.load(model.config()).with_context(|| source.describe())?;
+    let sequences = &tokens.sequences;
     let options = CalibOptions {
         min_tokens: args.min_tokens,
         hessian: if args.hessian == "full" { Hessian::Full } else { Hessian::Diag },
@@ -58,8 +61,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     };
     if options.hessian == Hessian::Full {
         let budget = crate::quantize::parse_size(&args.hessian_budget)?;
-        let source = ccq::model::source::OriginalWeights::new(&ckpt)?;
-        let need = ccq::calibrate::layerwise::model_hessian_bytes(ccq::model::WeightSource::config(&source));
+        let need = ccq::calibrate::layerwise::model_hessian_bytes(model.config());
         if need > budget {
             bail!(
                 "--hessian full needs {need} bytes of X^T X sums for this model, more than --hessian-budget {budget}; raise the budget, or let `ccq quantize --calib-tokens` calibrate layer by layer"
@@ -67,9 +69,10 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
         }
     }
     let start = std::time::Instant::now();
-    let mut stats = calibrate(&ckpt, &sequences, options, args.batch_tokens.max(1))?;
-    stats.meta["tokens_file"] = serde_json::json!(args.tokens.display().to_string());
-    stats.meta["tokens_fnv64"] = serde_json::json!(fnv_hex(&token_bytes));
+    let mut reporter = LayerReporter::new(args.quiet);
+    let mut stats = calibrate(&ckpt, sequences, options, args.batch_tokens.max(1), &mut |p| reporter.update(p))?;
+    reporter.finish();
+    stats.meta["token_source"] = tokens.label.clone();
     stats.meta["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
     stats.write(&args.output)?;
     if args.json {
@@ -77,11 +80,12 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     } else {
         let fell: usize = stats.fallbacks.values().map(Vec::len).sum();
         println!(
-            "wrote {}: statistics of {} linear inputs from {} tokens in {:.1} s; {} expert(s) below {} tokens blended with their layer",
+            "wrote {}: statistics of {} linear inputs from {} tokens in {:.1} s ({:.0} tokens/s); {} expert(s) below {} tokens blended with their layer",
             args.output.display(),
             stats.inputs.len(),
             stats.meta["tokens"],
             start.elapsed().as_secs_f64(),
+            stats.meta["tokens"].as_f64().unwrap_or(0.0) / start.elapsed().as_secs_f64(),
             fell,
             args.min_tokens
         );

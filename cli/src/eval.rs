@@ -1,54 +1,67 @@
-//! `ccq eval`: perplexity, KL divergence and top-1 agreement of a quantized model against
-//! its original, on the same tokens.
+//! `ccq eval`: perplexity, KL divergence and top-1 agreement of one model against another, on
+//! the same tokens.
 
+use crate::progress::LayerReporter;
+use crate::tokens::TokenArgs;
 use anyhow::{Context, Result};
-use ccq::model::eval::{check, evaluate, read_tokens};
-use ccq::model::source::{OriginalWeights, QuantizedWeights};
-use ccq::quantized::QuantizedCheckpoint;
-use ccq::Checkpoint;
+use ccq::model::eval::{check_models, evaluate};
+use ccq::model::source::ModelFiles;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `ccq eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Original checkpoint (PyTorch or Paddle naming).
+    /// The reference checkpoint, e.g. the original (any checkpoint ccq reads).
     original: PathBuf,
-    /// Quantized checkpoint (FastDeploy or native layout).
+    /// The checkpoint compared with it: quantized (either layout), dequantized, or another
+    /// original of the same architecture (e.g. a fine-tune).
     quant: PathBuf,
-    /// Token ids: a JSON array of sequences (arrays of ids), or with --seq-len raw
-    /// little-endian u32 ids.
-    #[arg(long)]
-    tokens: PathBuf,
-    /// Read --tokens as raw little-endian u32 ids cut into sequences of this length.
-    #[arg(long)]
-    seq_len: Option<usize>,
+    #[command(flatten)]
+    tokens: TokenArgs,
     /// Tokens run through the models at a time (at least one sequence); bounds the memory
     /// of hidden states and logits.
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
     /// Print {tokens, ppl_original, ppl_quantized, kld_mean, top1_agreement, kld_p50, kld_p90,
-    /// kld_p99} as JSON.
+    /// kld_p99} as JSON (the first checkpoint is "original", the second "quantized").
     #[arg(long)]
     json: bool,
+    /// No progress.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// Runs `ccq eval`.
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
-    let sequences = read_tokens(&args.tokens, args.seq_len)?;
-    let original = Checkpoint::open(&args.original)?;
-    let original = OriginalWeights::new(&original).with_context(|| format!("original {}", args.original.display()))?;
-    let quant = QuantizedCheckpoint::open(&args.quant)?;
-    let quant = QuantizedWeights::new(&quant).with_context(|| format!("quantized {}", args.quant.display()))?;
-    check(&original, &quant, &sequences).with_context(|| format!("tokens {}", args.tokens.display()))?;
-    let report = evaluate(&original, &quant, &sequences, args.batch_tokens)?;
+    let a_files = ModelFiles::open(&args.original).with_context(|| format!("first checkpoint {}", args.original.display()))?;
+    let b_files = ModelFiles::open(&args.quant).with_context(|| format!("second checkpoint {}", args.quant.display()))?;
+    let a = a_files.weights().with_context(|| format!("first checkpoint {}", args.original.display()))?;
+    let b = b_files.weights().with_context(|| format!("second checkpoint {}", args.quant.display()))?;
+    check_models(a.as_ref(), b.as_ref())?;
+    let source = args.tokens.source(&args.original)?;
+    let tokens = source.load(a.config()).with_context(|| source.describe())?;
+    let sequences = &tokens.sequences;
+    let mut reporter = LayerReporter::new(args.quiet);
+    let start = std::time::Instant::now();
+    let report = evaluate(a.as_ref(), b.as_ref(), sequences, args.batch_tokens, &mut |p| reporter.update(p))?;
+    reporter.finish();
+    let seconds = start.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("tokens          {} predicted positions in {} sequences", report.tokens, sequences.len());
-        println!("ppl original    {:.4}", report.ppl_original);
-        println!("ppl quantized   {:.4}", report.ppl_quantized);
-        println!("KL mean         {:.6} nats (original || quantized)", report.kld_mean);
+        let n: usize = sequences.iter().map(Vec::len).sum();
+        println!("A               {} ({})", args.original.display(), a_files.kind());
+        println!("B               {} ({})", args.quant.display(), b_files.kind());
+        println!(
+            "tokens          {} predicted positions in {} sequences; {seconds:.1} s, {:.0} tokens/s through both models",
+            report.tokens,
+            sequences.len(),
+            n as f64 / seconds
+        );
+        println!("ppl original    {:.4} (A)", report.ppl_original);
+        println!("ppl quantized   {:.4} (B)", report.ppl_quantized);
+        println!("KL mean         {:.6} nats (A || B)", report.kld_mean);
         println!("KL p50/p90/p99  {:.6} / {:.6} / {:.6}", report.kld_p50, report.kld_p90, report.kld_p99);
         println!("top-1 agreement {:.4}", report.top1_agreement);
     }

@@ -8,8 +8,10 @@ mod calibrate;
 mod dequant;
 mod eval;
 mod inspect;
+mod progress;
 mod quantize;
 mod synth;
+mod tokens;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -41,8 +43,8 @@ enum Command {
     /// Measure how far a quantized checkpoint is from its original (per tensor and on
     /// activations); exit 1 when a threshold is exceeded.
     Verify(verify::VerifyArgs),
-    /// Run the original and the quantized model on the same tokens: perplexity of each, KL
-    /// divergence of the next-token distributions, top-1 agreement.
+    /// Run two checkpoints of one model (e.g. original and quantized) on the same tokens or
+    /// text: perplexity of each, KL divergence of the next-token distributions, top-1 agreement.
     Eval(eval::EvalArgs),
     /// Gather per-expert activation statistics on real tokens for `quantize --calib`.
     Calibrate(calibrate::CalibrateArgs),

@@ -72,13 +72,26 @@ pub struct QuantizeArgs {
     /// Calibration tokens (JSON array of sequences, or raw little-endian u32 ids with
     /// --seq-len): the conversion runs the model layer by layer on them and encodes every
     /// layer's tensors with error feedback under their inputs' full Hessians.
-    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["calib", "calib_text"])]
     calib_tokens: Option<PathBuf>,
-    /// Read --calib-tokens as raw u32 ids cut into sequences of this length.
-    #[arg(long, requires = "calib_tokens")]
+    /// Calibration text, as --calib-tokens but UTF-8 text tokenized with the source's
+    /// tokenizer.json and cut into sequences of --seq-len tokens (repeatable; a directory
+    /// stands for its *.txt files, in name order).
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "calib")]
+    calib_text: Vec<PathBuf>,
+    /// With --calib-text: the tokenizer.json to use instead of the source's own.
+    #[arg(long, value_name = "FILE", requires = "calib_text")]
+    tokenizer: Option<PathBuf>,
+    /// With --calib-tokens: read raw u32 ids cut into sequences of this length. With
+    /// --calib-text: tokens per sequence (default 512, or the model's limit when lower).
+    #[arg(long)]
     seq_len: Option<usize>,
-    /// With --calib-tokens: feed layer L+1 with the outputs of the already quantized layer L.
-    #[arg(long, requires = "calib_tokens")]
+    /// With --calib-text: keep at most this many sequences, evenly spread over the text.
+    #[arg(long, requires = "calib_text")]
+    max_sequences: Option<usize>,
+    /// With --calib-tokens or --calib-text: feed layer L+1 with the outputs of the already
+    /// quantized layer L.
+    #[arg(long)]
     sequential: bool,
     /// With --calib-tokens: most bytes of Hessian sums held at once (experts are taken in
     /// chunks beyond it), e.g. 8GB.
@@ -143,16 +156,28 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let layerwise = match &args.calib_tokens {
-        Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let sequences = ccq::model::eval::parse_tokens(&bytes, args.seq_len, path)?;
+    let calibrating = args.calib_tokens.is_some() || !args.calib_text.is_empty();
+    if !calibrating && (args.sequential || args.seq_len.is_some()) {
+        bail!("--sequential and --seq-len need --calib-tokens or --calib-text");
+    }
+    let layerwise = match calibrating {
+        true => {
+            let source = crate::tokens::token_source(
+                args.calib_tokens.as_deref(),
+                &args.calib_text,
+                args.tokenizer.as_deref(),
+                args.seq_len,
+                args.max_sequences,
+                &args.source,
+            )?;
+            let model = ccq::model::source::OriginalWeights::new(&ckpt)?;
+            let tokens = source.load(ccq::model::WeightSource::config(&model)).with_context(|| source.describe())?;
             if args.min_tokens == 0 {
                 bail!("--min-tokens must be positive");
             }
-            let label = serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes)});
+            let label = tokens.label;
             let options = ccq::calibrate::layerwise::LayerwiseOptions {
-                sequences: std::sync::Arc::new(sequences),
+                sequences: std::sync::Arc::new(tokens.sequences),
                 batch_tokens: args.batch_tokens.max(1),
                 min_tokens: args.min_tokens,
                 weighting: if args.weighting == "gate" { ccq::calibrate::Weighting::Gate } else { ccq::calibrate::Weighting::Uniform },
@@ -163,7 +188,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
             };
             Some(options)
         }
-        None => None,
+        false => None,
     };
     if args.dry_run {
         print!("{}", render_plan(&plan));
@@ -175,7 +200,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     }
     let layerwise_encoder = layerwise.clone().map(|o| std::sync::Arc::new(ccq::calibrate::layerwise::Layerwise::new(o)));
     if let Some(l) = &layerwise_encoder {
-        l.check(&ckpt).with_context(|| format!("--calib-tokens {}", args.calib_tokens.as_deref().unwrap_or(Path::new("")).display()))?;
+        l.check(&ckpt).context("calibration")?;
     }
     let convert_options = ConvertOptions {
         effort,

@@ -61,7 +61,7 @@ pub fn time_calibration(dir: &Path, preset: &str, model: &SynthModel, seq_len: u
         (0..sequences).map(|_| (0..seq_len).map(|_| (rng.next_u64() % model.vocab_size as u64) as u32).collect()).collect();
     let options = CalibOptions { min_tokens: 16, ..CalibOptions::default() };
     let start = Instant::now();
-    calibrate(&ckpt, &seqs, options, 4096)?;
+    calibrate(&ckpt, &seqs, options, 4096, &mut |_| {})?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(CalibrationTiming {
         preset: preset.to_string(),

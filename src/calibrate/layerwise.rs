@@ -86,6 +86,7 @@ impl Layerwise {
     pub fn check(&self, ckpt: &Checkpoint) -> Result<ForwardConfig> {
         let source = OriginalWeights::new(ckpt)?;
         let cfg = source.config().clone();
+        source.check_complete()?;
         cfg.check_tokens(&self.options.sequences)?;
         for l in 0..cfg.layers {
             expert_chunks(&cfg, l, self.options.hessian_budget)?;

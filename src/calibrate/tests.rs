@@ -39,7 +39,7 @@ impl Observer for Rows {
 fn counts_and_sums_match_the_forward_pass() {
     let ckpt = tiny();
     let seqs = sequences();
-    let stats = calibrate(&ckpt, &seqs, CalibOptions { min_tokens: 1, ..CalibOptions::default() }, 1 << 20).unwrap();
+    let stats = calibrate(&ckpt, &seqs, CalibOptions { min_tokens: 1, ..CalibOptions::default() }, 1 << 20, &mut |_| {}).unwrap();
     let source = OriginalWeights::new(&ckpt).unwrap();
     let mut rec = RoutingRecorder::default();
     forward(&source, &seqs, &mut rec).unwrap();
@@ -72,7 +72,7 @@ fn experts_below_min_tokens_are_blended_and_listed() {
     let ckpt = tiny();
     let seqs = sequences();
     let min = 1000;
-    let stats = calibrate(&ckpt, &seqs, CalibOptions { min_tokens: min, ..CalibOptions::default() }, 1 << 20).unwrap();
+    let stats = calibrate(&ckpt, &seqs, CalibOptions { min_tokens: min, ..CalibOptions::default() }, 1 << 20, &mut |_| {}).unwrap();
     assert_eq!(stats.fallbacks[&1], vec![0, 1, 2, 3]);
     let layer = &stats.inputs["model.layers.1.mlp.moe_input"];
     let e = &stats.inputs["model.layers.1.mlp.experts.2.gate_up"];
@@ -91,7 +91,7 @@ fn experts_below_min_tokens_are_blended_and_listed() {
 fn file_round_trips_and_a_mismatch_is_an_error() {
     let ckpt = tiny();
     let options = CalibOptions { hessian: Hessian::Full, weighting: Weighting::Gate, min_tokens: 4 };
-    let stats = calibrate(&ckpt, &sequences(), options, 16).unwrap();
+    let stats = calibrate(&ckpt, &sequences(), options, 16, &mut |_| {}).unwrap();
     let path = std::env::temp_dir().join(format!("ccq-calib-{}.safetensors", std::process::id()));
     stats.write(&path).unwrap();
     let back = Stats::read(&path).unwrap();
@@ -135,7 +135,7 @@ fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String
 #[test]
 fn calibrated_quantization_lowers_the_weighted_error() {
     let ckpt = tiny();
-    let stats = calibrate(&ckpt, &sequences(), CalibOptions::default(), 1 << 20).unwrap();
+    let stats = calibrate(&ckpt, &sequences(), CalibOptions::default(), 1 << 20, &mut |_| {}).unwrap();
     let (plain, plan) = quantize(&ckpt, "plain", None);
     let importance = stats.importance_for_plan(Path::new("stats"), &plan).unwrap();
     assert!(importance.values().all(|i| matches!(i, TensorImportance::Diagonal(_))));

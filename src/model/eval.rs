@@ -12,13 +12,11 @@
 //!                  the value at index ceil(Q/100 * n) - 1 of the sorted list)
 //! ```
 //!
-//! Token files ([`read_tokens`]) are a JSON array of sequences (arrays of ids), or raw
-//! little-endian u32 ids cut into sequences of `seq_len`.
+//! Token sequences come from [`crate::tokens`].
 
-use super::{forward, NoObserver, WeightSource};
+use super::{forward, Counting, NoObserver, Progress, WeightSource};
 use crate::error::{Error, Result};
 use serde::Serialize;
-use std::path::Path;
 
 /// The figures `ccq eval` reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,61 +39,25 @@ pub struct EvalReport {
     pub kld_p99: f64,
 }
 
-/// Reads token sequences: with `seq_len`, raw little-endian u32 cut into sequences of that
-/// many (the last may be shorter); without, a JSON array of arrays of ids.
-pub fn read_tokens(path: &Path, seq_len: Option<usize>) -> Result<Vec<Vec<u32>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_tokens(&bytes, seq_len, path)
-}
-
-/// Parses the contents of a token file (see [`read_tokens`]); `path` is named in errors.
-pub fn parse_tokens(bytes: &[u8], seq_len: Option<usize>, path: &Path) -> Result<Vec<Vec<u32>>> {
-    let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
-    let sequences = match seq_len {
-        Some(0) => return Err(bad("--seq-len must be positive".to_string())),
-        Some(n) => {
-            if !bytes.len().is_multiple_of(4) {
-                return Err(bad(format!("{} bytes is not a whole number of little-endian u32 token ids", bytes.len())));
-            }
-            let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            ids.chunks(n).map(<[u32]>::to_vec).collect()
-        }
-        None => {
-            let json: serde_json::Value = serde_json::from_slice(bytes)
-                .map_err(|e| bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len")))?;
-            let seqs = json.as_array().ok_or_else(|| bad("must be a JSON array of sequences (arrays of token ids)".to_string()))?;
-            let mut out = Vec::with_capacity(seqs.len());
-            for (s, seq) in seqs.iter().enumerate() {
-                let ids = seq.as_array().ok_or_else(|| bad(format!("sequence {s} is not an array of token ids")))?;
-                let ids = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        v.as_u64()
-                            .and_then(|v| u32::try_from(v).ok())
-                            .ok_or_else(|| bad(format!("sequence {s}, position {i}: {v} is not a token id (a u32)")))
-                    })
-                    .collect::<Result<Vec<u32>>>()?;
-                out.push(ids);
-            }
-            out
-        }
-    };
-    Ok(sequences)
-}
-
-/// Checks that two models can be compared on `sequences` (same vocabulary and shape, valid
-/// tokens, at least one position to score), before any weight is read.
-pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>]) -> Result<()> {
-    let (a, b) = (original.config(), quantized.config());
-    if (a.vocab, a.hidden, a.layers) != (b.vocab, b.hidden, b.layers) {
+/// Checks that two models can be compared, before any token is read and any weight loaded:
+/// the same architecture (the config keys that shape the forward pass, the vocabulary) and
+/// every tensor the forward pass reads present in both with that shape.
+pub fn check_models(original: &dyn WeightSource, quantized: &dyn WeightSource) -> Result<()> {
+    let differences = original.config().differences(quantized.config());
+    if !differences.is_empty() {
         return Err(Error::BadInput {
-            problem: format!(
-                "the models differ: vocab/hidden/layers {}/{}/{} vs {}/{}/{}",
-                a.vocab, a.hidden, a.layers, b.vocab, b.hidden, b.layers
-            ),
+            problem: format!("the two checkpoints are not the same model: {} (first vs second)", differences.join("; ")),
         });
     }
+    original.check_complete()?;
+    quantized.check_complete()
+}
+
+/// Checks that two models can be compared on `sequences` ([`check_models`], valid tokens, at
+/// least one position to score), before any weight is read.
+pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>]) -> Result<()> {
+    check_models(original, quantized)?;
+    let (a, b) = (original.config(), quantized.config());
     a.check_tokens(sequences)?;
     b.check_tokens(sequences)?;
     if sequences.iter().all(|s| s.len() < 2) {
@@ -105,19 +67,29 @@ pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequence
 }
 
 /// Runs both models on `sequences`, `batch_tokens` tokens at a time (at least one sequence
-/// per batch), and returns the figures.
+/// per batch), and returns the figures; `progress` hears of every layer run.
 pub fn evaluate(
     original: &dyn WeightSource,
     quantized: &dyn WeightSource,
     sequences: &[Vec<u32>],
     batch_tokens: usize,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<EvalReport> {
     check(original, quantized, sequences)?;
     let vocab = original.config().vocab;
     let mut acc = Accumulator::default();
-    for batch in super::batches(sequences, batch_tokens) {
-        let lo = forward(original, batch, &mut NoObserver)?;
-        let lq = forward(quantized, batch, &mut NoObserver)?;
+    let batches: Vec<&[Vec<u32>]> = super::batches(sequences, batch_tokens).collect();
+    let total = Progress {
+        steps_done: 0,
+        steps_total: 2 * batches.len() * original.config().layers,
+        tokens_done: 0,
+        tokens_total: sequences.iter().map(Vec::len).sum(),
+    };
+    let mut counting = Counting { inner: &mut NoObserver, progress: total, report: progress };
+    for batch in batches {
+        let lo = forward(original, batch, &mut counting)?;
+        let lq = forward(quantized, batch, &mut counting)?;
+        counting.tokens_done(batch.iter().map(Vec::len).sum());
         let mut row = 0;
         for seq in batch {
             for t in 0..seq.len() {

@@ -236,6 +236,9 @@ pub trait WeightSource {
     fn config(&self) -> &ForwardConfig;
     /// The checkpoint's tensor names.
     fn names(&self) -> &TensorNames;
+    /// Checks, from headers only, that every tensor the forward pass reads is there with the
+    /// config's shape; all problems are listed at once.
+    fn check_complete(&self) -> Result<()>;
     /// The embedding rows of `tokens`, `[tokens.len(), hidden]`.
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Layer `i`'s weights.
@@ -340,6 +343,58 @@ pub struct RoutingRecorder {
 impl Observer for RoutingRecorder {
     fn on_routing(&mut self, routing: &Routing) {
         self.routings.push(routing.clone());
+    }
+}
+
+/// How far a run of forward passes has come: decoder layers (and heads) run so far out of
+/// all the run takes, and tokens whose forward pass is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Layer runs done (a batch through one layer, or through the head, is one).
+    pub steps_done: usize,
+    /// Layer runs in all.
+    pub steps_total: usize,
+    /// Tokens through every layer.
+    pub tokens_done: usize,
+    /// Tokens in all.
+    pub tokens_total: usize,
+}
+
+/// An observer that counts layer runs for a progress callback and hands everything else to
+/// `inner`.
+pub struct Counting<'a> {
+    /// The observer that does the work.
+    pub inner: &'a mut dyn Observer,
+    /// The progress so far.
+    pub progress: Progress,
+    /// Called after every layer run.
+    pub report: &'a mut dyn FnMut(Progress),
+}
+
+impl Counting<'_> {
+    /// Marks `tokens` more tokens complete and reports.
+    pub fn tokens_done(&mut self, tokens: usize) {
+        self.progress.tokens_done += tokens;
+        (self.report)(self.progress);
+    }
+}
+
+impl Observer for Counting<'_> {
+    fn on_linear_input(&mut self, rows: &LinearRows<'_>) {
+        self.inner.on_linear_input(rows)
+    }
+    fn on_routing(&mut self, routing: &Routing) {
+        self.inner.on_routing(routing)
+    }
+    fn on_layer(&mut self, i: usize) {
+        if i > 0 {
+            self.progress.steps_done += 1;
+            (self.report)(self.progress);
+        }
+        self.inner.on_layer(i)
+    }
+    fn needs_logits(&self) -> bool {
+        self.inner.needs_logits()
     }
 }
 

@@ -28,6 +28,8 @@ trait Store {
     fn ckpt(&self) -> &Checkpoint;
     /// Whether the linear `module` (no `.weight`) exists.
     fn has_linear(&self, module: &str) -> bool;
+    /// The two dimensions of the linear `module` as stored (in either order), when it exists.
+    fn linear_dims(&self, module: &str) -> Option<[usize; 2]>;
     /// The linear `module`, checked to be logical `[k, n]`.
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>>;
 }
@@ -183,7 +185,108 @@ impl<S: Store> Source<S> {
     }
 }
 
+/// Collects what a checkpoint lacks for the forward pass: absent tensors and linears whose
+/// stored shape is not the config's.
+struct Inventory<'a, S> {
+    source: &'a Source<S>,
+    problems: Vec<String>,
+}
+
+impl<S: Store> Inventory<'_, S> {
+    fn vector(&mut self, name: String) {
+        if self.source.ckpt().get(&name).is_err() {
+            self.problems.push(format!("{name} is missing"));
+        }
+    }
+
+    fn linear(&mut self, module: String, k: usize, n: usize) {
+        match self.source.store.linear_dims(&module) {
+            None => self.problems.push(format!("{module}.weight is missing")),
+            Some([a, b]) if [a, b] == [k, n] || [a, b] == [n, k] => {}
+            Some([a, b]) => self.problems.push(format!("{module}: stored [{a}, {b}], the config needs [{n}, {k}]")),
+        }
+    }
+
+    fn projections(&mut self, module: &str, fused: &str, separate: &[&str], widths: &[usize], k: usize) {
+        let fused_name = format!("{module}.{fused}");
+        if self.source.store.has_linear(&fused_name) {
+            return self.linear(fused_name, k, widths.iter().sum());
+        }
+        for (s, &w) in separate.iter().zip(widths) {
+            self.linear(format!("{module}.{s}"), k, w);
+        }
+    }
+
+    fn swiglu(&mut self, layer: usize, block: Block, width: usize) {
+        let names = &self.source.names;
+        let (module, leaves, h) = (names.module(layer, block), names.mlp_leaves(block), self.source.cfg.hidden);
+        self.projections(&module, leaves.fused, &[leaves.gate, leaves.up], &[width, width], h);
+        self.linear(format!("{module}.{}", leaves.down), width, h);
+    }
+
+    fn layer(&mut self, i: usize) {
+        let (c, names) = (&self.source.cfg, &self.source.names);
+        let (base, attn) = (names.layer(i), names.attention(i));
+        self.vector(format!("{base}.input_layernorm.weight"));
+        self.vector(format!("{base}.post_attention_layernorm.weight"));
+        let (qw, kvw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        self.projections(&attn, QKV_FUSED, &QKV_LEAVES, &[qw, kvw, kvw], c.hidden);
+        self.linear(format!("{attn}.o_proj"), qw, c.hidden);
+        if c.architecture.qk_norm() {
+            self.vector(format!("{attn}.q_norm.weight"));
+            self.vector(format!("{attn}.k_norm.weight"));
+        }
+        if !c.is_moe_layer(i) {
+            return self.swiglu(i, Block::DenseMlp, c.intermediate);
+        }
+        self.vector(names.router(i));
+        for e in 0..c.experts {
+            self.swiglu(i, Block::Expert(e), c.moe_intermediate);
+        }
+        if c.shared_intermediate > 0 {
+            self.swiglu(i, Block::SharedExperts, c.shared_intermediate);
+            if c.shared_gate {
+                self.vector(names.shared_gate(i));
+            }
+        }
+    }
+}
+
+impl<S: Store> Source<S> {
+    /// Every tensor the forward pass will read, checked to exist with the config's shape
+    /// (headers only); all problems listed at once.
+    fn check_complete(&self) -> Result<()> {
+        let mut inv = Inventory { source: self, problems: Vec::new() };
+        inv.vector(self.names.embed());
+        inv.vector(self.names.final_norm());
+        if !self.cfg.tie_word_embeddings {
+            inv.linear("lm_head".to_string(), self.cfg.hidden, self.cfg.vocab);
+        }
+        for i in 0..self.cfg.layers {
+            inv.layer(i);
+        }
+        let mut problems = inv.problems;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let n = problems.len();
+        problems.truncate(8);
+        Err(Error::BadInput {
+            problem: format!(
+                "{}: the checkpoint does not hold the model its config describes ({n} problem(s)): {}{}",
+                self.ckpt().path().display(),
+                problems.join("; "),
+                if n > 8 { "; ..." } else { "" }
+            ),
+        })
+    }
+}
+
 impl<S: Store> WeightSource for Source<S> {
+    fn check_complete(&self) -> Result<()> {
+        Source::check_complete(self)
+    }
+
     fn config(&self) -> &ForwardConfig {
         &self.cfg
     }
@@ -259,6 +362,13 @@ impl Store for OriginalStore<'_> {
         self.ckpt
     }
 
+    fn linear_dims(&self, module: &str) -> Option<[usize; 2]> {
+        match self.ckpt.get(&format!("{module}.weight")).ok()?.shape.as_slice() {
+            &[a, b] => Some([a, b]),
+            _ => Some([0, 0]),
+        }
+    }
+
     fn has_linear(&self, module: &str) -> bool {
         self.ckpt.get(&format!("{module}.weight")).is_ok()
     }
@@ -295,6 +405,10 @@ impl Store for QuantStore<'_> {
         self.q.checkpoint()
     }
 
+    fn linear_dims(&self, module: &str) -> Option<[usize; 2]> {
+        self.find(module).map(|t| [t.k, t.n])
+    }
+
     fn has_linear(&self, module: &str) -> bool {
         self.find(module).is_some()
     }
@@ -315,6 +429,51 @@ impl Store for QuantStore<'_> {
     }
 }
 
+/// A checkpoint the forward pass runs, opened by what it holds: quantized (either layout,
+/// through the packed kernels) or original (any naming; also `ccq dequant` output).
+pub enum ModelFiles {
+    /// An original checkpoint.
+    Original(Box<Checkpoint>),
+    /// A quantized checkpoint.
+    Quantized(Box<QuantizedCheckpoint>),
+}
+
+impl ModelFiles {
+    /// Opens `path` as a quantized checkpoint when it is one
+    /// ([`crate::quantized::holds_quantized`]), as an original one otherwise.
+    pub fn open(path: &std::path::Path) -> Result<ModelFiles> {
+        let ckpt = Checkpoint::open(path)?;
+        match crate::quantized::holds_quantized(&ckpt) {
+            true => QuantizedCheckpoint::open(path).map(|q| ModelFiles::Quantized(Box::new(q))),
+            false => Ok(ModelFiles::Original(Box::new(ckpt))),
+        }
+    }
+
+    /// The stored checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        match self {
+            ModelFiles::Original(c) => c,
+            ModelFiles::Quantized(q) => q.checkpoint(),
+        }
+    }
+
+    /// `original`, or `quantized (LAYOUT)`.
+    pub fn kind(&self) -> String {
+        match self {
+            ModelFiles::Original(_) => "original".to_string(),
+            ModelFiles::Quantized(q) => format!("quantized ({})", q.layout().name()),
+        }
+    }
+
+    /// The weights, behind the forward pass's [`WeightSource`].
+    pub fn weights(&self) -> Result<Box<dyn WeightSource + '_>> {
+        Ok(match self {
+            ModelFiles::Original(c) => Box::new(OriginalWeights::new(c)?),
+            ModelFiles::Quantized(q) => Box::new(QuantizedWeights::new(q)?),
+        })
+    }
+}
+
 /// The public wrappers hand every call to their [`Source`].
 macro_rules! forward_to_source {
     ($($wrapper:ident),*) => {$(
@@ -324,6 +483,9 @@ macro_rules! forward_to_source {
             }
             fn names(&self) -> &TensorNames {
                 self.0.names()
+            }
+            fn check_complete(&self) -> Result<()> {
+                self.0.check_complete()
             }
             fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
                 self.0.embed(tokens)

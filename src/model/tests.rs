@@ -1,6 +1,6 @@
 //! The forward pass against numpy golden values, across namings and layouts, and its errors.
 
-use super::eval::{evaluate, read_tokens};
+use super::eval::evaluate;
 use super::source::{OriginalWeights, QuantizedWeights};
 use super::*;
 use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset, Rule};
@@ -160,7 +160,7 @@ fn namings_and_layouts_agree_bit_for_bit() {
     let native_dir = quantize("native-none", OutputLayout::Native, "wint8", &[".=none"]);
     let q = QuantizedCheckpoint::open(&native_dir).unwrap();
     assert_eq!(run(&QuantizedWeights::new(&q).unwrap(), &g.sequences), want);
-    let report = evaluate(&OriginalWeights::new(&pt).unwrap(), &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16).unwrap();
+    let report = evaluate(&OriginalWeights::new(&pt).unwrap(), &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16, &mut |_| {}).unwrap();
     assert_eq!((report.kld_mean, report.top1_agreement), (0.0, 1.0));
     assert_eq!(report.ppl_original, report.ppl_quantized);
     assert_eq!(report.tokens, g.sequences.iter().map(|s| s.len() - 1).sum::<usize>());
@@ -178,7 +178,7 @@ fn wint8_moves_predictions_little() {
         let dir = quantize(&format!("w8-{layout:?}"), layout, "wint8", &[]);
         let q = QuantizedCheckpoint::open(&dir).unwrap();
         assert!(q.tensors().iter().any(|t| t.scheme == Some(crate::SchemeKind::Wint8)));
-        let report = evaluate(&original, &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16).unwrap();
+        let report = evaluate(&original, &QuantizedWeights::new(&q).unwrap(), &g.sequences, 16, &mut |_| {}).unwrap();
         assert!(report.kld_mean > 0.0 && report.kld_mean < 1e-3, "{layout:?}: {report:?}");
         assert!(report.top1_agreement >= 0.9, "{layout:?}: {report:?}");
         assert!((report.ppl_quantized / report.ppl_original - 1.0).abs() < 0.01, "{layout:?}: {report:?}");
@@ -236,7 +236,7 @@ fn bad_input_is_named_before_work() {
     assert_eq!(err(&[vec![1], vec![]]), "sequence 1 is empty");
     assert_eq!(err(&[vec![1, 256]]), "sequence 0, position 1: token id 256 is outside the vocabulary (vocab_size 256)");
     assert_eq!(err(&[vec![0; 4097]]), "sequence 0 has 4097 tokens, more than max_position_embeddings (4096)");
-    assert!(evaluate(&source, &source, &[vec![3]], 16).unwrap_err().to_string().contains("nothing to predict"));
+    assert!(evaluate(&source, &source, &[vec![3]], 16, &mut |_| {}).unwrap_err().to_string().contains("nothing to predict"));
 
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("ernie45-tiny-pt/config.json")).unwrap()).unwrap();
@@ -263,22 +263,4 @@ fn zero_or_huge_dimensions_are_refused() {
         let e = ForwardConfig::from_json(&cfg, Path::new("config.json")).unwrap_err().to_string();
         assert!(e.contains("positive") || e.contains("too large"), "{key}: {e}");
     }
-}
-
-#[test]
-fn token_files() {
-    let dir = std::env::temp_dir().join(format!("ccq-model-tokens-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_file = dir.join("t.json");
-    std::fs::write(&json_file, "[[1, 2, 3], [4]]").unwrap();
-    assert_eq!(read_tokens(&json_file, None).unwrap(), vec![vec![1, 2, 3], vec![4]]);
-    let raw = dir.join("t.bin");
-    std::fs::write(&raw, [1u32, 2, 3, 4, 5].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    assert_eq!(read_tokens(&raw, Some(2)).unwrap(), vec![vec![1, 2], vec![3, 4], vec![5]]);
-    assert!(read_tokens(&raw, None).unwrap_err().to_string().contains("--seq-len"));
-    std::fs::write(&raw, [0u8; 6]).unwrap();
-    assert!(read_tokens(&raw, Some(2)).unwrap_err().to_string().contains("6 bytes"));
-    std::fs::write(&json_file, "[[1, -2]]").unwrap();
-    assert!(read_tokens(&json_file, None).unwrap_err().to_string().contains("position 1"));
-    std::fs::remove_dir_all(dir).unwrap();
 }

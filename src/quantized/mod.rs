@@ -322,6 +322,13 @@ fn transpose_bytes(src: &[u8], rows: usize, cols: usize, size: usize) -> Vec<u8>
 
 /// The layout: the provenance record's; else native when any shard describes a packed
 /// tensor; else FastDeploy when `config.json` has `quantization_config`.
+/// Whether `ckpt` is one ccq (or FastDeploy) wrote quantized: a provenance record, native
+/// metadata, a `quantization_config` or packed tensors. An original or dequantized checkpoint
+/// is not.
+pub fn holds_quantized(ckpt: &Checkpoint) -> bool {
+    ckpt.path().join(PROVENANCE_FILE).is_file() || !matches!(detect_layout(ckpt, None), Err(Error::NotACheckpoint { .. }))
+}
+
 fn detect_layout(ckpt: &Checkpoint, provenance: Option<&Provenance>) -> Result<OutputLayout> {
     if let Some(layout) = provenance.and_then(Provenance::layout_kind) {
         return Ok(layout);

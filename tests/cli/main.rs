@@ -4,6 +4,7 @@ mod calibrate;
 mod dequant;
 mod eval;
 mod quantize;
+mod text;
 mod verify;
 
 use serde_json::Value;
