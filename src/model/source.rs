@@ -199,6 +199,15 @@ impl<S: Store> Inventory<'_, S> {
         }
     }
 
+    /// A matrix read as stored (router, shared-expert gate): `[k, n]` or `[n, k]`.
+    fn matrix(&mut self, name: String, k: usize, n: usize) {
+        match self.source.ckpt().get(&name).map(|e| e.shape.as_slice()) {
+            Err(_) => self.problems.push(format!("{name} is missing")),
+            Ok(&[a, b]) if [a, b] == [k, n] || [a, b] == [n, k] => {}
+            Ok(s) => self.problems.push(format!("{name}: stored {s:?}, the config needs [{n}, {k}]")),
+        }
+    }
+
     fn linear(&mut self, module: String, k: usize, n: usize) {
         match self.source.store.linear_dims(&module) {
             None => self.problems.push(format!("{module}.weight is missing")),
@@ -239,14 +248,14 @@ impl<S: Store> Inventory<'_, S> {
         if !c.is_moe_layer(i) {
             return self.swiglu(i, Block::DenseMlp, c.intermediate);
         }
-        self.vector(names.router(i));
+        self.matrix(names.router(i), c.hidden, c.experts);
         for e in 0..c.experts {
             self.swiglu(i, Block::Expert(e), c.moe_intermediate);
         }
         if c.shared_intermediate > 0 {
             self.swiglu(i, Block::SharedExperts, c.shared_intermediate);
             if c.shared_gate {
-                self.vector(names.shared_gate(i));
+                self.matrix(names.shared_gate(i), c.hidden, 1);
             }
         }
     }

@@ -264,3 +264,63 @@ fn zero_or_huge_dimensions_are_refused() {
         assert!(e.contains("positive") || e.contains("too large"), "{key}: {e}");
     }
 }
+
+/// A copy of a fixture with its config edited by `edit`.
+fn with_config(fixture_name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ccq-model-config-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixture(fixture_name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+/// A config that promises tensors the files lack, or a family ccq does not run, is refused
+/// before any weight is read, naming what is wrong.
+#[test]
+fn incomplete_checkpoints_and_unknown_families_are_named() {
+    let dir = with_config("qwen2-moe-tiny", "experts", |c| c["num_experts"] = json!(5));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let e = OriginalWeights::new(&ckpt).unwrap().check_complete().unwrap_err().to_string();
+    assert!(e.contains("(8 problem(s))"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.experts.4.gate_proj.weight is missing; model.layers.1.mlp.experts.4.up_proj.weight is missing"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let dir = with_config("mixtral-tiny", "width", |c| c["intermediate_size"] = json!(96));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let e = OriginalWeights::new(&ckpt).unwrap().check_complete().unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.block_sparse_moe.experts.0.w1: stored [128, 128], the config needs [96, 128]"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let dir = with_config("mixtral-tiny", "family", |c| c["model_type"] = json!("deepseek_v3"));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let e = OriginalWeights::new(&ckpt).err().unwrap().to_string();
+    assert!(e.ends_with("the forward pass does not support model_type \"deepseek_v3\"; supported: ernie4_5_moe, ernie4_5, qwen2_moe, qwen3_moe, mixtral, llama, mistral, qwen2, qwen3"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let dir = with_config("llama-tiny", "rope", |c| c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0}));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let e = OriginalWeights::new(&ckpt).err().unwrap().to_string();
+    assert!(e.ends_with("rope_scaling of type \"llama3\" is not supported by the forward pass"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Mixtral's sliding window bounds the sequences it takes.
+#[test]
+fn sliding_window_bounds_sequences() {
+    let dir = with_config("mixtral-tiny", "window", |c| c["sliding_window"] = json!(8));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let source = OriginalWeights::new(&ckpt).unwrap();
+    assert_eq!(source.config().max_sequence(), Some(8));
+    let e = forward(&source, &[vec![1; 9]], &mut NoObserver).unwrap_err().to_string();
+    assert!(e.contains("more than the sliding attention window (8)"), "{e}");
+    assert!(forward(&source, &[vec![1; 8]], &mut NoObserver).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
