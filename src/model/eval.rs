@@ -14,6 +14,7 @@
 //!
 //! Token sequences come from [`crate::tokens`].
 
+use super::decode::argmax;
 use super::{forward, Counting, NoObserver, Progress, WeightSource};
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -129,16 +130,6 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
     let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     logits.iter().map(|&v| v as f64 - lse).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 impl Accumulator {

@@ -51,6 +51,7 @@
 //! per-expert calibration statistics are gathered from.
 
 pub mod config;
+pub mod decode;
 pub mod eval;
 pub mod names;
 pub mod source;
@@ -63,7 +64,7 @@ pub use names::TensorNames;
 use crate::error::{Error, Result};
 
 /// A projection `y = x W`: `x` is `[m, k]`, `y` is `[m, n]`, both row-major.
-pub trait Linear {
+pub trait Linear: Send + Sync {
     /// Input width.
     fn k(&self) -> usize;
     /// Output width.
@@ -327,11 +328,20 @@ pub trait Observer {
     fn needs_logits(&self) -> bool {
         true
     }
+    /// Whether it looks at linear inputs ([`Observer::on_linear_input`]); one that does not
+    /// lets the experts of a layer run concurrently.
+    fn watches_inputs(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that records nothing.
 pub struct NoObserver;
-impl Observer for NoObserver {}
+impl Observer for NoObserver {
+    fn watches_inputs(&self) -> bool {
+        false
+    }
+}
 
 /// Records every [`Routing`].
 #[derive(Default)]
@@ -343,6 +353,9 @@ pub struct RoutingRecorder {
 impl Observer for RoutingRecorder {
     fn on_routing(&mut self, routing: &Routing) {
         self.routings.push(routing.clone());
+    }
+    fn watches_inputs(&self) -> bool {
+        false
     }
 }
 
@@ -396,6 +409,9 @@ impl Observer for Counting<'_> {
     fn needs_logits(&self) -> bool {
         self.inner.needs_logits()
     }
+    fn watches_inputs(&self) -> bool {
+        self.inner.watches_inputs()
+    }
 }
 
 /// Runs `sequences` through the model and returns the logits `[total tokens, vocab]`
@@ -440,9 +456,22 @@ pub fn layer_forward(
     lengths: &[usize],
     observer: &mut dyn Observer,
 ) -> Result<()> {
+    layer_step(cfg, w, l, h, Context::Sequences(lengths), observer)
+}
+
+/// [`layer_forward`] with the attention context spelled out: a batch of sequences, or one
+/// sequence continuing from a [`KvCache`].
+pub fn layer_step(
+    cfg: &ForwardConfig,
+    w: &LayerWeights,
+    l: usize,
+    h: &mut [f32],
+    context: Context<'_>,
+    observer: &mut dyn Observer,
+) -> Result<()> {
     let m = h.len() / cfg.hidden;
     let x = rms_norm(h, &w.input_norm, cfg.rms_norm_eps);
-    let attn = attention(cfg, w, l, &x, lengths, observer)?;
+    let attn = attention(cfg, w, l, &x, context, observer)?;
     add(h, &attn);
     let x = rms_norm(h, &w.post_norm, cfg.rms_norm_eps);
     let y = match &w.mlp {
@@ -491,9 +520,9 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// Rotary embedding, in place, on `[len, heads * d]` rows at positions 0..len; `style` says
-/// which channels pair up (see the module documentation).
-fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64, style: Rope) {
+/// Rotary embedding, in place, on `[len, heads * d]` rows at positions `p0..p0 + len`; `style`
+/// says which channels pair up (see the module documentation).
+fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64, style: Rope, p0: usize) {
     let width = heads * d;
     let inv: Vec<f64> = (0..d / 2).map(|i| theta.powf(-((2 * i) as f64) / d as f64)).collect();
     let pair = |i: usize| match style {
@@ -502,7 +531,7 @@ fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64, style: Rope) {
     };
     for (p, row) in x.chunks_exact_mut(width).enumerate() {
         for (i, &f) in inv.iter().enumerate() {
-            let a = p as f64 * f;
+            let a = (p0 + p) as f64 * f;
             let (s, c) = (a.sin() as f32, a.cos() as f32);
             let (ja, jb) = pair(i);
             for h in 0..heads {
@@ -515,24 +544,47 @@ fn rope(x: &mut [f32], heads: usize, d: usize, theta: f64, style: Rope) {
     }
 }
 
+/// What attention attends over: the sequences of a batch (each from position 0), or one
+/// sequence's earlier positions held in a [`KvCache`] (incremental decoding).
+pub enum Context<'a> {
+    /// The lengths of the batch's sequences, back to back.
+    Sequences(&'a [usize]),
+    /// One sequence continuing after the cached positions; the new keys and values are
+    /// appended.
+    Cached(&'a mut KvCache),
+}
+
+/// One layer's keys (after rope) and values of the positions decoded so far,
+/// `[positions, kv_heads * head_dim]` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self, kv_width: usize) -> usize {
+        self.k.len() / kv_width.max(1)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.k.len() + self.v.len())
+    }
+}
+
 fn attention(
     cfg: &ForwardConfig,
     w: &LayerWeights,
     layer: usize,
     x: &[f32],
-    lengths: &[usize],
+    context: Context<'_>,
     observer: &mut dyn Observer,
 ) -> Result<Vec<f32>> {
     let m = x.len() / cfg.hidden;
-    observer.on_linear_input(&LinearRows {
-        layer,
-        block: Block::Attention,
-        input: LinearInput::Qkv,
-        rows: x,
-        k: cfg.hidden,
-        tokens: None,
-        gate_weights: None,
-    });
+    let rows = |input, rows, k| LinearRows { layer, block: Block::Attention, input, rows, k, tokens: None, gate_weights: None };
+    observer.on_linear_input(&rows(LinearInput::Qkv, x, cfg.hidden));
     let mut qkv = w.qkv.forward(x, m)?.into_iter();
     let (mut q, mut k, v) = (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
     let (d, hq, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
@@ -541,52 +593,66 @@ fn attention(
         k = rms_norm(&k, kn, cfg.rms_norm_eps);
     }
     let (qw, kw) = (hq * d, hk * d);
-    let group = hq / hk;
-    let scale = 1.0 / (d as f32).sqrt();
+    let style = cfg.architecture.rope();
     let mut ctx = vec![0.0f32; m * qw];
-    let mut start = 0;
-    for &len in lengths {
-        let style = cfg.architecture.rope();
-        rope(&mut q[start * qw..(start + len) * qw], hq, d, cfg.rope_theta, style);
-        rope(&mut k[start * kw..(start + len) * kw], hk, d, cfg.rope_theta, style);
-        let mut scores = vec![0.0f32; len];
+    match context {
+        Context::Sequences(lengths) => {
+            let mut start = 0;
+            for &len in lengths {
+                let (r, out) = (start..start + len, &mut ctx[start * qw..(start + len) * qw]);
+                rope(&mut q[r.start * qw..r.end * qw], hq, d, cfg.rope_theta, style, 0);
+                rope(&mut k[r.start * kw..r.end * kw], hk, d, cfg.rope_theta, style, 0);
+                attend(cfg, &q[r.start * qw..r.end * qw], &k[r.start * kw..r.end * kw], &v[r.start * kw..r.end * kw], 0, out);
+                start += len;
+            }
+        }
+        Context::Cached(cache) => {
+            let p0 = cache.len(kw);
+            rope(&mut q, hq, d, cfg.rope_theta, style, p0);
+            rope(&mut k, hk, d, cfg.rope_theta, style, p0);
+            cache.k.extend_from_slice(&k);
+            cache.v.extend_from_slice(&v);
+            attend(cfg, &q, &cache.k, &cache.v, p0, &mut ctx);
+        }
+    }
+    observer.on_linear_input(&rows(LinearInput::O, &ctx, qw));
+    w.o.forward(&ctx, m)
+}
+
+/// Causal grouped-query attention of the query rows `q` (positions `p0..`) over the keys and
+/// values `k`, `v` of positions `0..`: row `i` attends to positions `0..=p0 + i`. Rows run in
+/// parallel, each summed in a fixed order (the same result at any thread count).
+fn attend(cfg: &ForwardConfig, q: &[f32], k: &[f32], v: &[f32], p0: usize, ctx: &mut [f32]) {
+    use rayon::prelude::*;
+    let (d, hq, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+    let (qw, kw, group) = (hq * d, hk * d, hq / hk);
+    let scale = 1.0 / (d as f32).sqrt();
+    ctx.par_chunks_mut(qw).zip(q.par_chunks(qw)).enumerate().for_each(|(i, (out_row, q_row))| {
+        let visible = p0 + i + 1;
+        let mut scores = vec![0.0f32; visible];
         for h in 0..hq {
-            let kh = h / group;
-            for i in 0..len {
-                let qi = &q[(start + i) * qw + h * d..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores[..=i].iter_mut().enumerate() {
-                    let kj = &k[(start + j) * kw + kh * d..][..d];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0f32;
-                for s in &mut scores[..=i] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let out = &mut ctx[(start + i) * qw + h * d..][..d];
-                for (j, s) in scores[..=i].iter().enumerate() {
-                    let p = s / sum;
-                    let vj = &v[(start + j) * kw + kh * d..][..d];
-                    for (o, vv) in out.iter_mut().zip(vj) {
-                        *o += p * vv;
-                    }
+            let (kh, qi) = (h / group, &q_row[h * d..(h + 1) * d]);
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let kj = &k[j * kw + kh * d..][..d];
+                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0f32;
+            for s in &mut scores {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let out = &mut out_row[h * d..(h + 1) * d];
+            for (j, s) in scores.iter().enumerate() {
+                let p = s / sum;
+                let vj = &v[j * kw + kh * d..][..d];
+                for (o, vv) in out.iter_mut().zip(vj) {
+                    *o += p * vv;
                 }
             }
         }
-        start += len;
-    }
-    observer.on_linear_input(&LinearRows {
-        layer,
-        block: Block::Attention,
-        input: LinearInput::O,
-        rows: &ctx,
-        k: qw,
-        tokens: None,
-        gate_weights: None,
     });
-    w.o.forward(&ctx, m)
 }
 
 fn silu(v: f32) -> f32 {
@@ -659,21 +725,35 @@ fn moe_block(cfg: &ForwardConfig, moe: &MoeWeights, x: &[f32], m: usize, layer: 
             out.iter_mut().for_each(|v| *v *= s);
         }
     }
-    for (e, expert) in moe.experts.iter().enumerate() {
-        let mut tokens = Vec::new();
-        let mut gates = Vec::new();
+    // Each expert's tokens and their routing weights, in expert order.
+    let mut assigned: Vec<(usize, Vec<usize>, Vec<f32>)> = Vec::new();
+    for e in 0..moe.experts.len() {
+        let (mut tokens, mut gates) = (Vec::new(), Vec::new());
         for (t, (chosen, w)) in routing.experts.chunks_exact(cfg.top_k).zip(routing.weights.chunks_exact(cfg.top_k)).enumerate() {
             if let Some(slot) = chosen.iter().position(|&c| c == e) {
                 tokens.push(t);
                 gates.push(w[slot]);
             }
         }
-        if tokens.is_empty() {
-            continue;
+        if !tokens.is_empty() {
+            assigned.push((e, tokens, gates));
         }
+    }
+    let run = |(e, tokens, gates): &(usize, Vec<usize>, Vec<f32>), observer: &mut dyn Observer| {
         let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hd..(t + 1) * hd].iter().copied()).collect();
-        let out = swiglu(expert, &rows, tokens.len(), layer, Block::Expert(e), Some((&tokens, &gates)), observer)?;
-        for ((&t, g), o) in tokens.iter().zip(&gates).zip(out.chunks_exact(hd)) {
+        swiglu(&moe.experts[*e], &rows, tokens.len(), layer, Block::Expert(*e), Some((tokens, gates)), observer)
+    };
+    // Unobserved, the experts run concurrently (at one token per step each is a small
+    // matmul); their outputs are added in expert order either way.
+    let outputs: Vec<Vec<f32>> = match observer.watches_inputs() {
+        true => assigned.iter().map(|a| run(a, observer)).collect::<Result<_>>()?,
+        false => {
+            use rayon::prelude::*;
+            assigned.par_iter().map(|a| run(a, &mut NoObserver)).collect::<Result<_>>()?
+        }
+    };
+    for ((_, tokens, gates), out) in assigned.iter().zip(&outputs) {
+        for ((&t, g), o) in tokens.iter().zip(gates).zip(out.chunks_exact(hd)) {
             for (a, b) in y[t * hd..(t + 1) * hd].iter_mut().zip(o) {
                 *a += g * b;
             }
