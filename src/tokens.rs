@@ -173,10 +173,47 @@ pub fn text_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn open_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
-    tokenizers::Tokenizer::from_file(path).map_err(|e| Error::BadInput {
-        problem: format!("{}: not a tokenizer.json the Hugging Face tokenizers library can read ({e})", path.display()),
-    })
+/// A model's Hugging Face tokenizer (`tokenizer.json`).
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Reads `path`.
+    pub fn open(path: &Path) -> Result<TextTokenizer> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::BadInput {
+            problem: format!("{}: not a tokenizer.json the Hugging Face tokenizers library can read ({e})", path.display()),
+        })?;
+        Ok(TextTokenizer { inner, path: path.to_path_buf() })
+    }
+
+    /// Tokens in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The ids of `text`; no special token is added, special tokens written in the text
+    /// (e.g. `<|im_start|>`) are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::BadInput { problem: format!("{}: the tokenizer failed on this text ({e})", self.path.display()) })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::BadInput { problem: format!("{}: the tokenizer cannot decode these ids ({e})", self.path.display()) })
+    }
+
+    /// The id of a token written out, e.g. `<|im_end|>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
 }
 
 fn load_text(
@@ -198,8 +235,8 @@ fn load_text(
     if max_sequences == Some(0) {
         return Err(Error::BadInput { problem: "--max-sequences must be positive".to_string() });
     }
-    let tokenizer = open_tokenizer(tokenizer_file)?;
-    let vocab = tokenizer.get_vocab_size(true);
+    let tokenizer = TextTokenizer::open(tokenizer_file)?;
+    let vocab = tokenizer.vocab_size();
     if vocab > cfg.vocab {
         return Err(Error::BadInput {
             problem: format!(
@@ -216,10 +253,7 @@ fn load_text(
         let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
         let text =
             std::str::from_utf8(&bytes).map_err(|e| Error::BadInput { problem: format!("{}: not UTF-8 text ({e})", f.display()) })?;
-        let encoding = tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::BadInput { problem: format!("{}: the tokenizer failed on this text ({e})", f.display()) })?;
-        ids.extend_from_slice(encoding.get_ids());
+        ids.extend(tokenizer.encode(text)?);
         fingerprints.push(json!({"file": f.display().to_string(), "fnv64": fnv_hex(&bytes)}));
     }
     let total = ids.len() / seq_len;
@@ -246,9 +280,71 @@ fn load_text(
     Ok(Tokens { sequences, label })
 }
 
+/// The chat templates `ccq generate --chat` renders, recognised by the markers of a
+/// `chat_template` in `tokenizer_config.json` (the Jinja itself is not run): one user turn and
+/// the assistant's opening, no system message.
+///
+/// | template | recognised by | rendered | stops at |
+/// |---|---|---|---|
+/// | ChatML (Qwen, SmolLM) | `<\|im_start\|>` | `<\|im_start\|>user\nPROMPT<\|im_end\|>\n<\|im_start\|>assistant\n` | `<\|im_end\|>` |
+/// | Llama 3 | `<\|start_header_id\|>` | `<\|begin_of_text\|><\|start_header_id\|>user<\|end_header_id\|>\n\nPROMPT<\|eot_id\|><\|start_header_id\|>assistant<\|end_header_id\|>\n\n` | `<\|eot_id\|>` |
+/// | Mistral / Mixtral | `[INST]` | `<s>[INST] PROMPT [/INST]` | `</s>` |
+pub const CHAT_TEMPLATES: &str = "ChatML (<|im_start|>), Llama 3 (<|start_header_id|>), Mistral ([INST])";
+
+/// A prompt rendered for chat, and the token that ends the assistant's turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPrompt {
+    /// The text to tokenize (special tokens written out).
+    pub text: String,
+    /// The end-of-turn token.
+    pub stop: &'static str,
+}
+
+/// Renders `prompt` as one user turn of the chat template in `tokenizer_config` (the parsed
+/// `tokenizer_config.json` of `file`), see [`CHAT_TEMPLATES`].
+pub fn chat_prompt(tokenizer_config: Option<&Value>, file: &Path, prompt: &str) -> Result<ChatPrompt> {
+    let template = tokenizer_config.and_then(|c| c.get("chat_template")).and_then(|t| match t {
+        Value::String(s) => Some(s.clone()),
+        // A list of named templates: the "default" one.
+        Value::Array(list) => list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()).map(str::to_string),
+        _ => None,
+    });
+    let Some(template) = template else {
+        return Err(Error::BadInput { problem: format!("{}: no chat_template to apply with --chat; run without --chat", file.display()) });
+    };
+    let (text, stop) = if template.contains("<|im_start|>") {
+        (format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"), "<|im_end|>")
+    } else if template.contains("<|start_header_id|>") {
+        (
+            format!("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+            "<|eot_id|>",
+        )
+    } else if template.contains("[INST]") {
+        (format!("<s>[INST] {prompt} [/INST]"), "</s>")
+    } else {
+        return Err(Error::BadInput {
+            problem: format!("{}: its chat_template is none of those --chat renders ({CHAT_TEMPLATES}); run without --chat and write the template into --prompt", file.display()),
+        });
+    };
+    Ok(ChatPrompt { text, stop })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_templates_are_recognised_or_refused() {
+        let file = Path::new("tokenizer_config.json");
+        let chatml = json!({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}..."});
+        let p = chat_prompt(Some(&chatml), file, "Hi").unwrap();
+        assert_eq!(p, ChatPrompt { text: "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n".to_string(), stop: "<|im_end|>" });
+        let listed = json!({"chat_template": [{"name": "default", "template": "[INST] {{ x }} [/INST]"}]});
+        assert_eq!(chat_prompt(Some(&listed), file, "Hi").unwrap().text, "<s>[INST] Hi [/INST]");
+        let e = chat_prompt(Some(&json!({"chat_template": "{{ messages }}"})), file, "Hi").unwrap_err().to_string();
+        assert!(e.contains("none of those --chat renders"), "{e}");
+        assert!(chat_prompt(None, file, "Hi").unwrap_err().to_string().contains("no chat_template"));
+    }
 
     #[test]
     fn id_files() {

@@ -7,6 +7,7 @@ mod bench;
 mod calibrate;
 mod dequant;
 mod eval;
+mod generate;
 mod inspect;
 mod progress;
 mod quantize;
@@ -48,6 +49,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Gather per-expert activation statistics on real tokens for `quantize --calib`.
     Calibrate(calibrate::CalibrateArgs),
+    /// Run a checkpoint (original or quantized) on the CPU, token by token, and stream what it
+    /// writes; figures on stderr.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

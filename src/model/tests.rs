@@ -358,3 +358,26 @@ fn incremental_decoding_matches_the_full_forward() {
     }
     std::fs::remove_dir_all(w2).unwrap();
 }
+
+/// Greedy decoding through the KV caches continues each family's prompt with the tokens the
+/// numpy reference chose by running the whole sequence at every step.
+#[test]
+fn greedy_decoding_matches_numpy() {
+    for family in ["qwen2-moe", "qwen3-moe", "mixtral", "llama"] {
+        let text = std::fs::read_to_string(fixture(&format!("forward-golden-{family}.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let want: Vec<u32> = parse(&v["greedy"]);
+        let ckpt = Checkpoint::open(fixture(&format!("{family}-tiny"))).unwrap();
+        let source = OriginalWeights::new(&ckpt).unwrap();
+        let mut decoder = decode::Decoder::new(&source).unwrap();
+        let greedy = decode::Sampling { temperature: 0.0, top_k: None, top_p: 1.0 };
+        let mut tokens = want[..4].to_vec();
+        let mut logits = decoder.feed(&tokens, false).unwrap();
+        while tokens.len() < want.len() {
+            let next = greedy.pick(&logits, &mut crate::rng::Rng::new(0));
+            tokens.push(next);
+            logits = decoder.feed(&[next], false).unwrap();
+        }
+        assert_eq!(tokens, want, "{family}");
+    }
+}

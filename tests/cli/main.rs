@@ -3,6 +3,7 @@
 mod calibrate;
 mod dequant;
 mod eval;
+mod generate;
 mod quantize;
 mod text;
 mod verify;
