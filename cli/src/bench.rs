@@ -19,9 +19,14 @@ pub struct BenchArgs {
     /// peak memory on the tiny shape and one 21B-A3B-shaped MoE layer) or `kernels` (fast
     /// matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul) or
     /// `feedback` (error-feedback encoding speed and output error on 21B-A3B expert shapes,
-    /// beside the diagonal encoder).
-    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels", "feedback"])]
+    /// beside the diagonal encoder) or `generate` (prefill and decode tokens/s of `--model`
+    /// checkpoints and of a synthetic 21B-A3B-shaped one, against the memory bandwidth limit).
+    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels", "feedback", "generate"])]
     pub what: String,
+    /// generate: checkpoints to decode (repeatable; any ccq reads, original or quantized);
+    /// missing ones are skipped.
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
     /// inspect: routed experts per MoE layer of the synthetic 300B-shaped checkpoint (64 is
     /// the real model; 512 gives about 79k tensors).
     #[arg(long, default_value_t = 64)]
@@ -43,6 +48,7 @@ pub struct BenchArgs {
     pub n: usize,
     /// feedback: also convert a 21B-A3B-shaped checkpoint of a dense and an MoE layer with this
     /// many routed experts, calibrated layer by layer (0: skip; 64 is the real model, minutes).
+    /// generate: decode such a checkpoint (original and wint2-experts) with this many experts.
     #[arg(long, default_value_t = 0)]
     pub layer_experts: usize,
     /// Print one row per real matrix instead of pooling them.
@@ -57,6 +63,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "calibrate" => bench_calibrate(args),
         "kernels" => bench_kernels(args),
         "feedback" => bench_feedback(args),
+        "generate" => bench_generate(args),
         _ => bench_wint2(args),
     }
 }
@@ -143,6 +150,44 @@ fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
                 t.peak_rss_mib.map_or("?".to_string(), |m| format!("{m:.0}"))
             );
         }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// `ccq bench generate`: prefill and decode on 1 and 2 threads per checkpoint.
+fn bench_generate(args: &BenchArgs) -> anyhow::Result<()> {
+    use ccq::bench::generate::{prepare_synthetic, time_generate};
+    println!("checkpoint | threads | prefill tokens/s (64) | decode tokens/s (32) | weight MiB per token | read GB/s | limit tokens/s | decode / limit");
+    let row = |name: &str, path: &std::path::Path| -> anyhow::Result<()> {
+        let files = ccq::model::source::ModelFiles::open(path)?;
+        let source = files.weights()?;
+        for threads in [1, 2] {
+            let t = time_generate(source.as_ref(), 64, 32, threads)?;
+            println!(
+                "{name} | {threads} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2}",
+                t.prefill_tokens_per_s,
+                t.decode_tokens_per_s,
+                t.bytes_per_token as f64 / 1048576.0,
+                t.bandwidth / 1e9,
+                t.limit_tokens_per_s(),
+                t.ratio()
+            );
+        }
+        Ok(())
+    };
+    for path in &args.models {
+        if !path.exists() {
+            println!("{} | skipped: not found", path.display());
+            continue;
+        }
+        row(&path.display().to_string(), path)?;
+    }
+    if args.layer_experts > 0 {
+        let dir = std::env::temp_dir().join(format!("ccq-bench-generate-{}", std::process::id()));
+        let (src, w2) = prepare_synthetic(&dir, args.layer_experts)?;
+        row(&format!("21b-a3b 2 layers, {} experts, bf16", args.layer_experts), &src)?;
+        row(&format!("21b-a3b 2 layers, {} experts, wint2-experts", args.layer_experts), &w2)?;
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())

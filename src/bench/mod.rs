@@ -3,6 +3,7 @@
 
 pub mod calibrate;
 pub mod feedback;
+pub mod generate;
 pub mod inspect;
 pub mod kernels;
 pub mod wint2;

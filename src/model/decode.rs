@@ -59,6 +59,29 @@ impl<'a> Decoder<'a> {
         self.positions
     }
 
+    /// Bytes of weights one decoded token reads: its embedding row, every layer's attention,
+    /// dense MLP or router, shared expert and `top_k` routed experts (experts of a layer are
+    /// the same size), and the output head. Norms and the cache are left out.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let cfg = self.source.config();
+        let embed_row = cfg.hidden * 4;
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|w| {
+                let mlp = match &w.mlp {
+                    super::Mlp::Dense(d) => d.bytes(),
+                    super::Mlp::Moe(m) => {
+                        let expert = m.experts.first().map_or(0, super::SwiGlu::bytes);
+                        4 * m.router.len() + m.shared.as_ref().map_or(0, super::SwiGlu::bytes) + cfg.top_k * expert
+                    }
+                };
+                w.qkv.bytes() + w.o.bytes() + mlp
+            })
+            .sum();
+        embed_row + layers + self.lm_head.bytes()
+    }
+
     /// Bytes held by the key/value caches.
     pub fn cache_bytes(&self) -> usize {
         self.caches.iter().map(KvCache::bytes).sum()
@@ -182,7 +205,7 @@ mod tests {
         let any = Sampling { temperature: 1.0, top_k: None, top_p: 1.0 };
         let picks: Vec<u32> = (0..50).map(|s| any.pick(&logits, &mut Rng::new(s))).collect();
         assert_eq!(picks, (0..50).map(|s| any.pick(&logits, &mut Rng::new(s))).collect::<Vec<_>>());
-        assert!(picks.iter().any(|&p| p == 2));
+        assert!(picks.contains(&2));
         for bad in [
             Sampling { temperature: -1.0, ..any },
             Sampling { temperature: f64::NAN, ..any },

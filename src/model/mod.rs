@@ -71,6 +71,8 @@ pub trait Linear: Send + Sync {
     fn n(&self) -> usize;
     /// `x W` for `m` rows.
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>>;
+    /// Bytes of weights (and bias) one product reads.
+    fn bytes(&self) -> usize;
 }
 
 /// Weights a kernel multiplies by ([`crate::kernel::matmul`]): packed, or dense f32/bf16.
@@ -102,6 +104,10 @@ impl Linear for KernelLinear {
         self.weights.as_kernel().shape().1
     }
 
+    fn bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
             .map_err(|e| Error::BadTensor { tensor: self.name.clone(), problem: e.to_string() })
@@ -123,6 +129,10 @@ impl Linear for Biased {
 
     fn n(&self) -> usize {
         self.linear.n()
+    }
+
+    fn bytes(&self) -> usize {
+        self.linear.bytes() + 4 * self.bias.len()
     }
 
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -164,6 +174,11 @@ impl Projections {
         Ok(Projections { parts, widths })
     }
 
+    /// Bytes of weights one product of every part reads.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.bytes()).sum()
+    }
+
     /// One `[m, width_i]` output per width.
     pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
         if self.parts.len() == self.widths.len() {
@@ -191,6 +206,13 @@ pub struct SwiGlu {
     pub gate_up: Projections,
     /// The down projection.
     pub down: Box<dyn Linear>,
+}
+
+impl SwiGlu {
+    /// Bytes of weights one pass reads.
+    pub fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
 }
 
 /// An MoE block's weights.
@@ -232,7 +254,7 @@ pub struct LayerWeights {
 }
 
 /// Where a model's weights come from, one layer at a time.
-pub trait WeightSource {
+pub trait WeightSource: Sync {
     /// The checked config.
     fn config(&self) -> &ForwardConfig;
     /// The checkpoint's tensor names.

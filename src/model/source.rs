@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::quantized::QuantizedCheckpoint;
 
 /// How a checkpoint stores its linears.
-trait Store {
+trait Store: Sync {
     fn ckpt(&self) -> &Checkpoint;
     /// Whether the linear `module` (no `.weight`) exists.
     fn has_linear(&self, module: &str) -> bool;

@@ -139,6 +139,14 @@ pub enum OwnedWeights {
 }
 
 impl OwnedWeights {
+    /// Bytes a matmul reads: every packed component, or the dense elements.
+    pub fn bytes(&self) -> usize {
+        match self {
+            OwnedWeights::Packed(p) => p.components.iter().map(|c| c.bytes.len()).sum(),
+            OwnedWeights::Dense(d) => d.bytes.len(),
+        }
+    }
+
     /// The kernels' view of these weights.
     pub fn as_kernel(&self) -> crate::kernel::Weights<'_> {
         match self {
