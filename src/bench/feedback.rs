@@ -133,22 +133,32 @@ pub struct LayerTiming {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// Writes a 21B-A3B-shaped checkpoint of two layers (a dense one, then one MoE layer of
-/// `experts` routed experts) into `dir` (untimed), then converts it with `--preset
-/// wint2-experts --layout native --calib-tokens` on `sequences` random sequences of `seq_len`
-/// tokens (timed), and removes both.
-pub fn time_layer(dir: &std::path::Path, experts: usize, sequences: usize, seq_len: usize) -> crate::Result<LayerTiming> {
-    use crate::calibrate::layerwise::{Layerwise, LayerwiseOptions, DEFAULT_HESSIAN_BUDGET};
-    use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
-    let src = dir.join("source");
-    let model = super::calibrate::prepare(&src, "21b-a3b", 2, experts)?;
-    let ckpt = crate::Checkpoint::open(&src)?;
+/// Writes a 21B-A3B-shaped checkpoint of a dense and an MoE layer with `experts` routed
+/// experts into `src` and plans its `wint2-experts` conversion to the native layout.
+pub(crate) fn synthetic_wint2_plan(
+    src: &std::path::Path,
+    experts: usize,
+) -> crate::Result<(crate::synth::SynthModel, crate::Checkpoint, crate::convert::Plan)> {
+    use crate::convert::{OutputLayout, Plan, PlanOptions, Policy, Preset};
+    let model = super::calibrate::prepare(src, "21b-a3b", 2, experts)?;
+    let ckpt = crate::Checkpoint::open(src)?;
     let layout = crate::layout::ModelLayout::of(&ckpt)?;
     let preset = Preset::from_name("wint2-experts", 0).map_err(|problem| crate::Error::BadInput { problem })?;
     let policy = Policy { preset, rules: Vec::new() };
     let plan =
         Plan::build(&ckpt, &layout, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: 4 << 30 })
             .map_err(|r| crate::Error::BadInput { problem: format!("{} tensor(s) cannot be planned", r.len()) })?;
+    Ok((model, ckpt, plan))
+}
+
+/// Writes a 21B-A3B-shaped checkpoint of two layers (a dense one, then one MoE layer of
+/// `experts` routed experts) into `dir` (untimed), then converts it with `--preset
+/// wint2-experts --layout native --calib-tokens` on `sequences` random sequences of `seq_len`
+/// tokens (timed), and removes both.
+pub fn time_layer(dir: &std::path::Path, experts: usize, sequences: usize, seq_len: usize) -> crate::Result<LayerTiming> {
+    use crate::calibrate::layerwise::{Layerwise, LayerwiseOptions, DEFAULT_HESSIAN_BUDGET};
+    use crate::convert::{self, ConvertOptions};
+    let (model, ckpt, plan) = synthetic_wint2_plan(&dir.join("source"), experts)?;
     let mut rng = Rng::new(7);
     let seqs: Vec<Vec<u32>> =
         (0..sequences).map(|_| (0..seq_len).map(|_| (rng.next_u64() % model.vocab_size as u64) as u32).collect()).collect();

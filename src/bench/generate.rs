@@ -99,16 +99,9 @@ pub fn time_generate(source: &dyn WeightSource, prompt_tokens: usize, decode_tok
 /// experts (per-token bytes depend on `moe_k`, not on the expert count) into `dir/source`, and
 /// its `wint2-experts` conversion (native layout, uncalibrated) into `dir/wint2`.
 pub fn prepare_synthetic(dir: &std::path::Path, experts: usize) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
+    use crate::convert::{self, ConvertOptions};
     let src = dir.join("source");
-    super::calibrate::prepare(&src, "21b-a3b", 2, experts)?;
-    let ckpt = crate::Checkpoint::open(&src)?;
-    let layout = crate::layout::ModelLayout::of(&ckpt)?;
-    let preset = Preset::from_name("wint2-experts", 0).map_err(|problem| crate::Error::BadInput { problem })?;
-    let policy = Policy { preset, rules: Vec::new() };
-    let plan =
-        Plan::build(&ckpt, &layout, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: 4 << 30 })
-            .map_err(|r| crate::Error::BadInput { problem: format!("{} tensor(s) cannot be planned", r.len()) })?;
+    let (_, ckpt, plan) = super::feedback::synthetic_wint2_plan(&src, experts)?;
     let out = dir.join("wint2");
     let config = ckpt.config().cloned();
     let extra = |work: &std::path::Path| match &config {
