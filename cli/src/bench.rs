@@ -186,7 +186,7 @@ fn bench_generate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.layer_experts > 0 {
         let dir = std::env::temp_dir().join(format!("ccq-bench-generate-{}", std::process::id()));
         let (src, w2) = prepare_synthetic(&dir, args.layer_experts)?;
-        row(&format!("21b-a3b 2 layers, {} experts, bf16", args.layer_experts), &src)?;
+        row(&format!("21b-a3b 2 layers, {} experts, original (bf16 file, f32 in memory)", args.layer_experts), &src)?;
         row(&format!("21b-a3b 2 layers, {} experts, wint2-experts", args.layer_experts), &w2)?;
         std::fs::remove_dir_all(&dir)?;
     }
