@@ -576,19 +576,7 @@ impl Stats {
                 }
             }
         }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        let n = problems.len();
-        problems.truncate(10);
-        Err(Error::BadInput {
-            problem: format!(
-                "{}: the calibration statistics do not match the checkpoint ({n} problem(s)): {}{}",
-                path.display(),
-                problems.join("; "),
-                if n > 10 { "; ..." } else { "" }
-            ),
-        })
+        Error::refuse_all(&format!("{}: the calibration statistics do not match the checkpoint", path.display()), problems, 10)
     }
 }
 
@@ -607,13 +595,7 @@ pub fn calibrate(
     cfg.check_tokens(sequences)?;
     let mut cal = Calibrator::new(&cfg, source.names(), options);
     let batches: Vec<&[Vec<u32>]> = crate::model::batches(sequences, batch_tokens).collect();
-    let total = Progress {
-        steps_done: 0,
-        steps_total: batches.len() * cfg.layers,
-        tokens_done: 0,
-        tokens_total: sequences.iter().map(Vec::len).sum(),
-    };
-    let mut counting = Counting { inner: &mut cal, progress: total, report: progress };
+    let mut counting = Counting { inner: &mut cal, progress: Progress::start(&batches, cfg.layers, 1), report: progress };
     for batch in batches {
         crate::model::forward(&source, batch, &mut counting)?;
         counting.tokens_done(batch.iter().map(Vec::len).sum());

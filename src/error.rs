@@ -175,4 +175,17 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), source }
     }
+
+    /// Nothing when `problems` is empty; otherwise one [`Error::BadInput`] that lists them
+    /// all at once: `"{what} (N problem(s)): p1; p2; ..."`, the first `shown` of them, then
+    /// `...` when there are more.
+    pub fn refuse_all(what: &str, mut problems: Vec<String>, shown: usize) -> Result<(), Error> {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let n = problems.len();
+        problems.truncate(shown);
+        let more = if n > shown { "; ..." } else { "" };
+        Err(Error::BadInput { problem: format!("{what} ({n} problem(s)): {}{more}", problems.join("; ")) })
+    }
 }

@@ -177,15 +177,22 @@ pub fn text_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    fnv64: String,
 }
 
 impl TextTokenizer {
     /// Reads `path`.
     pub fn open(path: &Path) -> Result<TextTokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::BadInput {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadInput {
             problem: format!("{}: not a tokenizer.json the Hugging Face tokenizers library can read ({e})", path.display()),
         })?;
-        Ok(TextTokenizer { inner, path: path.to_path_buf() })
+        Ok(TextTokenizer { inner, path: path.to_path_buf(), fnv64: fnv_hex(&bytes) })
+    }
+
+    /// FNV-1a 64 of the file it was read from.
+    pub fn fingerprint(&self) -> &str {
+        &self.fnv64
     }
 
     /// Tokens in the vocabulary, added tokens included.
@@ -267,11 +274,10 @@ fn load_text(
         Some(n) if n < total => (0..n).map(|i| all[i * total / n].clone()).collect(),
         _ => all,
     };
-    let tokenizer_bytes = std::fs::read(tokenizer_file).map_err(|e| Error::io(tokenizer_file, e))?;
     let label = json!({
         "text": fingerprints,
         "tokenizer": tokenizer_file.display().to_string(),
-        "tokenizer_fnv64": fnv_hex(&tokenizer_bytes),
+        "tokenizer_fnv64": tokenizer.fingerprint(),
         "seq_len": seq_len,
         "max_sequences": max_sequences,
         "text_tokens": ids.len(),

@@ -80,13 +80,8 @@ pub fn evaluate(
     let vocab = original.config().vocab;
     let mut acc = Accumulator::default();
     let batches: Vec<&[Vec<u32>]> = super::batches(sequences, batch_tokens).collect();
-    let total = Progress {
-        steps_done: 0,
-        steps_total: 2 * batches.len() * original.config().layers,
-        tokens_done: 0,
-        tokens_total: sequences.iter().map(Vec::len).sum(),
-    };
-    let mut counting = Counting { inner: &mut NoObserver, progress: total, report: progress };
+    let start = Progress::start(&batches, original.config().layers, 2);
+    let mut counting = Counting { inner: &mut NoObserver, progress: start, report: progress };
     for batch in batches {
         let lo = forward(original, batch, &mut counting)?;
         let lq = forward(quantized, batch, &mut counting)?;

@@ -395,6 +395,18 @@ pub struct Progress {
     pub tokens_total: usize,
 }
 
+impl Progress {
+    /// Nothing done yet of `passes` forward passes of every batch through `layers` layers.
+    pub fn start(batches: &[&[Vec<u32>]], layers: usize, passes: usize) -> Progress {
+        Progress {
+            steps_done: 0,
+            steps_total: passes * batches.len() * layers,
+            tokens_done: 0,
+            tokens_total: batches.iter().flat_map(|b| b.iter()).map(Vec::len).sum(),
+        }
+    }
+}
+
 /// An observer that counts layer runs for a progress callback and hands everything else to
 /// `inner`.
 pub struct Counting<'a> {

@@ -26,10 +26,13 @@ use crate::quantized::QuantizedCheckpoint;
 /// How a checkpoint stores its linears.
 trait Store: Sync {
     fn ckpt(&self) -> &Checkpoint;
-    /// Whether the linear `module` (no `.weight`) exists.
-    fn has_linear(&self, module: &str) -> bool;
-    /// The two dimensions of the linear `module` as stored (in either order), when it exists.
-    fn linear_dims(&self, module: &str) -> Option<[usize; 2]>;
+    /// The shape of the linear `module` (no `.weight`) as stored (a packed one: its logical
+    /// `[k, n]`), when it exists.
+    fn linear_shape(&self, module: &str) -> Option<Vec<usize>>;
+    /// Whether the linear `module` exists.
+    fn has_linear(&self, module: &str) -> bool {
+        self.linear_shape(module).is_some()
+    }
     /// The linear `module`, checked to be logical `[k, n]`.
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>>;
 }
@@ -201,18 +204,23 @@ impl<S: Store> Inventory<'_, S> {
 
     /// A matrix read as stored (router, shared-expert gate): `[k, n]` or `[n, k]`.
     fn matrix(&mut self, name: String, k: usize, n: usize) {
-        match self.source.ckpt().get(&name).map(|e| e.shape.as_slice()) {
+        match self.source.ckpt().get(&name) {
             Err(_) => self.problems.push(format!("{name} is missing")),
-            Ok(&[a, b]) if [a, b] == [k, n] || [a, b] == [n, k] => {}
-            Ok(s) => self.problems.push(format!("{name}: stored {s:?}, the config needs [{n}, {k}]")),
+            Ok(e) => self.shape(&name, &e.shape, k, n),
         }
     }
 
     fn linear(&mut self, module: String, k: usize, n: usize) {
-        match self.source.store.linear_dims(&module) {
+        match self.source.store.linear_shape(&module) {
             None => self.problems.push(format!("{module}.weight is missing")),
-            Some([a, b]) if [a, b] == [k, n] || [a, b] == [n, k] => {}
-            Some([a, b]) => self.problems.push(format!("{module}: stored [{a}, {b}], the config needs [{n}, {k}]")),
+            Some(shape) => self.shape(&module, &shape, k, n),
+        }
+    }
+
+    /// `shape` must be `[k, n]` or `[n, k]`.
+    fn shape(&mut self, name: &str, shape: &[usize], k: usize, n: usize) {
+        if shape != [k, n] && shape != [n, k] {
+            self.problems.push(format!("{name}: stored {shape:?}, the config needs [{n}, {k}]"));
         }
     }
 
@@ -274,20 +282,8 @@ impl<S: Store> Source<S> {
         for i in 0..self.cfg.layers {
             inv.layer(i);
         }
-        let mut problems = inv.problems;
-        if problems.is_empty() {
-            return Ok(());
-        }
-        let n = problems.len();
-        problems.truncate(8);
-        Err(Error::BadInput {
-            problem: format!(
-                "{}: the checkpoint does not hold the model its config describes ({n} problem(s)): {}{}",
-                self.ckpt().path().display(),
-                problems.join("; "),
-                if n > 8 { "; ..." } else { "" }
-            ),
-        })
+        let what = format!("{}: the checkpoint does not hold the model its config describes", self.ckpt().path().display());
+        Error::refuse_all(&what, inv.problems, 8)
     }
 }
 
@@ -371,15 +367,8 @@ impl Store for OriginalStore<'_> {
         self.ckpt
     }
 
-    fn linear_dims(&self, module: &str) -> Option<[usize; 2]> {
-        match self.ckpt.get(&format!("{module}.weight")).ok()?.shape.as_slice() {
-            &[a, b] => Some([a, b]),
-            _ => Some([0, 0]),
-        }
-    }
-
-    fn has_linear(&self, module: &str) -> bool {
-        self.ckpt.get(&format!("{module}.weight")).is_ok()
+    fn linear_shape(&self, module: &str) -> Option<Vec<usize>> {
+        self.ckpt.get(&format!("{module}.weight")).ok().map(|e| e.shape.clone())
     }
 
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {
@@ -414,12 +403,8 @@ impl Store for QuantStore<'_> {
         self.q.checkpoint()
     }
 
-    fn linear_dims(&self, module: &str) -> Option<[usize; 2]> {
-        self.find(module).map(|t| [t.k, t.n])
-    }
-
-    fn has_linear(&self, module: &str) -> bool {
-        self.find(module).is_some()
+    fn linear_shape(&self, module: &str) -> Option<Vec<usize>> {
+        self.find(module).map(|t| vec![t.k, t.n])
     }
 
     fn linear(&self, module: &str, k: usize, n: usize) -> Result<Box<dyn Linear>> {

@@ -299,6 +299,11 @@ mod tests {
         codes.iter().map(|&c| c as i8 as f32 * q).collect()
     }
 
+    /// Each weight rounded alone to the test grid (steps of `q`, codes -3..=3).
+    fn round_plain(w: &[f32], q: f32) -> Vec<f32> {
+        w.iter().map(|v| (v / q).round().clamp(-3.0, 3.0) * q).collect()
+    }
+
     #[test]
     fn feedback_lowers_output_error() {
         let (k, n) = (128, 40);
@@ -306,7 +311,7 @@ mod tests {
         let w = Rng::new(9).normals(k * n);
         let grid = Grid { q: 0.7, rows: 1 };
         let fed = decode(&code_matrix(&w, k, n, &hs, &grid).codes, grid.q);
-        let plain: Vec<f32> = w.iter().map(|v| (v / grid.q).round().clamp(-3.0, 3.0) * grid.q).collect();
+        let plain = round_plain(&w, grid.q);
         let err = |d: &[f32]| -> f64 { hs.output_errors(&w, d, n).iter().sum() };
         assert!(err(&fed) < 0.7 * err(&plain), "feedback {} plain {}", err(&fed), err(&plain));
     }
@@ -318,7 +323,7 @@ mod tests {
         let w = Rng::new(4).normals(k * n);
         let grid = Grid { q: 0.5, rows: 1 };
         let fed = decode(&code_matrix(&w, k, n, &hs, &grid).codes, grid.q);
-        let plain: Vec<f32> = w.iter().map(|v| (v / grid.q).round().clamp(-3.0, 3.0) * grid.q).collect();
+        let plain = round_plain(&w, grid.q);
         assert_eq!(fed, plain);
     }
 
