@@ -4,6 +4,7 @@ mod calibrate;
 mod dequant;
 mod eval;
 mod generate;
+mod output_bytes;
 mod quantize;
 mod text;
 mod verify;
