@@ -29,13 +29,99 @@ use crate::error::{Error, Result};
 use crate::model::{Block, Counting, ForwardConfig, LinearInput, LinearRows, Observer, Progress, Routing, TensorNames, WeightSource};
 use crate::Dtype;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Metadata key of the statistics file holding the JSON description.
 pub const METADATA_KEY: &str = "ccq.calibration";
+
+/// The `format` of the description under [`METADATA_KEY`].
+const DESCRIPTION_FORMAT: &str = "ccq-calibration";
+
+/// The `version` of the description under [`METADATA_KEY`].
+const DESCRIPTION_VERSION: u64 = 1;
+
+/// The JSON description of a statistics file, under [`METADATA_KEY`] (`docs/calibration.md`),
+/// fields in the order they are written. Every field is required; an unknown one (a typo) is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Description {
+    /// [`DESCRIPTION_FORMAT`].
+    format: String,
+    /// [`DESCRIPTION_VERSION`].
+    version: u64,
+    /// Free-form provenance ([`Stats::meta`]).
+    meta: Value,
+    /// By input id: its width, tokens and whether it fell back; its tensors are
+    /// `ID.sum_sq`, `ID.mean_sq` and (full Hessian) `ID.xtx`.
+    inputs: BTreeMap<String, InputDescription>,
+    /// Source weight tensor name -> input id.
+    weights: BTreeMap<String, String>,
+    /// Per MoE layer (keys: the layer index as a string), the tokens of every expert.
+    expert_tokens: BTreeMap<usize, Vec<usize>>,
+    /// Per MoE layer, the experts blended with the layer's statistics.
+    fallbacks: BTreeMap<usize, Vec<usize>>,
+}
+
+/// One input of a [`Description`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputDescription {
+    /// Input width.
+    k: usize,
+    /// Tokens seen.
+    tokens: u64,
+    /// Blended with its layer's statistics.
+    fell_back: bool,
+}
+
+impl Description {
+    /// Parses and checks the metadata text; the problem, naming the field, otherwise.
+    fn parse(text: &str) -> std::result::Result<Description, String> {
+        let what = format!("the '{METADATA_KEY}' metadata");
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))?;
+        let d: Description = serde_json::from_value(value.clone())
+            .map_err(|e| format!("{what} is not a calibration description: {}", Description::locate(&value, e)))?;
+        if d.format != DESCRIPTION_FORMAT {
+            return Err(format!("{what} has \"format\" '{}', not '{DESCRIPTION_FORMAT}'", d.format));
+        }
+        if d.version != DESCRIPTION_VERSION {
+            return Err(format!("{what} has \"version\" {}; this ccq reads version {DESCRIPTION_VERSION}", d.version));
+        }
+        Ok(d)
+    }
+
+    /// `e` (the description `value` did not deserialize), prefixed with the field (and input)
+    /// whose value is at fault, where one is: serde names a missing or unknown field, but not
+    /// the field holding a value of the wrong type.
+    fn locate(value: &Value, e: serde_json::Error) -> String {
+        fn check<T: serde::de::DeserializeOwned>(v: &Value) -> Option<String> {
+            serde_json::from_value::<T>(v.clone()).err().map(|e| e.to_string())
+        }
+        let found = value.as_object().and_then(|fields| {
+            fields.iter().find_map(|(key, v)| {
+                let problem = match key.as_str() {
+                    "format" => check::<String>(v),
+                    "version" => check::<u64>(v),
+                    "inputs" => match v.as_object() {
+                        Some(inputs) => {
+                            inputs.iter().find_map(|(id, m)| check::<InputDescription>(m).map(|p| format!("input '{id}': {p}")))
+                        }
+                        None => check::<BTreeMap<String, InputDescription>>(v),
+                    },
+                    "weights" => check::<BTreeMap<String, String>>(v),
+                    "expert_tokens" | "fallbacks" => check::<BTreeMap<usize, Vec<usize>>>(v),
+                    _ => None,
+                }?;
+                Some(format!("\"{key}\": {problem}"))
+            })
+        });
+        found.unwrap_or_else(|| e.to_string())
+    }
+}
 
 /// Which second moments are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,28 +532,36 @@ impl Stats {
         self.inputs.get(self.weights.get(name)?)
     }
 
+    /// The JSON description [`Stats::write`] puts under [`METADATA_KEY`].
+    fn description(&self) -> Description {
+        Description {
+            format: DESCRIPTION_FORMAT.to_string(),
+            version: DESCRIPTION_VERSION,
+            meta: self.meta.clone(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(id, s)| (id.clone(), InputDescription { k: s.k, tokens: s.tokens, fell_back: s.fell_back }))
+                .collect(),
+            weights: self.weights.clone(),
+            expert_tokens: self.expert_tokens.clone(),
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
+
     /// Writes the statistics file atomically (layout: `docs/calibration.md`).
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut specs = Vec::new();
-        let mut inputs_meta = serde_json::Map::new();
         for (id, s) in &self.inputs {
             specs.push(TensorSpec::new(format!("{id}.sum_sq"), Dtype::F32, vec![s.k]));
             specs.push(TensorSpec::new(format!("{id}.mean_sq"), Dtype::F32, vec![s.k]));
             if s.xtx.is_some() {
                 specs.push(TensorSpec::new(format!("{id}.xtx"), Dtype::F32, vec![s.k, s.k]));
             }
-            inputs_meta.insert(id.clone(), json!({"k": s.k, "tokens": s.tokens, "fell_back": s.fell_back}));
         }
-        let description = json!({
-            "format": "ccq-calibration",
-            "version": 1,
-            "meta": self.meta,
-            "inputs": inputs_meta,
-            "weights": self.weights,
-            "expert_tokens": self.expert_tokens.iter().map(|(l, v)| (l.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "fallbacks": self.fallbacks.iter().map(|(l, v)| (l.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        });
-        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), (METADATA_KEY.to_string(), description.to_string())]);
+        let description =
+            serde_json::to_string(&self.description()).map_err(|e| Error::Json { file: path.to_path_buf(), problem: e.to_string() })?;
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), (METADATA_KEY.to_string(), description)]);
         let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         for s in self.inputs.values() {
@@ -482,16 +576,17 @@ impl Stats {
     }
 
     /// Reads a statistics file written by [`Stats::write`], through the checkpoint reader (so
-    /// every byte of the safetensors container is validated first).
+    /// every byte of the safetensors container is validated first). The description must have
+    /// every field the writer writes, and no other.
     pub fn read(path: &Path) -> Result<Stats> {
         let bad = |problem: String| Error::BadInput { problem: format!("{}: {problem}", path.display()) };
         let ckpt = Checkpoint::open(path)?;
-        let description: Value = ckpt
+        let text = ckpt
             .shards()
             .first()
             .and_then(|shard| shard.metadata.get(METADATA_KEY))
-            .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| bad(format!("no '{METADATA_KEY}' metadata: not a statistics file written by ccq calibrate")))?;
+        let description = Description::parse(text).map_err(|problem| Error::Json { file: path.to_path_buf(), problem })?;
         let tensor = |name: &str, len: usize| -> Result<Vec<f32>> {
             let entry = ckpt.get(name).map_err(|_| bad(format!("tensor '{name}' is missing")))?;
             if entry.dtype != Dtype::F32 || entry.numel() != len {
@@ -501,38 +596,26 @@ impl Stats {
         };
         let header_has = |name: &str| ckpt.get(name).is_ok();
         let mut inputs = BTreeMap::new();
-        let listed = description.get("inputs").and_then(Value::as_object).ok_or_else(|| bad("no inputs listed".to_string()))?;
-        for (id, m) in listed {
-            let k = m.get("k").and_then(Value::as_u64).ok_or_else(|| bad(format!("input '{id}' has no k")))? as usize;
+        for (id, m) in description.inputs {
+            let k = m.k;
             let k_squared = k.checked_mul(k).ok_or_else(|| bad(format!("input '{id}' has k = {k}, too large")))?;
             let xtx = if header_has(&format!("{id}.xtx")) { Some(tensor(&format!("{id}.xtx"), k_squared)?) } else { None };
-            inputs.insert(
-                id.clone(),
-                InputStats {
-                    k,
-                    tokens: m.get("tokens").and_then(Value::as_u64).unwrap_or(0),
-                    sum_sq: tensor(&format!("{id}.sum_sq"), k)?,
-                    mean_sq: tensor(&format!("{id}.mean_sq"), k)?,
-                    xtx,
-                    fell_back: m.get("fell_back").and_then(Value::as_bool).unwrap_or(false),
-                },
-            );
+            let stats = InputStats {
+                k,
+                tokens: m.tokens,
+                sum_sq: tensor(&format!("{id}.sum_sq"), k)?,
+                mean_sq: tensor(&format!("{id}.mean_sq"), k)?,
+                xtx,
+                fell_back: m.fell_back,
+            };
+            inputs.insert(id, stats);
         }
-        let weights: BTreeMap<String, String> = serde_json::from_value(description.get("weights").cloned().unwrap_or(json!({})))
-            .map_err(|e| bad(format!("bad weights map: {e}")))?;
-        let layer_map = |key: &str| -> BTreeMap<usize, Vec<usize>> {
-            serde_json::from_value::<BTreeMap<String, Vec<usize>>>(description.get(key).cloned().unwrap_or(json!({})))
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(l, v)| Some((l.parse().ok()?, v)))
-                .collect()
-        };
         Ok(Stats {
             inputs,
-            weights,
-            expert_tokens: layer_map("expert_tokens"),
-            fallbacks: layer_map("fallbacks"),
-            meta: description.get("meta").cloned().unwrap_or(json!({})),
+            weights: description.weights,
+            expert_tokens: description.expert_tokens,
+            fallbacks: description.fallbacks,
+            meta: description.meta,
         })
     }
 

@@ -112,6 +112,20 @@ impl fmt::Display for Dtype {
     }
 }
 
+/// Serialized as the safetensors name (`"BF16"`).
+impl serde::Serialize for Dtype {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Dtype {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dtype, D::Error> {
+        let name = String::deserialize(d)?;
+        Dtype::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown dtype '{name}'")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,13 +105,29 @@ pub enum Error {
         /// The bad value.
         value: f32,
     },
-    /// A tensor does not have the shape an operation needs.
-    #[error("tensor '{tensor}': {problem}")]
+    /// A tensor does not have the shape (or values) an operation needs.
+    #[error("{}tensor '{tensor}': {problem}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
     BadTensor {
+        /// The file holding the tensor, when it comes from one.
+        file: Option<PathBuf>,
         /// The tensor's name.
         tensor: String,
         /// What is wrong with it.
         problem: String,
+    },
+    /// The output is, or holds, the input: writing it would destroy the input.
+    #[error("{}: the output would replace the input {}; choose another output", output.display(), input.display())]
+    OutputHoldsInput {
+        /// The output path.
+        output: PathBuf,
+        /// The input it would replace.
+        input: PathBuf,
+    },
+    /// The output path exists and `--force` was not given.
+    #[error("{}: output already exists; pass --force to replace it", path.display())]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
     },
     /// An original and a quantized checkpoint that do not belong together.
     #[error("{} and {} do not belong together:\n  {}", original.display(), quantized.display(), problems.join("\n  "))]

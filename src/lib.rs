@@ -3,11 +3,15 @@
 //! The crate is laid out by concept:
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
+//! - [`format`](mod@format): the output layouts (FastDeploy, native) and the provenance record, in both
+//!   directions: how a quantized checkpoint names, orients and describes its tensors;
 //! - [`scheme`]: the packed weight formats (WINT2, ...), encode and decode side by side, and what
 //!   an encoder minimises ([`scheme::Importance`]: none, diagonal, or a full Hessian with error
 //!   feedback, [`scheme::feedback`]);
 //! - [`kernel`]: dequantize and matmul straight from packed bytes (reference and fast paths);
 //! - [`convert`]: planning and streaming a checkpoint into a quantized one;
+//! - [`request`]: what `ccq quantize` is asked for, turned into plan, calibration and conversion
+//!   options (above both [`convert`] and [`calibrate`]);
 //! - [`quantized`]: opening a quantized checkpoint (either layout) to list, dequantize or
 //!   hand its packed tensors to a kernel, and writing it back as a dequantized checkpoint;
 //! - [`tokens`]: token sequences from id files or from text through the model's tokenizer;
@@ -29,16 +33,23 @@ pub mod checkpoint;
 pub mod convert;
 pub mod dtype;
 pub mod error;
+pub mod format;
 pub mod inspect;
 pub mod kernel;
 pub mod layout;
 pub mod model;
 pub mod quantized;
+pub mod request;
 pub mod rng;
 pub mod scheme;
 pub mod synth;
 pub mod tokens;
 pub mod verify;
+
+/// Scratch directories of the unit tests (shared with the integration tests).
+#[cfg(test)]
+#[path = "../tests/support/scratch.rs"]
+mod test_support;
 
 pub use checkpoint::{Checkpoint, ReadOptions, TensorEntry};
 pub use dtype::Dtype;

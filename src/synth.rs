@@ -7,9 +7,9 @@
 //! headers are written and the data is left as holes: a 300B-shaped checkpoint then costs
 //! almost no disk and can be used to measure header-only work such as `ccq inspect`.
 
+use crate::checkpoint::output::write_json;
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::INDEX_FILE;
-use crate::convert::run::write_json;
 use crate::error::{Error, Result};
 use crate::layout::Naming;
 use crate::rng::Rng;

@@ -17,7 +17,6 @@
 //! tokenizer, lengths) for provenance and resume checks.
 
 use crate::error::{Error, Result};
-use crate::model::ForwardConfig;
 use crate::rng::fnv_hex;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -78,11 +77,61 @@ pub fn tokenizer_path(dir: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// What a model takes, which token sequences are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Rows of the embedding: every id must be below.
+    pub vocab: usize,
+    /// `max_position_embeddings`, when the config says.
+    pub max_positions: Option<usize>,
+    /// The sliding attention window, when it is on.
+    pub sliding_window: Option<usize>,
+}
+
+impl ModelLimits {
+    /// The longest sequence the model takes: `max_position_embeddings`, and the attention
+    /// window when sliding-window attention is on.
+    pub fn max_sequence(&self) -> Option<usize> {
+        match (self.max_positions, self.sliding_window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Checks token sequences before any work: not empty, every id below `vocab`, no
+    /// sequence empty or longer than [`ModelLimits::max_sequence`].
+    pub fn check(&self, sequences: &[Vec<u32>]) -> Result<()> {
+        let bad = |problem: String| Err(Error::BadInput { problem });
+        if sequences.is_empty() {
+            return bad("no token sequences given".to_string());
+        }
+        for (s, seq) in sequences.iter().enumerate() {
+            if seq.is_empty() {
+                return bad(format!("sequence {s} is empty"));
+            }
+            if let Some(max) = self.max_positions.filter(|&m| seq.len() > m) {
+                return bad(format!("sequence {s} has {} tokens, more than max_position_embeddings ({max})", seq.len()));
+            }
+            if let Some(window) = self.sliding_window.filter(|&w| seq.len() > w) {
+                return bad(format!(
+                    "sequence {s} has {} tokens, more than the sliding attention window ({window}), which the forward pass does not implement",
+                    seq.len()
+                ));
+            }
+            if let Some((i, t)) = seq.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
+                return bad(format!("sequence {s}, position {i}: token id {t} is outside the vocabulary (vocab_size {})", self.vocab));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TokenSource {
     /// Reads the sequences and checks them against the model (`cfg`): ids inside the
     /// vocabulary, lengths within the model's limit, the tokenizer's vocabulary no larger
     /// than the embedding, enough text for one sequence.
-    pub fn load(&self, cfg: &ForwardConfig) -> Result<Tokens> {
+    pub fn load(&self, limits: impl Into<ModelLimits>) -> Result<Tokens> {
+        let cfg = &limits.into();
         let tokens = match self {
             TokenSource::Ids { file, seq_len } => {
                 let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
@@ -92,7 +141,7 @@ impl TokenSource {
             }
             TokenSource::Text { paths, tokenizer, seq_len, max_sequences } => load_text(paths, tokenizer, *seq_len, *max_sequences, cfg)?,
         };
-        cfg.check_tokens(&tokens.sequences)?;
+        cfg.check(&tokens.sequences)?;
         Ok(tokens)
     }
 
@@ -228,7 +277,7 @@ fn load_text(
     tokenizer_file: &Path,
     seq_len: Option<usize>,
     max_sequences: Option<usize>,
-    cfg: &ForwardConfig,
+    cfg: &ModelLimits,
 ) -> Result<Tokens> {
     let limit = cfg.max_sequence();
     let seq_len = match seq_len {
@@ -354,7 +403,7 @@ mod tests {
 
     #[test]
     fn id_files() {
-        let dir = std::env::temp_dir().join(format!("ccq-tokens-{}", std::process::id()));
+        let dir = crate::test_support::scratch("tokens", true);
         std::fs::create_dir_all(&dir).unwrap();
         let json_file = dir.join("t.json");
         std::fs::write(&json_file, "[[1, 2, 3], [4]]").unwrap();
@@ -374,9 +423,13 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
     }
 
-    fn config(name: &str) -> ForwardConfig {
-        let path = fixture(name).join("config.json");
-        ForwardConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(), &path).unwrap()
+    /// The limits of the ERNIE fixture (vocab 256, 4096 positions) and of the Mixtral one
+    /// (vocab 128).
+    fn config(name: &str) -> ModelLimits {
+        match name {
+            "ernie45-tiny-pt" => ModelLimits { vocab: 256, max_positions: Some(4096), sliding_window: None },
+            _ => ModelLimits { vocab: 128, max_positions: None, sliding_window: None },
+        }
     }
 
     fn text_source(file: &Path, seq_len: usize, max_sequences: Option<usize>) -> TokenSource {
@@ -392,30 +445,30 @@ mod tests {
     /// the rest dropped; --max-sequences keeps sequences floor(i * S / N).
     #[test]
     fn text_is_cut_into_sequences_and_spread() {
-        let dir = std::env::temp_dir().join(format!("ccq-text-cut-{}", std::process::id()));
+        let dir = crate::test_support::scratch("text-cut", true);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("a.txt");
         let text: String = (0..100).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         std::fs::write(&file, &text).unwrap();
         let cfg = config("ernie45-tiny-pt");
         let bytes: Vec<u32> = text.bytes().map(u32::from).collect();
-        let all = text_source(&file, 30, None).load(&cfg).unwrap();
+        let all = text_source(&file, 30, None).load(cfg).unwrap();
         assert_eq!(all.sequences, bytes[..90].chunks(30).map(<[u32]>::to_vec).collect::<Vec<_>>());
         assert_eq!(all.label["text_tokens"], 100);
-        let spread = text_source(&file, 10, Some(3)).load(&cfg).unwrap();
+        let spread = text_source(&file, 10, Some(3)).load(cfg).unwrap();
         let want: Vec<Vec<u32>> = [0, 3, 6].iter().map(|&s| bytes[s * 10..s * 10 + 10].to_vec()).collect();
         assert_eq!(spread.sequences, want);
-        let err = text_source(&file, 101, None).load(&cfg).unwrap_err().to_string();
+        let err = text_source(&file, 101, None).load(cfg).unwrap_err().to_string();
         assert_eq!(err, "the text tokenizes to 100 tokens, fewer than one sequence of --seq-len 101");
-        let err = text_source(&file, 5000, None).load(&cfg).unwrap_err().to_string();
+        let err = text_source(&file, 5000, None).load(cfg).unwrap_err().to_string();
         assert_eq!(err, "--seq-len 5000 is longer than the model takes (4096 tokens)");
         // The byte tokenizer's 256 ids do not fit a 128-row embedding.
-        let err = text_source(&file, 10, None).load(&config("mixtral-tiny")).unwrap_err().to_string();
+        let err = text_source(&file, 10, None).load(config("mixtral-tiny")).unwrap_err().to_string();
         assert!(err.contains("vocabulary (256 tokens) is larger than the model's embedding (128 rows)"), "{err}");
         std::fs::write(&file, [0xff, 0xfe]).unwrap();
-        assert!(text_source(&file, 1, None).load(&cfg).unwrap_err().to_string().contains("not UTF-8"));
+        assert!(text_source(&file, 1, None).load(cfg).unwrap_err().to_string().contains("not UTF-8"));
         let bad = TokenSource::Text { paths: vec![file.clone()], tokenizer: file.clone(), seq_len: Some(1), max_sequences: None };
-        assert!(bad.load(&cfg).unwrap_err().to_string().contains("not a tokenizer.json"));
+        assert!(bad.load(cfg).unwrap_err().to_string().contains("not a tokenizer.json"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -428,15 +481,15 @@ mod tests {
 
     #[test]
     fn directories_stand_for_their_text_files_in_order() {
-        let dir = std::env::temp_dir().join(format!("ccq-text-files-{}", std::process::id()));
+        let dir = crate::test_support::scratch("text-files", true);
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["b.txt", "a.txt", "c.md"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
-        assert_eq!(text_files(std::slice::from_ref(&dir)).unwrap(), vec![dir.join("a.txt"), dir.join("b.txt")]);
+        assert_eq!(text_files(&[dir.to_path_buf()]).unwrap(), vec![dir.join("a.txt"), dir.join("b.txt")]);
         std::fs::remove_file(dir.join("a.txt")).unwrap();
         std::fs::remove_file(dir.join("b.txt")).unwrap();
-        assert!(text_files(std::slice::from_ref(&dir)).unwrap_err().to_string().contains("without .txt"));
+        assert!(text_files(&[dir.to_path_buf()]).unwrap_err().to_string().contains("without .txt"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -16,12 +16,12 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
-/// A fresh empty directory under the system temp dir.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ccq-reader-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+#[path = "support/scratch.rs"]
+mod scratch;
+
+/// A fresh empty directory, removed when dropped.
+fn temp_dir(tag: &str) -> scratch::Scratch {
+    scratch::scratch(&format!("reader-{tag}"), true)
 }
 
 fn synth(dir: &Path, naming: Naming, shards: usize, u16: bool) {

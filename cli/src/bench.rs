@@ -7,22 +7,76 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use crate::values::EffortArg;
 use ccq::bench::wint2::{self, Method, Row, Table};
 use ccq::scheme::Effort;
+
+/// What `ccq bench` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchWhat {
+    /// Quality and speed of the WINT2 codec.
+    #[value(name = "wint2")]
+    Wint2,
+    /// Header-only reading of a 300B-shaped sparse checkpoint.
+    #[value(name = "inspect")]
+    Inspect,
+    /// Calibration tokens/s and peak memory on the tiny shape and one 21B-A3B-shaped MoE layer.
+    #[value(name = "calibrate")]
+    Calibrate,
+    /// Fast matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul.
+    #[value(name = "kernels")]
+    Kernels,
+    /// Error-feedback encoding speed and output error on 21B-A3B expert shapes, beside the
+    /// diagonal encoder.
+    #[value(name = "feedback")]
+    Feedback,
+    /// Prefill and decode tokens/s of `--model` checkpoints and of a synthetic 21B-A3B-shaped
+    /// one, against the memory bandwidth limit.
+    #[value(name = "generate")]
+    Generate,
+}
+
+/// The encoder effort levels `ccq bench` measures (`--effort`): one, or all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EffortLevels {
+    /// One level, spelt as `ccq quantize --effort` takes it.
+    One(EffortArg),
+    /// Every level ([`Effort::ALL`]).
+    All,
+}
+
+impl EffortLevels {
+    /// The levels, fastest first.
+    fn efforts(self) -> Vec<Effort> {
+        match self {
+            EffortLevels::One(e) => vec![e.into()],
+            EffortLevels::All => Effort::ALL.to_vec(),
+        }
+    }
+}
+
+impl clap::ValueEnum for EffortLevels {
+    fn value_variants<'a>() -> &'a [Self] {
+        static LEVELS: std::sync::LazyLock<Vec<EffortLevels>> = std::sync::LazyLock::new(|| {
+            EffortArg::value_variants().iter().map(|&e| EffortLevels::One(e)).chain([EffortLevels::All]).collect()
+        });
+        &LEVELS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            EffortLevels::One(e) => e.to_possible_value(),
+            EffortLevels::All => Some(clap::builder::PossibleValue::new("all").help("Every level")),
+        }
+    }
+}
 
 /// Arguments of `ccq bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: `wint2` (quality and speed of the codec), `inspect` (header-only
-    /// reading of a 300B-shaped sparse checkpoint), `calibrate` (calibration tokens/s and
-    /// peak memory on the tiny shape and one 21B-A3B-shaped MoE layer) or `kernels` (fast
-    /// matmul of every format at 4096 x 4096, M = 1, 8, 64, beside memcpy and f32 matmul) or
-    /// `feedback` (error-feedback encoding speed and output error on 21B-A3B expert shapes,
-    /// beside the diagonal encoder) or `generate` (prefill and decode tokens/s of `--model`
-    /// checkpoints and of a synthetic 21B-A3B-shaped one, against the memory bandwidth limit).
-    #[arg(value_parser = ["wint2", "inspect", "calibrate", "kernels", "feedback", "generate"])]
-    pub what: String,
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: BenchWhat,
     /// generate: checkpoints to decode (repeatable; any ccq reads, original or quantized);
     /// missing ones are skipped.
     #[arg(long = "model", value_name = "DIR")]
@@ -31,9 +85,9 @@ pub struct BenchArgs {
     /// the real model; 512 gives about 79k tensors).
     #[arg(long, default_value_t = 64)]
     pub experts: usize,
-    /// Encoder effort levels to measure: default, medium, high, max or all.
-    #[arg(long, default_value = "all")]
-    pub effort: String,
+    /// Encoder effort levels to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    pub effort: EffortLevels,
     /// Folder of real checkpoints (`ernie45-moe-minilm-pt/` inside); skipped if missing.
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
@@ -58,13 +112,13 @@ pub struct BenchArgs {
 
 /// Runs `ccq bench` and prints the table.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    match args.what.as_str() {
-        "inspect" => bench_inspect(args),
-        "calibrate" => bench_calibrate(args),
-        "kernels" => bench_kernels(args),
-        "feedback" => bench_feedback(args),
-        "generate" => bench_generate(args),
-        _ => bench_wint2(args),
+    match args.what {
+        BenchWhat::Wint2 => bench_wint2(args),
+        BenchWhat::Inspect => bench_inspect(args),
+        BenchWhat::Calibrate => bench_calibrate(args),
+        BenchWhat::Kernels => bench_kernels(args),
+        BenchWhat::Feedback => bench_feedback(args),
+        BenchWhat::Generate => bench_generate(args),
     }
 }
 
@@ -199,14 +253,14 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
     if args.threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     }
-    let effort = match args.effort.as_str() {
-        "all" => Effort::Default,
-        name => Effort::from_name(name).with_context(|| format!("unknown effort {name:?}"))?,
+    let effort = match args.effort {
+        EffortLevels::One(e) => e.into(),
+        EffortLevels::All => Effort::Default,
     };
     println!("scheme | matrix [K, N] | diagonal s | factor s | feedback s | feedback / diagonal time | feedback weights/s | output error diagonal | output error feedback | peak RSS so far (MiB)");
     for kind in [ccq::SchemeKind::Wint2, ccq::SchemeKind::Wint4, ccq::SchemeKind::Wint8] {
         for (k, n) in [(2560, 1536), (1536, 2560)] {
-            let t = time_feedback(ccq::convert::scheme_with_effort(kind, effort).as_ref(), k, n, 0xFEED)?;
+            let t = time_feedback(kind.scheme(effort).as_ref(), k, n, 0xFEED)?;
             println!(
                 "{} | [{k}, {n}] | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} M | {:.5} | {:.5} | {}",
                 t.scheme,
@@ -244,10 +298,7 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// `ccq bench wint2`: the codec's quality and speed table.
 fn bench_wint2(args: &BenchArgs) -> anyhow::Result<()> {
-    let efforts: Vec<Effort> = match args.effort.as_str() {
-        "all" => Effort::ALL.to_vec(),
-        name => vec![Effort::from_name(name).with_context(|| format!("unknown effort {name:?}"))?],
-    };
+    let efforts = args.effort.efforts();
     let ccq_methods: Vec<Method> = efforts.iter().map(|&effort| Method::Ccq { effort, importance: false }).collect();
     let mut baselines = ccq_methods.clone();
     baselines.extend([Method::NaiveMap, Method::Rtn]);

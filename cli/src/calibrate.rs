@@ -2,8 +2,9 @@
 
 use crate::progress::LayerReporter;
 use crate::tokens::TokenArgs;
+use crate::values::{HessianArg, WeightingArg};
 use anyhow::{bail, Context, Result};
-use ccq::calibrate::{calibrate, CalibOptions, Hessian, Weighting};
+use ccq::calibrate::{calibrate, CalibOptions, Hessian};
 use ccq::model::WeightSource;
 use ccq::Checkpoint;
 use std::path::PathBuf;
@@ -22,12 +23,12 @@ pub struct CalibrateArgs {
     /// Experts that receive fewer tokens are blended with their layer's statistics.
     #[arg(long, default_value_t = 16)]
     min_tokens: usize,
-    /// diag: per-channel sums of squares; full: also X^T X.
-    #[arg(long, default_value = "diag", value_parser = ["diag", "full"])]
-    hessian: String,
-    /// uniform: every token counts 1; gate: an expert's token counts its routing weight.
-    #[arg(long, default_value = "uniform", value_parser = ["uniform", "gate"])]
-    weighting: String,
+    /// Which second moments to record.
+    #[arg(long, value_enum, default_value = "diag")]
+    hessian: HessianArg,
+    /// How tokens are weighted.
+    #[arg(long, value_enum, default_value = "uniform")]
+    weighting: WeightingArg,
     /// Tokens run through the model at a time (at least one sequence).
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
@@ -54,11 +55,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     let source = args.tokens.source(&args.checkpoint)?;
     let tokens = source.load(model.config()).with_context(|| source.describe())?;
     let sequences = &tokens.sequences;
-    let options = CalibOptions {
-        min_tokens: args.min_tokens,
-        hessian: if args.hessian == "full" { Hessian::Full } else { Hessian::Diag },
-        weighting: if args.weighting == "gate" { Weighting::Gate } else { Weighting::Uniform },
-    };
+    let options = CalibOptions { min_tokens: args.min_tokens, hessian: args.hessian.into(), weighting: args.weighting.into() };
     if options.hessian == Hessian::Full {
         let budget = crate::quantize::parse_size(&args.hessian_budget)?;
         let need = ccq::calibrate::layerwise::model_hessian_bytes(model.config());

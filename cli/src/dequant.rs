@@ -28,7 +28,7 @@ pub fn run(args: &DequantArgs) -> Result<ExitCode> {
         eprintln!(
             "ccq: note: {} has no {}: tensors keep their stored names{}",
             args.quant.display(),
-            ccq::quantized::PROVENANCE_FILE,
+            ccq::format::provenance::PROVENANCE_FILE,
             match q.layout() {
                 ccq::convert::OutputLayout::FastDeploy => " (packed NAME written as NAME.weight) and the logical [in, out] orientation",
                 ccq::convert::OutputLayout::Native => " and the orientation the native metadata records",

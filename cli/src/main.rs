@@ -13,6 +13,7 @@ mod progress;
 mod quantize;
 mod synth;
 mod tokens;
+mod values;
 mod verify;
 
 use clap::{Parser, Subcommand};

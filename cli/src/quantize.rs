@@ -1,9 +1,11 @@
 //! `ccq quantize`: plan, then stream a checkpoint into a quantized one.
 
+use crate::values::{scheme_choice, EffortArg, LayoutArg, PresetArg, WeightingArg};
 use anyhow::{bail, Context, Result};
-use ccq::convert::{self, fastdeploy, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset, Progress, Rule};
+use ccq::convert::policy::Choice;
+use ccq::convert::{self, OutputLayout, Plan, Policy, Preset, Progress};
 use ccq::layout::{Family, ModelLayout};
-use ccq::scheme::Effort;
+use ccq::request::{QuantizeRequest, StatsCalibration};
 use ccq::{Checkpoint, ReadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -19,33 +21,34 @@ pub struct QuantizeArgs {
     /// Output directory (written as OUT.ccq-partial, renamed into place when complete).
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Scheme preset: fastdeploy-w4w2, wint2-experts, wint4 or wint8.
-    #[arg(long, default_value = "fastdeploy-w4w2")]
-    preset: String,
+    /// Scheme preset.
+    #[arg(long, value_enum, default_value = "fastdeploy-w4w2")]
+    preset: PresetArg,
     /// fastdeploy-w4w2: last layer whose experts are wint4 (written to quant_end_layer).
     #[arg(long, default_value_t = Preset::DEFAULT_W4_END_LAYER)]
     w4_end_layer: usize,
-    /// Override: REGEX=SCHEME (none, wint8, wint4, wint2), matched against output and source
-    /// tensor names; repeatable, the last match wins.
+    /// Override: REGEX=SCHEME (a scheme as --fallback takes it), matched against output and
+    /// source tensor names; repeatable, the last match wins.
     #[arg(long = "set", value_name = "REGEX=SCHEME")]
     set: Vec<String>,
-    /// Policy file (JSON: {"preset", "w4_end_layer", "rules": [{"match", "scheme"}]}); its
-    /// rules come before --set ones.
+    /// Policy file (JSON: {"preset", "w4_end_layer", "rules": [{"match", "scheme"}]}, every key
+    /// optional except a rule's two); its rules come before --set ones.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Output layout: fastdeploy (ERNIE 4.5 only) or native; default fastdeploy for ERNIE 4.5,
-    /// native otherwise.
-    #[arg(long, value_parser = ["fastdeploy", "native"])]
-    layout: Option<String>,
+    /// Output layout; default fastdeploy for ERNIE 4.5, native otherwise.
+    #[arg(long, value_enum)]
+    layout: Option<LayoutArg>,
     /// Scheme for tensors whose shape the chosen scheme cannot take (otherwise an error).
-    #[arg(long)]
-    fallback: Option<String>,
+    // `Choice` is `Option<SchemeKind>` (`none`: unquantized); written as the alias, clap takes
+    // this for an optional flag with a value, not for `Option<Option<_>>`.
+    #[arg(long, value_name = "SCHEME", value_parser = scheme_choice())]
+    fallback: Option<Choice>,
     /// Target shard size, e.g. 4GB, 500MB or a byte count.
     #[arg(long, default_value = "4GB")]
     shard_size: String,
-    /// WINT2 encoder effort: default, medium, high or max (slower, lower error; see `ccq bench wint2`).
-    #[arg(long, default_value = "default")]
-    effort: String,
+    /// WINT2 encoder effort (slower, lower error; see `ccq bench wint2`).
+    #[arg(long, value_enum, default_value = "default")]
+    effort: EffortArg,
     /// Worker threads (0: one per core). Output is byte-identical at any count.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -102,8 +105,8 @@ pub struct QuantizeArgs {
     min_tokens: usize,
     /// With --calib-tokens: uniform (every token counts 1) or gate (an expert's token counts
     /// its routing weight).
-    #[arg(long, default_value = "uniform", value_parser = ["uniform", "gate"])]
-    weighting: String,
+    #[arg(long, value_enum, default_value = "uniform")]
+    weighting: WeightingArg,
     /// With --calib-tokens: tokens run through a layer at a time.
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
@@ -120,19 +123,28 @@ pub struct QuantizeArgs {
 pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let ckpt = Checkpoint::open_with(&args.source, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
     let model = ModelLayout::of(&ckpt)?;
-    let layout = match args.layout.as_deref() {
-        Some("fastdeploy") => OutputLayout::FastDeploy,
-        Some(_) => OutputLayout::Native,
+    let layout = match args.layout {
+        Some(l) => OutputLayout::from(l),
         None if model.family == Family::Ernie45 => OutputLayout::FastDeploy,
         None => OutputLayout::Native,
     };
-    let policy = policy(args)?;
-    let fallback = args.fallback.as_deref().map(convert::policy::parse_choice).transpose().map_err(anyhow::Error::msg)?;
-    let effort = Effort::from_name(&args.effort)
-        .with_context(|| format!("unknown effort '{}'; choose default, medium, high or max", args.effort))?;
+    let mut request = QuantizeRequest {
+        policy: Policy::compose(args.preset.preset(args.w4_end_layer), args.policy.as_deref(), &args.set)?,
+        w4_end_layer: args.w4_end_layer,
+        set: args.set.clone(),
+        policy_file: args.policy.clone(),
+        fallback: args.fallback,
+        layout,
+        effort: args.effort.into(),
+        damp: args.damp,
+        calibration: None,
+        layerwise: None,
+        force: args.force,
+        resume: args.resume,
+        stop_after_shards: args.stop_after_shards,
+    };
     let shard_size = parse_size(&args.shard_size)?;
-    let options = PlanOptions { layout, policy: &policy, fallback, shard_size };
-    let plan = Plan::build(&ckpt, &model, &options).map_err(|refusals| {
+    let plan = Plan::build(&ckpt, &model, &request.plan_options(shard_size)).map_err(|refusals| {
         let list: Vec<String> = refusals.iter().map(|r| format!("  {}: {}", r.tensor, r.reason)).collect();
         let hint = if refusals.iter().any(|r| r.reason.contains("U16")) {
             "pass --u16-as-bf16 if the U16 tensors hold bf16 payload"
@@ -141,55 +153,39 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         };
         anyhow::anyhow!("{} tensor(s) cannot be converted as planned ({hint}):\n{}", refusals.len(), list.join("\n"))
     })?;
-    let quant_config = match layout {
-        OutputLayout::FastDeploy => Some(fastdeploy::quantization_config(&plan).map_err(anyhow::Error::msg)?),
-        OutputLayout::Native => None,
-    };
-    let calibration = match &args.calib {
-        Some(path) => {
-            let stats = ccq::calibrate::Stats::read(path)?;
-            let importance = stats.importance_for_plan(path, &plan)?;
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let info =
-                serde_json::json!({"file": path.display().to_string(), "fnv64": ccq::calibrate::fnv_hex(&bytes), "stats": stats.meta});
-            Some((std::sync::Arc::new(importance), info))
-        }
-        None => None,
-    };
+    if layout == OutputLayout::FastDeploy {
+        plan.fastdeploy_config()?;
+    }
+    request.calibration = args.calib.as_deref().map(|path| StatsCalibration::read(path, &plan)).transpose()?;
     let calibrating = args.calib_tokens.is_some() || !args.calib_text.is_empty();
     if !calibrating && (args.sequential || args.seq_len.is_some()) {
         bail!("--sequential and --seq-len need --calib-tokens or --calib-text");
     }
-    let layerwise = match calibrating {
-        true => {
-            let source = crate::tokens::token_source(
-                args.calib_tokens.as_deref(),
-                &args.calib_text,
-                args.tokenizer.as_deref(),
-                args.seq_len,
-                args.max_sequences,
-                &args.source,
-            )?;
-            let model = ccq::model::source::OriginalWeights::new(&ckpt)?;
-            let tokens = source.load(ccq::model::WeightSource::config(&model)).with_context(|| source.describe())?;
-            if args.min_tokens == 0 {
-                bail!("--min-tokens must be positive");
-            }
-            let label = tokens.label;
-            let options = ccq::calibrate::layerwise::LayerwiseOptions {
-                sequences: std::sync::Arc::new(tokens.sequences),
-                batch_tokens: args.batch_tokens.max(1),
-                min_tokens: args.min_tokens,
-                weighting: if args.weighting == "gate" { ccq::calibrate::Weighting::Gate } else { ccq::calibrate::Weighting::Uniform },
-                damp: args.damp,
-                sequential: args.sequential,
-                hessian_budget: parse_size(&args.hessian_budget)?,
-                tokens_label: label,
-            };
-            Some(options)
+    if calibrating {
+        let source = crate::tokens::token_source(
+            args.calib_tokens.as_deref(),
+            &args.calib_text,
+            args.tokenizer.as_deref(),
+            args.seq_len,
+            args.max_sequences,
+            &args.source,
+        )?;
+        let model = ccq::model::source::OriginalWeights::new(&ckpt)?;
+        let tokens = source.load(ccq::model::WeightSource::config(&model)).with_context(|| source.describe())?;
+        if args.min_tokens == 0 {
+            bail!("--min-tokens must be positive");
         }
-        false => None,
-    };
+        request.layerwise = Some(ccq::calibrate::layerwise::LayerwiseOptions {
+            sequences: std::sync::Arc::new(tokens.sequences),
+            batch_tokens: args.batch_tokens.max(1),
+            min_tokens: args.min_tokens,
+            weighting: args.weighting.into(),
+            damp: args.damp,
+            sequential: args.sequential,
+            hessian_budget: parse_size(&args.hessian_budget)?,
+            tokens_label: tokens.label,
+        });
+    }
     if args.dry_run {
         print!("{}", render_plan(&plan));
         return Ok(ExitCode::SUCCESS);
@@ -198,81 +194,14 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     if args.threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     }
-    let layerwise_encoder = layerwise.clone().map(|o| std::sync::Arc::new(ccq::calibrate::layerwise::Layerwise::new(o)));
-    if let Some(l) = &layerwise_encoder {
-        l.check(&ckpt).context("calibration")?;
-    }
-    let convert_options = ConvertOptions {
-        effort,
-        force: args.force,
-        resume: args.resume,
-        stop_after_shards: args.stop_after_shards,
-        provenance_options: serde_json::json!({
-            "preset": policy.preset.name(),
-            "w4_end_layer": args.w4_end_layer,
-            "set": args.set,
-            "policy": args.policy.as_ref().map(|p| p.display().to_string()),
-            "rules": policy.rules.iter().map(|r| format!("{}={}", r.pattern.as_str(), convert::policy::choice_name(r.choice))).collect::<Vec<_>>(),
-            "fallback": args.fallback,
-            "layout": layout.name(),
-            "calibration": calibration.as_ref().map(|c| c.1.clone()),
-        }),
-        importance: calibration.as_ref().map(|c| c.0.clone()),
-        damp: args.damp,
-        layerwise: layerwise_encoder.map(|l| l as std::sync::Arc<dyn ccq::convert::run::LayerwiseEncoder>),
-        fingerprint_extra: format!(
-            "{}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}",
-            policy.preset.name(),
-            args.w4_end_layer,
-            args.set,
-            args.policy,
-            layout.name(),
-            args.fallback,
-            args.effort,
-            calibration.as_ref().map_or(String::new(), |c| c.1["fnv64"].to_string()),
-            args.damp
-        ) + &layerwise.as_ref().map_or(String::new(), |o| {
-            format!(
-                "|{}|{}|{}|{}|{}|{}",
-                o.tokens_label["fnv64"], o.sequential, o.min_tokens, args.weighting, o.batch_tokens, o.hessian_budget
-            )
-        }),
-    };
-    let source_dir = if args.source.is_dir() { Some(args.source.clone()) } else { None };
-    let extra = |work: &Path| -> ccq::Result<()> {
-        if let Some(dir) = &source_dir {
-            fastdeploy::copy_side_files(dir, work)?;
-        }
-        match &quant_config {
-            Some(q) => fastdeploy::write_config(ckpt.config(), q.clone(), work),
-            None => match ckpt.config() {
-                Some(c) => ccq::convert::run::write_json(&work.join("config.json"), c),
-                None => Ok(()),
-            },
-        }
-    };
+    let convert_options = request.convert_options(&ckpt).context("calibration")?;
     let mut reporter = Reporter::new(args.quiet, plan.bytes_in());
-    let summary = convert::convert(&ckpt, &plan, output, &convert_options, &extra, &mut |p| reporter.update(p))?;
+    let summary = convert::convert(&ckpt, &plan, output, &convert_options, &mut |p| reporter.update(p))?;
     reporter.finish();
     if !args.quiet {
         eprintln!("{}", render_summary(&summary, output));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn policy(args: &QuantizeArgs) -> Result<Policy> {
-    let preset = Preset::from_name(&args.preset, args.w4_end_layer).map_err(anyhow::Error::msg)?;
-    let mut policy = match &args.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
-            Policy::from_json(&text, preset).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => Policy { preset, rules: Vec::new() },
-    };
-    for text in &args.set {
-        policy.rules.push(Rule::parse(text).map_err(anyhow::Error::msg)?);
-    }
-    Ok(policy)
 }
 
 /// Parses `4GB`, `500MB`, `64KiB` or a plain byte count.

@@ -1,8 +1,10 @@
 //! `ccq synth`: writes a deterministic synthetic ERNIE 4.5 MoE checkpoint.
 
+use crate::values::NamingArg;
 use anyhow::{bail, Result};
 use ccq::layout::Naming;
 use ccq::synth::{write_checkpoint, SynthModel, SynthOptions};
+use clap::builder::PossibleValuesParser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,12 +14,12 @@ pub struct SynthArgs {
     /// Output directory (created; an existing non-empty one is refused unless --force).
     #[arg(short, long)]
     output: PathBuf,
-    /// Model shape: tiny, small, 21b-a3b or 300b-a47b.
-    #[arg(long, default_value = "tiny")]
+    /// Model shape.
+    #[arg(long, default_value = "tiny", value_parser = PossibleValuesParser::new(SynthModel::PRESETS))]
     preset: String,
-    /// Tensor naming: pytorch (model.*, [out, in]) or paddle (ernie.*, [in, out]).
-    #[arg(long, default_value = "pytorch", value_parser = ["pytorch", "paddle"])]
-    naming: String,
+    /// Tensor naming.
+    #[arg(long, value_enum, default_value = "pytorch")]
+    naming: NamingArg,
     /// Number of shard files (1 writes model.safetensors without an index).
     #[arg(long, default_value_t = 1)]
     shards: usize,
@@ -59,7 +61,7 @@ pub fn run(args: &SynthArgs) -> Result<ExitCode> {
     if model.num_layers == 0 || model.num_experts == 0 || args.shards == 0 {
         bail!("--layers, --experts and --shards must be at least 1");
     }
-    let naming = if args.naming == "paddle" { Naming::Paddle } else { Naming::Pytorch };
+    let naming = Naming::from(args.naming);
     if args.u16 && naming != Naming::Paddle {
         bail!("--u16 applies to --naming paddle only");
     }

@@ -53,8 +53,8 @@ pub struct VerifyArgs {
 /// Runs `ccq verify`.
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     let thresholds = Thresholds {
-        nmse: Limits::parse("--max-nmse", &args.max_nmse).map_err(anyhow::Error::msg)?,
-        output_err: Limits::parse("--max-output-err", &args.max_output_err).map_err(anyhow::Error::msg)?,
+        nmse: Limits::parse("--max-nmse", &args.max_nmse)?,
+        output_err: Limits::parse("--max-output-err", &args.max_output_err)?,
     };
     let original = Checkpoint::open_with(&args.original, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
     let quantized = QuantizedCheckpoint::open(&args.quantized)?;

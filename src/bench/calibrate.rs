@@ -43,8 +43,11 @@ impl CalibrationTiming {
 /// Writes a `preset` checkpoint with `layers` layers and `experts` routed experts per MoE
 /// layer into `dir` (untimed).
 pub fn prepare(dir: &Path, preset: &str, layers: usize, experts: usize) -> Result<SynthModel> {
-    let mut model = SynthModel::preset(preset)
-        .ok_or_else(|| crate::Error::BadTensor { tensor: preset.to_string(), problem: "unknown synthetic preset".to_string() })?;
+    let mut model = SynthModel::preset(preset).ok_or_else(|| crate::Error::BadTensor {
+        file: None,
+        tensor: preset.to_string(),
+        problem: "unknown synthetic preset".to_string(),
+    })?;
     model.num_layers = layers;
     model.num_experts = experts;
     model.moe_k = model.moe_k.min(experts);

@@ -143,7 +143,7 @@ pub(crate) fn synthetic_wint2_plan(
     let model = super::calibrate::prepare(src, "21b-a3b", 2, experts)?;
     let ckpt = crate::Checkpoint::open(src)?;
     let layout = crate::layout::ModelLayout::of(&ckpt)?;
-    let preset = Preset::from_name("wint2-experts", 0).map_err(|problem| crate::Error::BadInput { problem })?;
+    let preset = Preset::Wint2Experts;
     let policy = Policy { preset, rules: Vec::new() };
     let plan =
         Plan::build(&ckpt, &layout, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: 4 << 30 })
@@ -175,7 +175,7 @@ pub fn time_layer(dir: &std::path::Path, experts: usize, sequences: usize, seq_l
     let opts = ConvertOptions { force: true, layerwise: Some(std::sync::Arc::new(Layerwise::new(options))), ..ConvertOptions::default() };
     let out = dir.join("out");
     let start = Instant::now();
-    convert::convert(&ckpt, &plan, &out, &opts, &|_| Ok(()), &mut |_| {})?;
+    convert::convert(&ckpt, &plan, &out, &opts, &mut |_| {})?;
     let seconds = start.elapsed().as_secs_f64();
     let timing = LayerTiming { experts, tokens: sequences * seq_len, seconds, peak_rss_mib: super::calibrate::peak_rss_mib() };
     std::fs::remove_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;

@@ -103,11 +103,6 @@ pub fn prepare_synthetic(dir: &std::path::Path, experts: usize) -> Result<(std::
     let src = dir.join("source");
     let (_, ckpt, plan) = super::feedback::synthetic_wint2_plan(&src, experts)?;
     let out = dir.join("wint2");
-    let config = ckpt.config().cloned();
-    let extra = |work: &std::path::Path| match &config {
-        Some(c) => crate::convert::run::write_json(&work.join("config.json"), c),
-        None => Ok(()),
-    };
-    convert::convert(&ckpt, &plan, &out, &ConvertOptions { force: true, ..ConvertOptions::default() }, &extra, &mut |_| {})?;
+    convert::convert(&ckpt, &plan, &out, &ConvertOptions { force: true, ..ConvertOptions::default() }, &mut |_| {})?;
     Ok((src, out))
 }

@@ -28,7 +28,7 @@ pub fn expert_datasets(ckpt: &Checkpoint, k_multiple: usize) -> Result<Vec<Datas
         if k % k_multiple.max(1) != 0 {
             continue;
         }
-        let w = crate::convert::run::logical_matrix(ckpt, std::slice::from_ref(&t.name), k, n, transpose)?;
+        let w = ckpt.logical_matrix(std::slice::from_ref(&t.name), k, n, transpose)?;
         out.push(Dataset { name: t.name.clone(), k, n, w, importance: None });
     }
     Ok(out)

@@ -10,9 +10,6 @@
 use std::fmt;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
-use crate::scheme::wint2::decode::bf16_rne;
 use crate::scheme::wint2::encode::encode_with_maps;
 use crate::scheme::wint2::maps::NAIVE;
 use crate::scheme::{Effort, Scheme, SchemeError, Wint2};
@@ -57,7 +54,7 @@ impl Method {
             Method::Ccq { effort, importance: true } => format!("ccq {} +h", effort.name()),
             Method::Ccq { effort, importance: false } => format!("ccq {}", effort.name()),
             Method::NaiveMap => "naive map".to_string(),
-            Method::Rtn => "rtn 2-bit/64".to_string(),
+            Method::Rtn => "rtn2 (2-bit/64)".to_string(),
         }
     }
 }
@@ -151,7 +148,7 @@ fn measure(d: &Dataset, m: Method) -> Result<Row, SchemeError> {
     let start = Instant::now();
     let (decoded, bits, encode_s, decode_s) = match m {
         Method::Ccq { effort, importance } => {
-            let scheme = Wint2 { effort, ..Wint2::default() };
+            let scheme = Wint2 { effort };
             let packed = scheme.encode(&d.w, d.k, d.n, crate::scheme::Importance::from(if importance { h } else { None }))?;
             let encode_s = start.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -167,11 +164,12 @@ fn measure(d: &Dataset, m: Method) -> Result<Row, SchemeError> {
             (out, scheme.bits_per_weight(d.k, d.n), encode_s, t.elapsed().as_secs_f64())
         }
         Method::Rtn => {
-            let (codes, scales) = rtn_encode(&d.w, d.k, d.n);
+            let scheme = crate::scheme::Rtn2;
+            let packed = scheme.encode(&d.w, d.k, d.n, crate::scheme::Importance::Uniform)?;
             let encode_s = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            let out = rtn_decode(&codes, &scales, d.k, d.n);
-            (out, 2.0 + 16.0 / 64.0, encode_s, t.elapsed().as_secs_f64())
+            let out = scheme.decode(&packed)?;
+            (out, scheme.bits_per_weight(d.k, d.n), encode_s, t.elapsed().as_secs_f64())
         }
     };
     Ok(score(d, &m, &decoded, bits, encode_s, decode_s))
@@ -204,71 +202,6 @@ fn score(d: &Dataset, m: &Method, decoded: &[f32], bpw: f64, encode_s: f64, deco
         }
     }
     row
-}
-
-/// RTN levels in units of the scale.
-const RTN_LEVELS: [f32; 4] = [-1.5, -0.5, 0.5, 1.5];
-
-/// Nearest RTN level index of `x / s`.
-#[inline]
-fn rtn_index(x: f32, s: f32) -> usize {
-    ((x / s + 2.0).floor()).clamp(0.0, 3.0) as usize
-}
-
-/// RTN baseline encoder: per column and 64-row group, the bf16 scale among 48 candidates
-/// `s = max|x| / 1.5 * (0.3 + 0.7 * i / 47)` with the least squared error.
-fn rtn_encode(w: &[f32], k: usize, n: usize) -> (Vec<u8>, Vec<f32>) {
-    let groups = k / 64;
-    let per_col: Vec<(Vec<u8>, Vec<f32>)> = (0..n)
-        .into_par_iter()
-        .map(|col| {
-            let x: Vec<f32> = (0..k).map(|r| w[r * n + col]).collect();
-            let mut codes = vec![0u8; k];
-            let mut scales = vec![0.0f32; groups];
-            for g in 0..groups {
-                let xs = &x[g * 64..(g + 1) * 64];
-                let max = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let mut best = (0.0f32, f32::INFINITY);
-                for i in 0..48 {
-                    let s = bf16_rne(max / 1.5 * (0.3 + 0.7 * i as f32 / 47.0));
-                    if s <= 0.0 {
-                        continue;
-                    }
-                    let e: f32 = xs.iter().map(|&v| (v - RTN_LEVELS[rtn_index(v, s)] * s).powi(2)).sum();
-                    if e < best.1 {
-                        best = (s, e);
-                    }
-                }
-                scales[g] = best.0;
-                for (r, &v) in xs.iter().enumerate() {
-                    codes[g * 64 + r] = if best.0 > 0.0 { rtn_index(v, best.0) as u8 } else { 1 };
-                }
-            }
-            (codes, scales)
-        })
-        .collect();
-    let mut codes = vec![0u8; k * n];
-    let mut scales = vec![0.0f32; groups * n];
-    for (col, (c, s)) in per_col.into_iter().enumerate() {
-        for r in 0..k {
-            codes[r * n + col] = c[r];
-        }
-        for g in 0..groups {
-            scales[g * n + col] = s[g];
-        }
-    }
-    (codes, scales)
-}
-
-/// RTN baseline decoder (a zero scale decodes to zeros).
-fn rtn_decode(codes: &[u8], scales: &[f32], k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; k * n];
-    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = RTN_LEVELS[codes[r * n + c] as usize] * scales[(r / 64) * n + c];
-        }
-    });
-    out
 }
 
 /// The benchmark table; `Display` prints it with a header.

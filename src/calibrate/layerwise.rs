@@ -29,14 +29,13 @@
 use super::{CalibOptions, Calibrator, Hessian as HessianKind, Weighting};
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::Checkpoint;
-use crate::convert::run::{
-    encode_planned, logical_matrix, pre_encoded_name, FactorCache, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance,
-};
+use crate::convert::run::{encode_planned, pre_encoded_name, FactorCache, FeedbackRecord, LayerwiseEncoder, PreEncoded, TensorImportance};
 use crate::convert::{Plan, PlannedTensor};
 use crate::error::{Error, Result};
 use crate::model::source::OriginalWeights;
 use crate::model::{layer_forward, ForwardConfig, NoObserver, WeightSource};
 use crate::scheme::{Effort, Packed};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -72,7 +71,7 @@ pub struct LayerwiseOptions {
 pub struct Layerwise {
     options: LayerwiseOptions,
     /// Per layer: tokens per expert and the experts that fell back (filled by `encode`).
-    layers: Mutex<BTreeMap<usize, Value>>,
+    layers: Mutex<BTreeMap<usize, LayerExperts>>,
 }
 
 impl Layerwise {
@@ -195,12 +194,55 @@ fn run_layer(
     Ok(())
 }
 
-/// The record of completed layers, `{"layers": {L: {"file", "checksum", "feedback", "experts"}}}`.
-fn read_record(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join("record.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| json!({"layers": {}}))
+/// `ccq-encoded/record.json`: the completed layers, `{"layers": {L: {"checksum", "tensors",
+/// "feedback", "experts"}}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    /// By layer index (written as a string key).
+    layers: BTreeMap<usize, LayerEntry>,
+}
+
+/// One completed layer of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerEntry {
+    /// [`crate::convert::run::file_checksum`] of its layer file.
+    checksum: String,
+    /// The output tensors encoded in the file.
+    tensors: Vec<String>,
+    /// How they were encoded.
+    feedback: Vec<FeedbackRecord>,
+    /// Its experts' tokens and fallbacks.
+    experts: LayerExperts,
+}
+
+/// What a layer's experts saw: for an MoE layer the tokens of every routed expert and the
+/// experts blended with the layer's statistics, for a dense layer nothing (`{}`). Recorded in
+/// the provenance (`describe`) as well as in the [`Record`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerExperts {
+    /// Expert index (a string key) -> tokens routed to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<BTreeMap<usize, usize>>,
+    /// The experts below `min_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallbacks: Option<Vec<usize>>,
+}
+
+/// The record of completed layers in `dir`; empty (every layer is encoded afresh, its file
+/// rewritten) when there is none or it does not parse.
+fn read_record(dir: &Path) -> Record {
+    std::fs::read_to_string(dir.join("record.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+}
+
+/// Writes the record of completed layers into `dir`.
+fn write_record(dir: &Path, record: &Record) -> Result<()> {
+    let path = dir.join("record.json");
+    // Through a `Value`, as ever: the same bytes (an f32 is written as its f64 value).
+    let value = serde_json::to_value(record).map_err(|e| Error::Json { file: path.clone(), problem: e.to_string() })?;
+    crate::checkpoint::output::write_json(&path, &value)
 }
 
 impl LayerwiseEncoder for Layerwise {
@@ -226,17 +268,15 @@ impl LayerwiseEncoder for Layerwise {
         for (l, layer_chunks) in chunks.iter().enumerate() {
             let tensors = by_layer.get(&l).map(Vec::as_slice).unwrap_or(&[]);
             let path = dir.join(layer_file(l));
-            let key = l.to_string();
-            let done = match record["layers"].get(&key) {
-                Some(entry) => path.exists() && entry["checksum"].as_str() == Some(&crate::convert::run::file_checksum(&path)?),
+            let done = match record.layers.get(&l) {
+                Some(entry) => path.exists() && entry.checksum == crate::convert::run::file_checksum(&path)?,
                 None => false,
             };
             let encoded: Vec<(&PlannedTensor, Packed)> = if done {
-                let entry = &record["layers"][&key];
-                records.extend(serde_json::from_value::<Vec<FeedbackRecord>>(entry["feedback"].clone()).unwrap_or_default());
-                self.layers.lock().map_err(|_| poisoned())?.insert(l, entry["experts"].clone());
-                let names: Vec<String> = serde_json::from_value(entry["tensors"].clone()).unwrap_or_default();
-                let kept: Vec<&PlannedTensor> = tensors.iter().copied().filter(|t| names.contains(&t.name)).collect();
+                let entry = &record.layers[&l];
+                records.extend(entry.feedback.iter().cloned());
+                self.layers.lock().map_err(|_| poisoned())?.insert(l, entry.experts.clone());
+                let kept: Vec<&PlannedTensor> = tensors.iter().copied().filter(|t| entry.tensors.contains(&t.name)).collect();
                 for t in &kept {
                     pre.insert(t.name.clone(), path.clone());
                 }
@@ -249,7 +289,7 @@ impl LayerwiseEncoder for Layerwise {
                 let mut next = None;
                 let mut encoded = Vec::new();
                 let mut layer_records = Vec::new();
-                let mut experts = json!({});
+                let mut experts = LayerExperts::default();
                 for (ci, range) in layer_chunks.iter().enumerate() {
                     let options = CalibOptions { min_tokens: o.min_tokens, hessian: HessianKind::Full, weighting: o.weighting };
                     let mut cal = Calibrator::new(&cfg, source.names(), options).restricted(range.clone(), ci == 0);
@@ -262,12 +302,11 @@ impl LayerwiseEncoder for Layerwise {
                     let mut stats = cal.finish(ckpt);
                     if cfg.is_moe_layer(l) {
                         let fell = stats.fallbacks.get(&l).cloned().unwrap_or_default();
-                        let tokens = &mut experts["tokens"];
+                        let tokens = experts.tokens.get_or_insert_with(BTreeMap::new);
                         for e in range.clone() {
-                            tokens[e.to_string()] = json!(counts[e]);
+                            tokens.insert(e, counts[e]);
                         }
-                        let list = experts["fallbacks"].as_array().cloned().unwrap_or_default();
-                        experts["fallbacks"] = json!(list.into_iter().chain(fell.into_iter().map(|e| json!(e))).collect::<Vec<_>>());
+                        experts.fallbacks.get_or_insert_with(Vec::new).extend(fell);
                     }
                     // One shared X^T X (moved out of the statistics, not copied), and so one
                     // factorisation, per input.
@@ -279,12 +318,15 @@ impl LayerwiseEncoder for Layerwise {
                         if encoded.iter().any(|(e, _): &(&PlannedTensor, Packed)| e.name == t.name) {
                             continue;
                         }
-                        let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
+                        let w = ckpt.logical_matrix(&t.sources, t.k, t.n, t.transpose)?;
                         for name in &t.sources {
                             ckpt.release(ckpt.get(name)?);
                         }
-                        let kind =
-                            t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
+                        let kind = t.choice.ok_or_else(|| Error::BadTensor {
+                            file: None,
+                            tensor: t.name.clone(),
+                            problem: "not quantized".to_string(),
+                        })?;
                         let importance = TensorImportance::Hessian(xtx.clone());
                         let (packed, fed) = encode_planned(t, kind, effort, &w, Some(&importance), o.damp, &mut factors)?;
                         layer_records.extend(fed);
@@ -292,14 +334,14 @@ impl LayerwiseEncoder for Layerwise {
                     }
                 }
                 write_layer(&path, &encoded)?;
-                let entry = json!({
-                    "checksum": crate::convert::run::file_checksum(&path)?,
-                    "tensors": encoded.iter().map(|(t, _)| t.name.clone()).collect::<Vec<_>>(),
-                    "feedback": layer_records,
-                    "experts": experts,
-                });
-                record["layers"][&key] = entry;
-                crate::convert::run::write_json(&dir.join("record.json"), &record)?;
+                let entry = LayerEntry {
+                    checksum: crate::convert::run::file_checksum(&path)?,
+                    tensors: encoded.iter().map(|(t, _)| t.name.clone()).collect(),
+                    feedback: layer_records.clone(),
+                    experts: experts.clone(),
+                };
+                record.layers.insert(l, entry);
+                write_record(dir, &record)?;
                 self.layers.lock().map_err(|_| poisoned())?.insert(l, experts);
                 records.extend(layer_records);
                 for (t, _) in &encoded {
@@ -321,11 +363,7 @@ impl LayerwiseEncoder for Layerwise {
 
     fn describe(&self) -> Value {
         let o = &self.options;
-        let layers = self
-            .layers
-            .lock()
-            .map(|m| m.iter().map(|(l, v)| (l.to_string(), v.clone())).collect::<serde_json::Map<_, _>>())
-            .unwrap_or_default();
+        let layers = self.layers.lock().map(|m| m.clone()).unwrap_or_default();
         json!({
             "tokens": o.tokens_label,
             "sequences": o.sequences.len(),
@@ -365,8 +403,9 @@ fn read_layer<'a>(path: &Path, tensors: &[&'a PlannedTensor], effort: Effort) ->
     tensors
         .iter()
         .map(|t| {
-            let kind = t.choice.ok_or_else(|| Error::BadTensor { tensor: t.name.clone(), problem: "not quantized".to_string() })?;
-            let scheme = crate::convert::scheme_with_effort(kind, effort);
+            let kind =
+                t.choice.ok_or_else(|| Error::BadTensor { file: None, tensor: t.name.clone(), problem: "not quantized".to_string() })?;
+            let scheme = kind.scheme(effort);
             let components = scheme
                 .component_layout(t.k, t.n)
                 .into_iter()
@@ -385,8 +424,8 @@ fn read_layer<'a>(path: &Path, tensors: &[&'a PlannedTensor], effort: Effort) ->
 fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effort: Effort) -> Result<BTreeMap<String, Vec<f32>>> {
     let mut out = BTreeMap::new();
     for (t, packed) in encoded {
-        let scheme = crate::convert::scheme_with_effort(packed.kind, effort);
-        let w = scheme.decode(packed).map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })?;
+        let scheme = packed.kind.scheme(effort);
+        let w = scheme.decode(packed).map_err(|e| Error::BadTensor { file: None, tensor: t.name.clone(), problem: e.to_string() })?;
         let mut offset = 0;
         for name in &t.sources {
             let shape = &ckpt.get(name)?.shape;
@@ -398,7 +437,7 @@ fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effo
                         *b
                     }
                 }
-                s => return Err(Error::BadTensor { tensor: name.clone(), problem: format!("shape {s:?} is not a matrix") }),
+                s => return Err(Error::BadTensor { file: None, tensor: name.clone(), problem: format!("shape {s:?} is not a matrix") }),
             };
             let m: Vec<f32> = (0..t.k).flat_map(|r| w[r * t.n + offset..r * t.n + offset + width].iter().copied()).collect();
             out.insert(name.clone(), m);
@@ -423,5 +462,122 @@ mod tests {
     fn batches_cover_every_token_once() {
         let b = batches(&[3, 4, 10, 2], 8);
         assert_eq!(b, vec![(0..7, vec![3, 4]), (7..17, vec![10]), (17..19, vec![2])]);
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ccq-layerwise-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const ENTRY: &str =
+        r#"{"checksum":"00ff","tensors":["t"],"feedback":[{"tensor":"t","damp":0.01,"retries":0,"empty":false}],"experts":{}}"#;
+
+    #[test]
+    fn a_record_round_trips_and_an_unusable_one_is_empty() {
+        let dir = temp("record");
+        assert_eq!(read_record(&dir), Record::default(), "no record");
+        let moe = LayerExperts { tokens: Some(BTreeMap::from([(0, 5), (1, 0), (10, 2)])), fallbacks: Some(vec![1]) };
+        let entry = |experts: &LayerExperts| LayerEntry {
+            checksum: "00ff".to_string(),
+            tensors: vec!["t".to_string()],
+            feedback: vec![FeedbackRecord { tensor: "t".to_string(), damp: 0.01, retries: 0, empty: false }],
+            experts: experts.clone(),
+        };
+        let record = Record { layers: BTreeMap::from([(0, entry(&LayerExperts::default())), (1, entry(&moe)), (10, entry(&moe))]) };
+        write_record(&dir, &record).unwrap();
+        assert_eq!(read_record(&dir), record);
+        let text = std::fs::read_to_string(dir.join("record.json")).unwrap();
+        // Layers and experts in numeric order, a dense layer's experts `{}`, `tokens` first.
+        let compact = serde_json::to_string(&serde_json::from_str::<Value>(&text).unwrap()).unwrap();
+        assert!(
+            compact
+                .starts_with(r#"{"layers":{"0":{"checksum":"00ff","tensors":["t"],"feedback":[{"tensor":"t","damp":0.009999999776482582,"#),
+            "{compact}"
+        );
+        assert!(compact.contains(r#""experts":{}},"1":"#), "{compact}");
+        assert!(compact.contains(r#""experts":{"tokens":{"0":5,"1":0,"10":2},"fallbacks":[1]}}"#), "{compact}");
+        assert!(compact.find(r#""1":{"checksum""#) < compact.find(r#""10":{"checksum""#), "{compact}");
+        assert_eq!(
+            serde_json::from_str::<Record>(&format!(r#"{{"layers":{{"0":{ENTRY}}}}}"#)).unwrap().layers[&0],
+            entry(&LayerExperts::default())
+        );
+        for bad in [
+            "".to_string(),
+            "{\"layers\": {\"0\": ".to_string(),
+            text[..text.len() / 2].to_string(),
+            "[]".to_string(),
+            "null".to_string(),
+            r#"{"layers":[]}"#.to_string(),
+            r#"{}"#.to_string(),
+            r#"{"layers":{"0":{"checksum":1}}}"#.to_string(),
+            format!(r#"{{"layers":{{"x":{ENTRY}}}}}"#),
+            format!(r#"{{"layers":{{"0":{ENTRY}}},"fingerprint":"x"}}"#),
+            format!(r#"{{"layers":{{"0":{}}}}}"#, ENTRY.replace(r#""tensors":["t"],"#, "")),
+            format!(
+                r#"{{"layers":{{"0":{}}}}}"#,
+                ENTRY.replace(r#""feedback":[{"#, r#""feedback":[{"extra":1,"#).replace(r#""retries":0,"#, "")
+            ),
+            format!(r#"{{"layers":{{"0":{}}}}}"#, ENTRY.replace(r#""checksum""#, r#""checksun""#)),
+            format!(r#"{{"layers":{{"0":{}}}}}"#, ENTRY.replace(r#""experts":{}"#, r#""experts":{"token":{}}"#)),
+        ] {
+            std::fs::write(dir.join("record.json"), &bad).unwrap();
+            assert_eq!(read_record(&dir), Record::default(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a layerwise run into `dir` gives: its feedback records, its description, and the
+    /// bytes of every file it leaves.
+    type RunOutput = (Vec<FeedbackRecord>, Value, BTreeMap<String, Vec<u8>>);
+
+    fn run(ckpt: &Checkpoint, plan: &Plan, dir: &Path) -> RunOutput {
+        let mut rng = crate::rng::Rng::new(5);
+        let sequences: Vec<Vec<u32>> = (0..4).map(|_| (0..16).map(|_| (rng.next_u64() % 256) as u32).collect()).collect();
+        let layerwise = Layerwise::new(LayerwiseOptions {
+            sequences: Arc::new(sequences),
+            batch_tokens: 32,
+            min_tokens: 20,
+            weighting: Weighting::Uniform,
+            damp: crate::scheme::importance::DEFAULT_DAMP,
+            sequential: true,
+            hessian_budget: DEFAULT_HESSIAN_BUDGET,
+            tokens_label: Value::Null,
+        });
+        let (pre, records) = layerwise.encode(ckpt, plan, Effort::Default, dir).unwrap();
+        assert!(!pre.is_empty());
+        let files = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        (records, layerwise.describe(), files)
+    }
+
+    #[test]
+    fn a_corrupted_record_starts_afresh_to_the_same_bytes() {
+        use crate::convert::{OutputLayout, PlanOptions, Policy, Preset};
+        let ckpt = Checkpoint::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ernie45-tiny-pt")).unwrap();
+        let layout = crate::layout::ModelLayout::of(&ckpt).unwrap();
+        let policy = Policy { preset: Preset::parse("wint2-experts", 0).unwrap(), rules: Vec::new() };
+        let options = PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: 4 << 30 };
+        let plan = Plan::build(&ckpt, &layout, &options).unwrap();
+        let dir = temp("resume");
+        let fresh = run(&ckpt, &plan, &dir);
+        assert!(fresh.2.contains_key("record.json") && fresh.2.contains_key("layer-00001.safetensors"), "{:?}", fresh.2.keys());
+        assert!(!fresh.0.is_empty());
+        assert!(fresh.1["experts"]["1"]["tokens"].is_object(), "{}", fresh.1);
+        assert_eq!(fresh.1["experts"]["0"], serde_json::json!({}), "{}", fresh.1);
+        // Resumed from an intact record, then from unusable ones (`[]` once panicked).
+        let record = fresh.2["record.json"].clone();
+        for bad in [record.clone(), b"[]".to_vec(), record[..record.len() / 2].to_vec(), b"{\"layers\":{\"0\":{}}}".to_vec()] {
+            std::fs::write(dir.join("record.json"), &bad).unwrap();
+            assert!(run(&ckpt, &plan, &dir) == fresh, "after a record of {}", String::from_utf8_lossy(&bad));
+        }
+        // A layer file that does not match its checksum is encoded again.
+        std::fs::write(dir.join("layer-00001.safetensors"), b"garbage").unwrap();
+        assert!(run(&ckpt, &plan, &dir) == fresh);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

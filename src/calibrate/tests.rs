@@ -1,15 +1,9 @@
 //! Calibration statistics against the forward pass's own routing and rows.
 
 use super::*;
-use crate::convert::run::TensorImportance;
-use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
-use crate::layout::ModelLayout;
 use crate::model::source::OriginalWeights;
 use crate::model::{forward, RoutingRecorder, WeightSource};
-use crate::quantized::QuantizedCheckpoint;
-use crate::verify::{verify, VerifyOptions};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 fn tiny() -> Checkpoint {
     Checkpoint::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ernie45-tiny-pt")).unwrap()
@@ -109,51 +103,6 @@ fn file_round_trips_and_a_mismatch_is_an_error() {
     std::fs::remove_file(&path).unwrap();
 }
 
-fn quantize(ckpt: &Checkpoint, tag: &str, importance: Option<Arc<BTreeMap<String, TensorImportance>>>) -> (PathBuf, Plan) {
-    let model = ModelLayout::of(ckpt).unwrap();
-    let policy = Policy { preset: Preset::from_name("wint2-experts", 0).unwrap(), rules: Vec::new() };
-    let plan =
-        Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX })
-            .unwrap();
-    let dir = std::env::temp_dir().join(format!("ccq-calib-q-{tag}-{}", std::process::id()));
-    let opts = ConvertOptions {
-        effort: Default::default(),
-        force: true,
-        resume: false,
-        fingerprint_extra: tag.to_string(),
-        stop_after_shards: None,
-        provenance_options: json!({}),
-        importance,
-        damp: crate::scheme::importance::DEFAULT_DAMP,
-        layerwise: None,
-    };
-    let config = ckpt.config().cloned().unwrap();
-    convert::convert(ckpt, &plan, &dir, &opts, &|w: &Path| convert::run::write_json(&w.join("config.json"), &config), &mut |_| {}).unwrap();
-    (dir, plan)
-}
-
-#[test]
-fn calibrated_quantization_lowers_the_weighted_error() {
-    let ckpt = tiny();
-    let stats = calibrate(&ckpt, &sequences(), CalibOptions::default(), 1 << 20, &mut |_| {}).unwrap();
-    let (plain, plan) = quantize(&ckpt, "plain", None);
-    let importance = stats.importance_for_plan(Path::new("stats"), &plan).unwrap();
-    assert!(importance.values().all(|i| matches!(i, TensorImportance::Diagonal(_))));
-    let (calib, _) = quantize(&ckpt, "calib", Some(Arc::new(importance)));
-    assert_ne!(std::fs::read(plain.join("model.safetensors")).unwrap(), std::fs::read(calib.join("model.safetensors")).unwrap());
-    let stats = Arc::new(stats);
-    let options = VerifyOptions { calibration: Some((stats, PathBuf::from("stats"))), ..VerifyOptions::default() };
-    let mean = |dir: &Path| {
-        let r = verify(&ckpt, &QuantizedCheckpoint::open(dir).unwrap(), &options, &mut |_, _| {}).unwrap();
-        assert!(r.probe.contains("calibration statistics"));
-        r.tensors.iter().map(|t| t.output_rel_err).sum::<f64>() / r.tensors.len() as f64
-    };
-    let (e_plain, e_calib) = (mean(&plain), mean(&calib));
-    assert!(e_calib < e_plain, "calibrated {e_calib} vs plain {e_plain}");
-    std::fs::remove_dir_all(plain).unwrap();
-    std::fs::remove_dir_all(calib).unwrap();
-}
-
 #[test]
 fn malformed_statistics_files_are_errors_not_panics() {
     let dir = std::env::temp_dir().join(format!("ccq-calib-bad-{}", std::process::id()));
@@ -173,5 +122,99 @@ fn malformed_statistics_files_are_errors_not_panics() {
     huge.extend_from_slice(b"{}");
     std::fs::write(&path, &huge).unwrap();
     assert!(Stats::read(&path).is_err());
+    // A well-formed description can still be refused by the reader (here: k * k overflows).
+    stats_file(&path, &DESCRIPTION.replace(r#""k":2"#, r#""k":4294967296"#));
+    let msg = Stats::read(&path).unwrap_err().to_string();
+    assert!(msg.contains("too large") && msg.contains(&path.display().to_string()), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A statistics file of one input `a` (k = 2) described by `description`.
+fn stats_file(path: &Path, description: &str) {
+    let header = json!({
+        "__metadata__": {"format": "pt", "ccq.calibration": description},
+        "a.sum_sq": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "a.mean_sq": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+    })
+    .to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for v in [3.0f32, 6.0, 1.0, 2.0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
+const DESCRIPTION: &str = r#"{"format":"ccq-calibration","version":1,"meta":{"tokens":3},"inputs":{"a":{"k":2,"tokens":3,"fell_back":true}},"weights":{"w.weight":"a"},"expert_tokens":{"1":[3,0]},"fallbacks":{"1":[1]}}"#;
+
+#[test]
+fn the_description_is_written_in_the_documented_layout() {
+    let input = |k: usize, tokens: u64, fell_back: bool| InputStats {
+        k,
+        tokens,
+        sum_sq: vec![1.0; k],
+        mean_sq: vec![1.0; k],
+        xtx: None,
+        fell_back,
+    };
+    let stats = Stats {
+        inputs: BTreeMap::from([("b".to_string(), input(3, 7, false)), ("a".to_string(), input(2, 3, true))]),
+        weights: BTreeMap::from([("w2.weight".to_string(), "b".to_string()), ("w.weight".to_string(), "a".to_string())]),
+        expert_tokens: BTreeMap::from([(10, vec![1, 2]), (2, vec![3, 0])]),
+        fallbacks: BTreeMap::from([(10, vec![]), (2, vec![1])]),
+        meta: json!({"tokens": 3, "seconds": 0.1, "checkpoint": "x"}),
+    };
+    let text = serde_json::to_string(&stats.description()).unwrap();
+    // What the hand-built description wrote, byte for byte (layers in numeric order).
+    let want = concat!(
+        r#"{"format":"ccq-calibration","version":1,"meta":{"tokens":3,"seconds":0.1,"checkpoint":"x"},"#,
+        r#""inputs":{"a":{"k":2,"tokens":3,"fell_back":true},"b":{"k":3,"tokens":7,"fell_back":false}},"#,
+        r#""weights":{"w.weight":"a","w2.weight":"b"},"expert_tokens":{"2":[3,0],"10":[1,2]},"fallbacks":{"2":[1],"10":[]}}"#
+    );
+    assert_eq!(text, want);
+    assert_eq!(Description::parse(&text).unwrap(), stats.description());
+}
+
+#[test]
+fn a_description_with_a_missing_or_unknown_field_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ccq-calib-fields-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stats.safetensors");
+    stats_file(&path, DESCRIPTION);
+    let stats = Stats::read(&path).unwrap();
+    assert_eq!(stats.inputs["a"].tokens, 3);
+    assert!(stats.inputs["a"].fell_back);
+    assert_eq!(stats.inputs["a"].sum_sq, vec![3.0, 6.0]);
+    assert_eq!(stats.inputs["a"].mean_sq, vec![1.0, 2.0]);
+    assert_eq!(stats.weights["w.weight"], "a");
+    assert_eq!(stats.expert_tokens[&1], vec![3, 0]);
+    assert_eq!(stats.fallbacks[&1], vec![1]);
+    assert_eq!(stats.meta, json!({"tokens": 3}));
+    for (description, field) in [
+        // Misspelt fields.
+        (DESCRIPTION.replace(r#""tokens":3,"fell"#, r#""tokns":3,"fell"#), "tokns"),
+        (DESCRIPTION.replace(r#""fallbacks""#, r#""fallback""#), "fallback"),
+        (DESCRIPTION.replace(r#""weights""#, r#""weight""#), "weight"),
+        // Missing required fields (formerly read as 0, false or {}).
+        (DESCRIPTION.replace(r#""tokens":3,"fell"#, r#""fell"#), "tokens"),
+        (DESCRIPTION.replace(r#","fell_back":true"#, ""), "fell_back"),
+        (DESCRIPTION.replace(r#""meta":{"tokens":3},"#, ""), "meta"),
+        (DESCRIPTION.replace(r#","fallbacks":{"1":[1]}"#, ""), "fallbacks"),
+        (DESCRIPTION.replace(r#","expert_tokens":{"1":[3,0]}"#, ""), "expert_tokens"),
+        (DESCRIPTION.replace(r#""k":2,"#, ""), "k"),
+        // Wrong values.
+        (DESCRIPTION.replace(r#""ccq-calibration""#, r#""ccq-calib""#), "format"),
+        (DESCRIPTION.replace(r#""version":1"#, r#""version":2"#), "version"),
+        (DESCRIPTION.replace(r#"{"1":[3,0]}"#, r#"{"one":[3,0]}"#), "\"expert_tokens\": invalid value"),
+        (DESCRIPTION.replace(r#""fell_back":true"#, r#""fell_back":"yes""#), "\"inputs\": input 'a': invalid type: string \"yes\""),
+        ("not json".to_string(), "expected"),
+    ] {
+        assert_ne!(description, DESCRIPTION, "{field}");
+        stats_file(&path, &description);
+        let err = Stats::read(&path).unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(field), "{field}: {msg}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,6 +11,8 @@
 mod convert;
 pub mod header;
 pub mod index;
+mod matrix;
+pub mod output;
 pub mod write;
 
 pub use convert::Conversion;
@@ -164,6 +166,7 @@ impl Checkpoint {
         let map = shard.mmap()?;
         let (begin, end) = entry.byte_range;
         map.get(begin as usize..end as usize).ok_or_else(|| Error::BadTensor {
+            file: Some(self.shards[entry.shard].path.clone()),
             tensor: entry.name.clone(),
             problem: format!("{} is now {} bytes, shorter than when it was opened (file changed?)", shard.path.display(), map.len()),
         })

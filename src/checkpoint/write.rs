@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn unfinished_file_is_never_in_place() {
-        let dir = std::env::temp_dir().join(format!("ccq-write-{}", std::process::id()));
+        let dir = crate::test_support::scratch("write", true);
         std::fs::create_dir_all(&dir).unwrap();
         let target = dir.join("x.safetensors");
         let specs = vec![TensorSpec::new("t", Dtype::U8, vec![4])];

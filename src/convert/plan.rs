@@ -10,27 +10,10 @@
 use super::policy::{Choice, Policy};
 use crate::checkpoint::write::TensorSpec;
 use crate::checkpoint::Checkpoint;
-use crate::layout::{Family, ModelLayout, Naming, Part, Role, TensorRole};
+use crate::format::fastdeploy::{self, QuantizationConfig, UnloadableMix};
+pub use crate::format::OutputLayout;
+use crate::layout::{Family, ModelLayout, Naming, Part, TensorRole};
 use crate::Dtype;
-
-/// How the output checkpoint names and orients its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputLayout {
-    /// What FastDeploy loads for ERNIE 4.5: Paddle names, [in, out], fused q|k|v and gate|up.
-    FastDeploy,
-    /// The source's own names and orientation; packed tensors as `NAME.<component>`.
-    Native,
-}
-
-impl OutputLayout {
-    /// The layout's name as the CLI spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            OutputLayout::FastDeploy => "fastdeploy",
-            OutputLayout::Native => "native",
-        }
-    }
-}
 
 /// One tensor of the output, before any data is read.
 #[derive(Debug, Clone)]
@@ -153,6 +136,12 @@ impl Plan {
         self.tensors.iter().map(PlannedTensor::bytes_out).sum()
     }
 
+    /// FastDeploy's `quantization_config` for this plan's schemes, or why its loader could not
+    /// read them.
+    pub fn fastdeploy_config(&self) -> Result<QuantizationConfig, UnloadableMix> {
+        QuantizationConfig::for_tensors(self.tensors.iter().map(|t| (&t.class, t.choice)))
+    }
+
     /// The shard file name of shard `i`.
     pub fn shard_name(&self, i: usize) -> String {
         crate::checkpoint::shard_file_name(i, self.shards.len())
@@ -191,11 +180,14 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
         if first.shape.len() != 2 {
             return Err(format!("{kind} needs a matrix, but this tensor is {} {:?}", first.dtype, first.shape));
         }
-        if let Err(e) = super::scheme_for(kind).check_shape(k, n) {
+        if options.layout == OutputLayout::FastDeploy && !fastdeploy::SCHEMES.contains(&kind) {
+            return Err(format!("FastDeploy does not load {kind}; use --layout native for it"));
+        }
+        if let Err(e) = kind.decoder().check_shape(k, n) {
             match options.fallback {
                 Some(fallback) => {
                     if let Some(f) = fallback {
-                        super::scheme_for(f).check_shape(k, n).map_err(|e2| format!("{e}; fallback: {e2}"))?;
+                        f.decoder().check_shape(k, n).map_err(|e2| format!("{e}; fallback: {e2}"))?;
                     }
                     choice = fallback;
                     fell_back = true;
@@ -206,14 +198,11 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
     }
     let outputs = match choice {
         Some(kind) => {
-            let base = match options.layout {
-                OutputLayout::FastDeploy => group.name.strip_suffix(".weight").unwrap_or(&group.name).to_string(),
-                OutputLayout::Native => group.name.clone(),
-            };
-            super::scheme_for(kind)
+            let prefix = options.layout.packed_prefix(&group.name);
+            kind.decoder()
                 .component_layout(k, n)
                 .into_iter()
-                .map(|(suffix, dtype, shape)| TensorSpec::new(format!("{base}.{suffix}"), dtype, shape))
+                .map(|(suffix, dtype, shape)| TensorSpec::new(crate::format::component_name(prefix, suffix), dtype, shape))
                 .collect()
         }
         None => vec![unquantized_spec(group, first, options.layout, k, n)],
@@ -271,10 +260,7 @@ fn unquantized_spec(group: &Group, first: &crate::TensorEntry, layout: OutputLay
     match layout {
         OutputLayout::Native => TensorSpec::new(&group.name, first.dtype, first.shape.clone()),
         OutputLayout::FastDeploy => {
-            let dtype = match group.class.role {
-                Role::Router | Role::RouterBias => Dtype::F32,
-                _ => Dtype::BF16,
-            };
+            let dtype = fastdeploy::unquantized_dtype(group.class.role);
             let reshaped = group.transpose || group.sources.len() > 1;
             let shape = if reshaped { vec![k, n] } else { first.shape.clone() };
             TensorSpec::new(&group.name, dtype, shape)
@@ -296,76 +282,22 @@ pub(crate) fn group_sources(ckpt: &Checkpoint, model: &ModelLayout, layout: Outp
     let mut index: std::collections::HashMap<String, usize> = Default::default();
     for t in ckpt.tensors() {
         let class = model.classify(&t.name);
-        let (name, transpose) = match layout {
-            OutputLayout::Native => (t.name.clone(), is_linear(&t.name, &class, t.shape.len()) && model.naming == Naming::Pytorch),
-            OutputLayout::FastDeploy => fastdeploy_name(&t.name, &class, t.shape.len(), model.naming),
-        };
+        let (name, transpose) = layout.output_name(&t.name, &class, t.shape.len(), model.naming);
         let part = class.part.unwrap_or(Part::O);
         match index.get(&name) {
             Some(&i) => groups[i].sources.push((part, t.name.clone())),
             None => {
                 index.insert(name.clone(), groups.len());
                 let mut class = class;
-                class.part = fused_part(class.part, &name);
+                class.part = fastdeploy::fused_part(class.part, &name);
                 groups.push(Group { name, sources: vec![(part, t.name.clone())], class, transpose });
             }
         }
     }
     for g in &mut groups {
-        g.sources.sort_by_key(|(part, _)| fuse_order(*part));
+        g.sources.sort_by_key(|(part, _)| fastdeploy::fuse_order(*part));
     }
     groups
-}
-
-/// Whether a tensor is a linear layer's weight matrix (the only tensors ccq transposes).
-pub(crate) fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
-    rank == 2 && name.ends_with(".weight") && !matches!(class.role, Role::Embedding | Role::Norm | Role::RouterBias)
-}
-
-/// The FastDeploy output name and whether the source must be transposed. PyTorch names are
-/// renamed (`model.` -> `ernie.`), q/k/v fused into `qkv_proj`, gate/up into `up_gate_proj`.
-fn fastdeploy_name(name: &str, class: &TensorRole, rank: usize, naming: Naming) -> (String, bool) {
-    if naming == Naming::Paddle {
-        return (name.to_string(), false);
-    }
-    let mut out = match name.strip_prefix("model.") {
-        Some(rest) => format!("ernie.{rest}"),
-        None => name.to_string(),
-    };
-    for (from, to) in [
-        ("self_attn.q_proj.", "self_attn.qkv_proj."),
-        ("self_attn.k_proj.", "self_attn.qkv_proj."),
-        ("self_attn.v_proj.", "self_attn.qkv_proj."),
-        ("gate_proj.", "up_gate_proj."),
-        ("up_proj.", "up_gate_proj."),
-    ] {
-        if let Some(pos) = out.rfind(from) {
-            out.replace_range(pos..pos + from.len(), to);
-            break;
-        }
-    }
-    (out, is_linear(name, class, rank))
-}
-
-/// The part a fused output carries.
-fn fused_part(part: Option<Part>, output_name: &str) -> Option<Part> {
-    if output_name.contains("qkv_proj") {
-        Some(Part::Qkv)
-    } else if output_name.contains("up_gate_proj") {
-        Some(Part::UpGate)
-    } else {
-        part
-    }
-}
-
-/// Column order inside a fused tensor: [q | k | v], [gate | up].
-fn fuse_order(part: Part) -> u8 {
-    match part {
-        Part::Q | Part::Gate => 0,
-        Part::K | Part::Up => 1,
-        Part::V => 2,
-        _ => 3,
-    }
 }
 
 #[cfg(test)]
@@ -388,20 +320,6 @@ mod tests {
     }
 
     #[test]
-    fn pytorch_names_become_paddle_names() {
-        let class = TensorRole { role: Role::Attention, layer: Some(0), expert: None, part: Some(Part::K) };
-        let rename = |n: &str| fastdeploy_name(n, &class, 2, Naming::Pytorch).0;
-        assert_eq!(rename("model.layers.0.self_attn.k_proj.weight"), "ernie.layers.0.self_attn.qkv_proj.weight");
-        assert_eq!(rename("model.layers.3.mlp.experts.7.gate_proj.weight"), "ernie.layers.3.mlp.experts.7.up_gate_proj.weight");
-        assert_eq!(rename("model.layers.3.mlp.shared_experts.up_proj.weight"), "ernie.layers.3.mlp.shared_experts.up_gate_proj.weight");
-        assert_eq!(rename("model.layers.3.mlp.gate.weight"), "ernie.layers.3.mlp.gate.weight");
-        assert_eq!(rename("model.mtp_block.0.self_attn.q_proj.weight"), "ernie.mtp_block.0.self_attn.qkv_proj.weight");
-        assert_eq!(rename("lm_head.weight"), "lm_head.weight");
-        let paddle = fastdeploy_name("ernie.layers.0.mlp.up_gate_proj.weight", &class, 2, Naming::Paddle);
-        assert_eq!(paddle, ("ernie.layers.0.mlp.up_gate_proj.weight".to_string(), false));
-    }
-
-    #[test]
     fn fused_groups_keep_qkv_and_gate_up_order() {
         let p = plan("ernie45-tiny-pt", OutputLayout::FastDeploy, u64::MAX);
         assert_eq!(p.tensors.len(), 40);
@@ -420,7 +338,7 @@ mod tests {
     #[test]
     fn fused_order_does_not_depend_on_file_order() {
         use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
-        let dir = std::env::temp_dir().join(format!("ccq-plan-order-{}", std::process::id()));
+        let dir = crate::test_support::scratch("plan-order", true);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), r#"{"model_type": "ernie4_5_moe"}"#).unwrap();
         let names = [

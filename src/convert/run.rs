@@ -9,10 +9,11 @@
 //! bytes and the encoder's per-column work, whatever the model's size.
 
 use super::plan::{OutputLayout, Plan, PlannedTensor};
-use super::scheme_with_effort;
+use crate::checkpoint::output::{move_into_place, partial_dir, write_json};
 use crate::checkpoint::write::SafetensorsWriter;
 use crate::checkpoint::{Checkpoint, INDEX_FILE};
 use crate::error::{Error, Result};
+use crate::format::native::NativeTensor;
 use crate::scheme::Effort;
 use crate::{Dtype, SchemeKind};
 use half::bf16;
@@ -149,16 +150,12 @@ pub fn convert(
     plan: &Plan,
     out: &Path,
     options: &ConvertOptions,
-    extra_files: &dyn Fn(&Path) -> Result<()>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     let start = Instant::now();
     refuse_to_overwrite_source(ckpt.path(), out)?;
     if out.exists() && !options.force {
-        return Err(Error::NotACheckpoint {
-            path: out.to_path_buf(),
-            problem: "output already exists; pass --force to replace it".to_string(),
-        });
+        return Err(Error::OutputExists { path: out.to_path_buf() });
     }
     let work = partial_dir(out);
     let fingerprint = fingerprint(ckpt, plan, &options.fingerprint_extra);
@@ -172,15 +169,14 @@ pub fn convert(
     for (i, shard) in plan.shards.iter().enumerate() {
         let name = plan.shard_name(i);
         let path = work.join(&name);
-        if record_matches(&record, &name, &path)? {
+        if let Some(done) = record.completed(&name, &path)? {
             reused += 1;
-            let records: Vec<FeedbackRecord> = serde_json::from_value(record["shards"][&name]["feedback"].clone()).unwrap_or_default();
-            feedback.extend(records);
+            feedback.extend(done.feedback.iter().cloned());
         } else {
             let records = write_shard(ckpt, plan, shard, &path, options, &pre_encoded, &mut state, progress)?;
-            record_shard(&mut record, &name, &path, &records)?;
+            record.add(&name, &path, &records)?;
             feedback.extend(records);
-            write_json(&work.join(PROGRESS_FILE), &record)?;
+            record.write(&work)?;
             if options.stop_after_shards == Some(i + 1 - reused) {
                 return Err(Error::Interrupted { work: work.clone(), shards_done: i + 1 });
             }
@@ -195,8 +191,8 @@ pub fn convert(
     if plan.shards.len() > 1 {
         write_index(plan, &work)?;
     }
-    extra_files(&work)?;
-    let mut provenance = crate::quantized::Provenance::from_plan(ckpt, plan, options);
+    write_side_files(ckpt, plan, &work)?;
+    let mut provenance = super::provenance::provenance_of(ckpt, plan, options)?;
     if let Some(map) = provenance.options.as_object_mut() {
         map.insert("feedback".to_string(), feedback_summary(options, &feedback));
     }
@@ -204,12 +200,31 @@ pub fn convert(
     if pre_dir.exists() {
         std::fs::remove_dir_all(&pre_dir).map_err(|e| Error::io(&pre_dir, e))?;
     }
-    write_json(&work.join(crate::quantized::PROVENANCE_FILE), &provenance.to_json())?;
+    provenance.write(&work.join(crate::format::provenance::PROVENANCE_FILE))?;
     std::fs::remove_file(work.join(PROGRESS_FILE)).map_err(|e| Error::io(&work, e))?;
     move_into_place(&work, out)?;
     let mut summary = summarize(plan, reused, start.elapsed().as_secs_f64());
     summary.feedback = feedback;
     Ok(summary)
+}
+
+/// Writes what the output needs beside the tensors: the source directory's other files
+/// (tokenizer, generation config, ...) and `config.json`, the source's as it is (native) or
+/// with FastDeploy's `quantization_config` ([`crate::format::fastdeploy::write_config`]).
+fn write_side_files(ckpt: &Checkpoint, plan: &Plan, work: &Path) -> Result<()> {
+    if ckpt.path().is_dir() {
+        crate::format::copy_side_files(ckpt.path(), work)?;
+    }
+    match plan.layout {
+        OutputLayout::FastDeploy => {
+            let q = plan.fastdeploy_config().map_err(|e| Error::BadInput { problem: e.to_string() })?;
+            crate::format::fastdeploy::write_config(ckpt.config(), &q, work)
+        }
+        OutputLayout::Native => match ckpt.config() {
+            Some(c) => write_json(&work.join(crate::checkpoint::CONFIG_FILE), c),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Folder of the work directory where a [`LayerwiseEncoder`] keeps its encoded tensors.
@@ -243,53 +258,72 @@ fn refuse_to_overwrite_source(source: &Path, out: &Path) -> Result<()> {
         return Ok(()); // the output does not exist yet, so it holds nothing
     };
     if source.starts_with(&out_abs) {
-        return Err(Error::NotACheckpoint {
-            path: out.to_path_buf(),
-            problem: format!("the output would replace the source {}; choose another output", source.display()),
-        });
+        return Err(Error::OutputHoldsInput { output: out.to_path_buf(), input: source });
     }
     Ok(())
 }
 
-/// `OUT.ccq-partial`: where an unfinished conversion lives.
-pub fn partial_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!("{name}.ccq-partial"))
+/// `ccq-progress.json`: the shards an unfinished run completed, under the fingerprint of
+/// what it writes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRecord {
+    fingerprint: String,
+    shards: BTreeMap<String, ShardRecord>,
 }
 
-fn prepare_work_dir(work: &Path, fingerprint: &str, resume: bool) -> Result<Value> {
-    let fresh = json!({"fingerprint": fingerprint, "shards": {}});
+/// One completed shard: its size, checksum and the feedback records of its tensors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardRecord {
+    bytes: u64,
+    checksum: String,
+    feedback: Vec<FeedbackRecord>,
+}
+
+impl ResumeRecord {
+    /// The shard `name` at `path` if it is the one recorded as complete: same size and
+    /// checksum.
+    fn completed(&self, name: &str, path: &Path) -> Result<Option<&ShardRecord>> {
+        let Some(entry) = self.shards.get(name) else { return Ok(None) };
+        let Ok(meta) = std::fs::metadata(path) else { return Ok(None) };
+        if meta.len() != entry.bytes || entry.checksum != file_checksum(path)? {
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Records shard `name`, just written to `path`.
+    fn add(&mut self, name: &str, path: &Path, feedback: &[FeedbackRecord]) -> Result<()> {
+        let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        self.shards.insert(name.to_string(), ShardRecord { bytes, checksum: file_checksum(path)?, feedback: feedback.to_vec() });
+        Ok(())
+    }
+
+    /// Writes the record into the work directory.
+    fn write(&self, work: &Path) -> Result<()> {
+        let path = work.join(PROGRESS_FILE);
+        write_json(&path, &serde_json::to_value(self).map_err(|e| Error::Json { file: path.clone(), problem: e.to_string() })?)
+    }
+}
+
+/// The work directory, ready: with `resume`, the record of an earlier run of the same
+/// fingerprint and the shards it lists are kept; otherwise (or when the record is absent,
+/// unreadable or of another fingerprint) the directory is emptied and a fresh record written.
+fn prepare_work_dir(work: &Path, fingerprint: &str, resume: bool) -> Result<ResumeRecord> {
     if resume {
-        if let Ok(text) = std::fs::read_to_string(work.join(PROGRESS_FILE)) {
-            if let Ok(record) = serde_json::from_str::<Value>(&text) {
-                if record["fingerprint"] == fingerprint {
-                    return Ok(record);
-                }
-            }
+        let earlier = std::fs::read_to_string(work.join(PROGRESS_FILE)).ok().and_then(|t| serde_json::from_str::<ResumeRecord>(&t).ok());
+        if let Some(record) = earlier.filter(|r| r.fingerprint == fingerprint) {
+            return Ok(record);
         }
     }
     if work.exists() {
         std::fs::remove_dir_all(work).map_err(|e| Error::io(work, e))?;
     }
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
-    write_json(&work.join(PROGRESS_FILE), &fresh)?;
+    let fresh = ResumeRecord { fingerprint: fingerprint.to_string(), shards: BTreeMap::new() };
+    fresh.write(work)?;
     Ok(fresh)
-}
-
-/// Whether `path` is the shard recorded as complete: same size and checksum.
-fn record_matches(record: &Value, name: &str, path: &Path) -> Result<bool> {
-    let Some(entry) = record["shards"].get(name) else { return Ok(false) };
-    let Ok(meta) = std::fs::metadata(path) else { return Ok(false) };
-    if Some(meta.len()) != entry["bytes"].as_u64() {
-        return Ok(false);
-    }
-    Ok(entry["checksum"].as_str() == Some(&file_checksum(path)?))
-}
-
-fn record_shard(record: &mut Value, name: &str, path: &Path, feedback: &[FeedbackRecord]) -> Result<()> {
-    let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    record["shards"][name] = json!({"bytes": bytes, "checksum": file_checksum(path)?, "feedback": feedback});
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -306,7 +340,12 @@ fn write_shard(
     let specs: Vec<_> = shard.iter().flat_map(|&t| plan.tensors[t].outputs.iter().cloned()).collect();
     let mut metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     if plan.layout == OutputLayout::Native {
-        metadata.extend(shard.iter().filter_map(|&t| native_metadata(&plan.tensors[t])));
+        for t in shard.iter().map(|&t| &plan.tensors[t]) {
+            if let Some(kind) = t.choice {
+                let (key, value) = NativeTensor::new(kind, t.k, t.n, t.transpose).metadata_entry(&t.name);
+                metadata.insert(key, value);
+            }
+        }
     }
     let mut writer = SafetensorsWriter::create(path, &specs, &metadata)?;
     let mut records = Vec::new();
@@ -329,10 +368,10 @@ fn write_shard(
 fn copy_pre_encoded(t: &PlannedTensor, file: &Path, writer: &mut SafetensorsWriter) -> Result<()> {
     let encoded = Checkpoint::open(file)?;
     for spec in &t.outputs {
-        let component = spec.name.rsplit('.').next().unwrap_or("");
-        let entry = encoded.get(&pre_encoded_name(&t.name, component))?;
+        let entry = encoded.get(&pre_encoded_name(&t.name, crate::format::component_of(&spec.name)))?;
         if entry.dtype != spec.dtype || entry.shape != spec.shape {
             return Err(Error::BadTensor {
+                file: Some(file.to_path_buf()),
                 tensor: spec.name.clone(),
                 problem: format!(
                     "the encoded copy in {} is {:?} {:?}, the plan wants {:?} {:?}",
@@ -396,8 +435,8 @@ pub fn encode_planned(
     damp: f32,
     factors: &mut FactorCache,
 ) -> Result<(crate::Packed, Option<FeedbackRecord>)> {
-    let bad = |e: crate::SchemeError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
-    let scheme = scheme_with_effort(kind, effort);
+    let bad = |e: crate::SchemeError| Error::BadTensor { file: None, tensor: t.name.clone(), problem: e.to_string() };
+    let scheme = kind.scheme(effort);
     match importance {
         Some(TensorImportance::Hessian(xtx)) => {
             let hessian = factors.get(xtx, t.k, damp).map_err(bad)?;
@@ -407,28 +446,6 @@ pub fn encode_planned(
         }
         Some(TensorImportance::Diagonal(h)) => Ok((scheme.encode(w, t.k, t.n, crate::scheme::Importance::Diagonal(h)).map_err(bad)?, None)),
         None => Ok((scheme.encode(w, t.k, t.n, crate::scheme::Importance::Uniform).map_err(bad)?, None)),
-    }
-}
-
-/// The native layout records, per packed tensor, `ccq.tensor.NAME` = its scheme and shapes.
-fn native_metadata(t: &PlannedTensor) -> Option<(String, String)> {
-    let kind = t.choice?;
-    let value = json!({
-        "scheme": kind.name(),
-        "k": t.k,
-        "n": t.n,
-        "transposed": t.transpose,
-        "components": t.outputs.iter().map(|o| o.name.rsplit('.').next().unwrap_or("")).collect::<Vec<_>>(),
-        "params": scheme_params(kind),
-    });
-    Some((format!("ccq.tensor.{}", t.name), value.to_string()))
-}
-
-/// Scheme parameters a decoder needs beyond the components.
-fn scheme_params(kind: SchemeKind) -> Value {
-    match kind {
-        SchemeKind::Wint2 => json!({"group_size": 64, "rounding": "fused"}),
-        SchemeKind::Wint4 | SchemeKind::Wint8 => json!({"granularity": "per_channel", "layout": "cutlass_interleaved"}),
     }
 }
 
@@ -447,7 +464,7 @@ fn write_tensor(
     if t.is_raw_copy(layout) {
         writer.write(ckpt.raw_bytes(ckpt.get(&t.sources[0])?)?)?;
     } else {
-        let w = logical_matrix(ckpt, &t.sources, t.k, t.n, t.transpose)?;
+        let w = ckpt.logical_matrix(&t.sources, t.k, t.n, t.transpose)?;
         match t.choice {
             None => writer.write(&float_bytes(&w, t.outputs[0].dtype))?,
             Some(kind) => {
@@ -463,46 +480,6 @@ fn write_tensor(
         ckpt.release(ckpt.get(name)?);
     }
     Ok(record)
-}
-
-/// Reads `sources` as f32 and assembles the logical `[k, n]` row-major matrix, their columns
-/// side by side: `W[row][off_i + j] = S_i[j][row]` for transposed ([out, in]) sources,
-/// `S_i[row][j]` otherwise. NaN or infinite values are an error naming the tensor.
-pub fn logical_matrix(ckpt: &Checkpoint, sources: &[String], k: usize, n: usize, transpose: bool) -> Result<Vec<f32>> {
-    let mut w = vec![0.0f32; k * n];
-    let mut offset = 0;
-    for name in sources {
-        let s = ckpt.read_f32(name)?;
-        if let Some(i) = s.iter().position(|v| !v.is_finite()) {
-            let file = ckpt.shards()[ckpt.get(name)?.shard].path.clone();
-            return Err(Error::NonFinite { file, tensor: name.clone(), index: i, value: s[i] });
-        }
-        let width = s.len() / k.max(1);
-        if transpose {
-            transpose_into(&s, width, k, &mut w, n, offset);
-        } else {
-            for row in 0..k {
-                w[row * n + offset..row * n + offset + width].copy_from_slice(&s[row * width..(row + 1) * width]);
-            }
-        }
-        offset += width;
-    }
-    Ok(w)
-}
-
-/// `dst[r * dst_cols + offset + c] = src[c * rows + r]` for a `[cols, rows]` source, in
-/// 64 x 64 tiles so that both sides stay in cache.
-fn transpose_into(src: &[f32], cols: usize, rows: usize, dst: &mut [f32], dst_cols: usize, offset: usize) {
-    const TILE: usize = 64;
-    for c0 in (0..cols).step_by(TILE) {
-        for r0 in (0..rows).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    dst[r * dst_cols + offset + c] = src[c * rows + r];
-                }
-            }
-        }
-    }
 }
 
 fn float_bytes(w: &[f32], dtype: Dtype) -> Vec<u8> {
@@ -523,29 +500,6 @@ fn write_index(plan: &Plan, work: &Path) -> Result<()> {
     }
     let index = json!({"metadata": {"total_size": plan.bytes_out()}, "weight_map": weight_map});
     write_json(&work.join(INDEX_FILE), &index)
-}
-
-/// Writes pretty JSON through a temporary name.
-pub fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let partial = crate::checkpoint::write::partial_name(path);
-    let text = serde_json::to_string_pretty(value).expect("json value serializes") + "\n";
-    std::fs::write(&partial, text).map_err(|e| Error::io(&partial, e))?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
-}
-
-/// Renames the finished work directory to `out`, replacing an old `out` only after the new
-/// one is complete.
-pub(crate) fn move_into_place(work: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = out.with_file_name(format!("{}.ccq-old", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        }
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(work, out).map_err(|e| Error::io(out, e))?;
-        return std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e));
-    }
-    std::fs::rename(work, out).map_err(|e| Error::io(out, e))
 }
 
 fn summarize(plan: &Plan, reused: usize, seconds: f64) -> Summary {
@@ -673,10 +627,5 @@ mod tests {
         let mut shorter = Checksum::default();
         shorter.update(&data[..999]);
         assert_ne!(shorter.hex(), whole);
-    }
-
-    #[test]
-    fn partial_dir_sits_beside_the_output() {
-        assert_eq!(partial_dir(Path::new("/x/out")), Path::new("/x/out.ccq-partial"));
     }
 }

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{Tile, TileSource, BLOCK_N, TILE_K};
+use super::{KernelView, Tile, TileSource, BLOCK_N, TILE_K};
 use crate::scheme::SchemeError;
 
 /// From this many rows of `x` on, f32 weights are multiplied by `matrixmultiply`'s GEMM
@@ -96,6 +96,20 @@ impl<'a, const SIZE: usize> DenseView<'a, SIZE> {
     /// `W[row][col]`.
     pub(crate) fn value(&self, row: usize, col: usize) -> f32 {
         Self::at(&self.bytes[(row * self.n + col) * SIZE..])
+    }
+}
+
+impl<const SIZE: usize> KernelView for DenseView<'_, SIZE> {
+    fn value(&self, row: usize, col: usize) -> f32 {
+        DenseView::value(self, row, col)
+    }
+
+    /// From [`GEMM_MIN_ROWS`] rows on (with `arch`), the GEMM; below, the tile driver.
+    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
+        match arch && m >= GEMM_MIN_ROWS {
+            true => self.gemm(x, m),
+            false => super::run_tiles(self, x, m, arch),
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! where `W[k][n]` is exactly what each scheme's `decode` produces:
-//! - WINT2: `wint2-format.md`, steps 1-7, fused rounding (what inference runs); the values
+//! - WINT2: `docs/wint2-format.md`, steps 1-7, fused rounding (what inference runs); the values
 //!   are bf16 numbers, so [`dequantize_bf16`] is exact;
 //! - wint8 / wint4: `q * weight_scale[n]` (exact in f32); [`dequantize_bf16`] rounds that f32
 //!   to the nearest bf16, ties to even (`half::bf16::from_f32`);
@@ -80,6 +80,7 @@
 mod arch;
 mod dense;
 mod per_channel;
+mod rtn2;
 mod wint2;
 
 #[cfg(test)]
@@ -88,7 +89,7 @@ mod tests;
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::scheme::{Packed, Scheme, SchemeError, SchemeKind, Wint2, Wint4, Wint8};
+use crate::scheme::{Packed, SchemeError, SchemeKind};
 use crate::Dtype;
 
 /// Output columns per block of the fast path: four 8-lane vectors of f32.
@@ -100,7 +101,7 @@ pub const TILE_K: usize = 64;
 /// A weight matrix as a kernel reads it: packed components, or plain dense values.
 #[derive(Debug, Clone, Copy)]
 pub enum Weights<'a> {
-    /// A packed matrix written by a [`Scheme`] (WINT2 is read with the fused rounding).
+    /// A packed matrix written by a [`Scheme`](crate::scheme::Scheme) (WINT2 is read with the fused rounding).
     Packed(&'a Packed),
     /// Unquantized weights, logical `[k, n]` row-major, little-endian.
     Dense {
@@ -183,7 +184,7 @@ pub fn tolerance(k: usize, abs_dot: f64) -> f64 {
 /// The logical `[k, n]` matrix, row-major f32, bit-exact with the scheme's `decode` (for
 /// dense weights: the stored values).
 pub fn dequantize(w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
-    let v = View::new(w)?;
+    let v = view(w)?;
     let (k, n) = (v.k(), v.n());
     let mut out = vec![0f32; k * n];
     if n > 0 {
@@ -205,7 +206,7 @@ pub fn dequantize_bf16(w: &Weights<'_>) -> Result<Vec<bf16>, KernelError> {
 /// `y = x * W` (`[m, N]`, row-major) by the reference loop: the specification (see the
 /// module documentation). Slow: it decodes every weight once per row of `x`.
 pub fn matmul_reference(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
-    let v = View::new(w)?;
+    let v = view(w)?;
     let x = activations(x, m, v.k())?;
     let (k, n) = (v.k(), v.n());
     let mut y = vec![0f32; m * n];
@@ -236,17 +237,9 @@ pub fn matmul_portable(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f3
 }
 
 fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Vec<f32>, KernelError> {
-    let v = View::new(w)?;
+    let v = view(w)?;
     let x = activations(x, m, v.k())?;
-    Ok(match &v {
-        View::Wint2(s) => run_tiles(s, &x, m, arch),
-        View::Wint8(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
-        View::Wint4(s) => run_tiles(s, &s.permute_x(&x, m), m, arch),
-        View::DenseF32(s) if arch && m >= dense::GEMM_MIN_ROWS => s.gemm(&x, m),
-        View::DenseF32(s) => run_tiles(s, &x, m, arch),
-        View::DenseBf16(s) if arch && m >= dense::GEMM_MIN_ROWS => s.gemm(&x, m),
-        View::DenseBf16(s) => run_tiles(s, &x, m, arch),
-    })
+    Ok(v.matmul(&x, m, arch))
 }
 
 /// Checks `x` and widens it to f32.
@@ -261,72 +254,42 @@ fn activations(x: Input<'_>, m: usize, k: usize) -> Result<Vec<f32>, KernelError
     })
 }
 
-/// Validated weights, ready for per-element reads and tile decoding.
-enum View<'a> {
-    Wint2(wint2::Wint2View<'a>),
-    Wint8(per_channel::PerChannelView<'a, 8>),
-    Wint4(per_channel::PerChannelView<'a, 4>),
-    DenseF32(dense::DenseView<'a, 4>),
-    DenseBf16(dense::DenseView<'a, 2>),
+/// Validated weights as the kernels read them: each weight on its own (the reference decode)
+/// and the fast matmul, which by default runs the tile driver over the view's tiles.
+pub(crate) trait KernelView: TileSource {
+    /// `W[row][col]`, decoded on its own: the reference decode.
+    fn value(&self, row: usize, col: usize) -> f32;
+
+    /// The fast path's `x * W` for `x` in logical row order (`arch`: instruction-set kernels
+    /// allowed).
+    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
+        run_tiles(self, x, m, arch)
+    }
 }
 
-impl<'a> View<'a> {
-    fn new(w: &Weights<'a>) -> Result<View<'a>, SchemeError> {
-        match *w {
-            Weights::Packed(p) => {
-                let scheme: &dyn Scheme = match p.kind {
-                    SchemeKind::Wint2 => &Wint2::default(),
-                    SchemeKind::Wint8 => &Wint8::default(),
-                    SchemeKind::Wint4 => &Wint4::default(),
-                };
-                scheme.check_shape(p.k, p.n)?;
-                let mut parts = Vec::new();
-                for (name, dtype, shape) in scheme.component_layout(p.k, p.n) {
-                    parts.push(p.expect_component(name, dtype, &shape)?);
-                }
-                Ok(match p.kind {
-                    SchemeKind::Wint2 => View::Wint2(wint2::Wint2View::new(p.k, p.n, &parts)?),
-                    SchemeKind::Wint8 => View::Wint8(per_channel::PerChannelView::new(p.k, p.n, &parts)?),
-                    SchemeKind::Wint4 => View::Wint4(per_channel::PerChannelView::new(p.k, p.n, &parts)?),
-                })
+/// The kernel view of `w`, its components checked against its scheme: the one place a
+/// scheme kind meets its kernel.
+fn view<'a>(w: &Weights<'a>) -> Result<Box<dyn KernelView + 'a>, SchemeError> {
+    match *w {
+        Weights::Packed(p) => {
+            let scheme = p.kind.decoder();
+            scheme.check_shape(p.k, p.n)?;
+            let mut parts = Vec::new();
+            for (name, dtype, shape) in scheme.component_layout(p.k, p.n) {
+                parts.push(p.expect_component(name, dtype, &shape)?);
             }
-            Weights::Dense { dtype, bytes, k, n } => match dtype {
-                Dtype::F32 => Ok(View::DenseF32(dense::DenseView::new(bytes, k, n)?)),
-                Dtype::BF16 => Ok(View::DenseBf16(dense::DenseView::new(bytes, k, n)?)),
-                found => Err(SchemeError::ComponentDtype { name: "weight", expected: Dtype::BF16, found }),
-            },
+            Ok(match p.kind {
+                SchemeKind::Wint2 => Box::new(wint2::Wint2View::new(p.k, p.n, &parts)?),
+                SchemeKind::Wint8 => Box::new(per_channel::PerChannelView::<8>::new(p.k, p.n, &parts)?),
+                SchemeKind::Wint4 => Box::new(per_channel::PerChannelView::<4>::new(p.k, p.n, &parts)?),
+                SchemeKind::Rtn2 => Box::new(rtn2::Rtn2View::new(p.k, p.n, &parts)?),
+            })
         }
-    }
-
-    fn k(&self) -> usize {
-        match self {
-            View::Wint2(s) => s.k(),
-            View::Wint8(s) => s.k(),
-            View::Wint4(s) => s.k(),
-            View::DenseF32(s) => s.k(),
-            View::DenseBf16(s) => s.k(),
-        }
-    }
-
-    fn n(&self) -> usize {
-        match self {
-            View::Wint2(s) => s.n(),
-            View::Wint8(s) => s.n(),
-            View::Wint4(s) => s.n(),
-            View::DenseF32(s) => s.n(),
-            View::DenseBf16(s) => s.n(),
-        }
-    }
-
-    /// `W[row][col]`, decoded on its own: the reference decode.
-    fn value(&self, row: usize, col: usize) -> f32 {
-        match self {
-            View::Wint2(s) => s.value(row, col),
-            View::Wint8(s) => s.value(row, col),
-            View::Wint4(s) => s.value(row, col),
-            View::DenseF32(s) => s.value(row, col),
-            View::DenseBf16(s) => s.value(row, col),
-        }
+        Weights::Dense { dtype, bytes, k, n } => match dtype {
+            Dtype::F32 => Ok(Box::new(dense::DenseView::<4>::new(bytes, k, n)?)),
+            Dtype::BF16 => Ok(Box::new(dense::DenseView::<2>::new(bytes, k, n)?)),
+            found => Err(SchemeError::ComponentDtype { name: "weight", expected: Dtype::BF16, found }),
+        },
     }
 }
 
@@ -377,7 +340,7 @@ pub(crate) trait TileSource: Sync {
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
-fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
+fn run_tiles<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
     let n = s.n();
     let nb = n.div_ceil(BLOCK_N);
     let run = s.m1_run();
@@ -409,7 +372,7 @@ fn run_tiles<S: TileSource>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> 
 }
 
 /// One column block, with the best instruction set this CPU has (`arch`), else portable.
-fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Vec<[f32; BLOCK_N]> {
+fn block<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Vec<[f32; BLOCK_N]> {
     if !arch {
         return block_impl(s, x, m, n0);
     }
@@ -429,14 +392,14 @@ fn block<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Ve
 /// [`block_impl`] compiled with AVX2 and FMA (the body is the same Rust code).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+unsafe fn block_avx2<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
     block_impl(s, x, m, n0)
 }
 
 /// Walks K tile by tile: decode the tile once, then accumulate it into every row's lanes
 /// (`acc[i][c] += x[i][k] * tile[k][c]`, k ascending within the tile's stored order).
 #[inline(always)]
-fn block_impl<S: TileSource>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
+fn block_impl<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, n0: usize) -> Vec<[f32; BLOCK_N]> {
     let k = s.k();
     if m == 1 {
         if let Some(a) = s.block_m1(x, n0) {

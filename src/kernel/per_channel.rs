@@ -1,6 +1,6 @@
 //! wint8 and wint4 for the kernels: the per-element reference decode and the tile decoder.
 //!
-//! Both layouts (`fastdeploy-layout.md`) keep each column's 64-row tile contiguous: for int8,
+//! Both layouts (`docs/wint4-wint8-layout.md`) keep each column's 64-row tile contiguous: for int8,
 //! column `n`'s rows `64t .. 64t+63` are the 64 bytes at
 //! `(n/2)*2K + t*128 + (n%2)*64`; for int4, the 64 nibbles from nibble address
 //! `2*((n/4)*2K + t*128 + (n%4)*32)`, low nibble first. Inside a tile the rows are
@@ -10,7 +10,7 @@
 //! and permutes `x` to match once per call (`xp[64t + p] = x[64t + row_of_pos[p]]`), so
 //! decoding is a straight walk over bytes: `tile[p][c] = f32(q) * weight_scale[n0 + c]`.
 
-use super::{Tile, TileSource, BLOCK_N, TILE_K};
+use super::{KernelView, Tile, TileSource, BLOCK_N, TILE_K};
 use crate::scheme::wint4::nibble_address;
 use crate::scheme::wint8::byte_index;
 use crate::scheme::{finite_bf16s, Component, SchemeError};
@@ -80,6 +80,17 @@ impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
             }
         }
         out
+    }
+}
+
+impl<const BITS: usize> KernelView for PerChannelView<'_, BITS> {
+    fn value(&self, row: usize, col: usize) -> f32 {
+        PerChannelView::value(self, row, col)
+    }
+
+    /// The tile driver over the tiles in storage order, `x` permuted to match.
+    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
+        super::run_tiles(self, &self.permute_x(x, m), m, arch)
     }
 }
 

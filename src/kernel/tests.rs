@@ -45,11 +45,7 @@ fn make(format: &str, k: usize, n: usize, seed: u64) -> Owned {
 /// The decoded matrix by the scheme itself (or the stored dense values).
 fn decoded(o: &Owned) -> Vec<f32> {
     match o {
-        Owned::Packed(p) => match p.kind {
-            SchemeKind::Wint2 => Wint2::default().decode(p).unwrap(),
-            SchemeKind::Wint8 => Wint8::default().decode(p).unwrap(),
-            SchemeKind::Wint4 => Wint4::default().decode(p).unwrap(),
-        },
+        Owned::Packed(p) => p.kind.decoder().decode(p).unwrap(),
         Owned::Dense(Dtype::F32, b, ..) => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Owned::Dense(_, b, ..) => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     }
@@ -363,7 +359,7 @@ proptest! {
         let w = Weights::Packed(&p);
         let x = gaussian(m, p.k, seed);
         let d = dequantize(&w).unwrap();
-        let decoded = match p.kind { SchemeKind::Wint8 => Wint8::default().decode(&p), _ => Wint4::default().decode(&p) }.unwrap();
+        let decoded = p.kind.decoder().decode(&p).unwrap();
         prop_assert_eq!(&d, &decoded);
         let f = matmul(Input::F32(&x), m, &w).unwrap();
         let r = matmul_reference(Input::F32(&x), m, &w).unwrap();

@@ -15,9 +15,9 @@
 //! 16 (identical to `half::bf16::from_f32` for every non-NaN input, infinities and overflow
 //! to infinity included; a NaN product can only be `0 * inf`, whose quiet NaN it keeps).
 
-use super::{Tile, TileSource, BLOCK_N};
+use super::{KernelView, Tile, TileSource, BLOCK_N};
 use crate::scheme::wint2::decode::{code, group_scale, local_scale, weight, window};
-use crate::scheme::wint2::{Rounding, GROUP_ROWS};
+use crate::scheme::wint2::GROUP_ROWS;
 use crate::scheme::{check_finite, finite_bf16s, Component, SchemeError};
 
 /// A validated packed WINT2 matrix.
@@ -52,14 +52,14 @@ impl<'a> Wint2View<'a> {
         })
     }
 
-    /// `W[row][col]` by `wint2-format.md` steps 1-7, fused rounding.
+    /// `W[row][col]` by `docs/wint2-format.md` steps 1-7, fused rounding.
     pub(crate) fn value(&self, row: usize, col: usize) -> f32 {
         let n = self.n;
         let b = self.quant_weight[(row / 4) * n + col];
         let d = code(b, self.code_scale[col], self.code_zp[col]);
         let g = row / GROUP_ROWS;
         let ls = local_scale(self.weight_scale[(g / 2) * n + col], g);
-        weight(window(d, row % 4), ls, self.super_scales[col], Rounding::Fused)
+        weight(window(d, row % 4), ls, self.super_scales[col])
     }
 }
 
@@ -68,6 +68,12 @@ impl<'a> Wint2View<'a> {
 fn bf16_round(x: f32) -> f32 {
     let b = x.to_bits();
     f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
+}
+
+impl KernelView for Wint2View<'_> {
+    fn value(&self, row: usize, col: usize) -> f32 {
+        Wint2View::value(self, row, col)
+    }
 }
 
 impl TileSource for Wint2View<'_> {

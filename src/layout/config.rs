@@ -124,11 +124,6 @@ impl ModelConfig {
         cfg.moe = keys.moe()?;
         Ok(cfg)
     }
-
-    /// Whether the model type names ERNIE 4.5.
-    pub fn is_ernie(&self) -> bool {
-        self.model_type.as_deref().is_some_and(|t| t.starts_with("ernie4_5"))
-    }
 }
 
 /// Typed access to config keys, with errors naming the file and key.

@@ -126,7 +126,7 @@ pub enum Part {
 }
 
 /// How a checkpoint names and orients its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Naming {
     /// Hugging Face / PyTorch: `model.` prefix, linear weights stored [out, in].
@@ -150,6 +150,12 @@ pub enum Family {
     DeepSeek,
     /// Anything else (Llama-style names are still classified).
     Unknown,
+}
+
+/// Whether a tensor is a linear layer's weight matrix: the only tensors ccq transposes
+/// between PyTorch's `[out, in]` and the logical `[in, out]`.
+pub fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
+    rank == 2 && name.ends_with(".weight") && !matches!(class.role, Role::Embedding | Role::Norm | Role::RouterBias)
 }
 
 impl Naming {

@@ -18,6 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{ModelConfig, MoeConfig};
+use crate::tokens::ModelLimits;
 use serde_json::Value;
 use std::path::Path;
 
@@ -296,40 +297,19 @@ impl ForwardConfig {
         self.moe.as_ref().is_some_and(|m| m.is_moe_layer(i, self.layers))
     }
 
-    /// The longest sequence the model takes: `max_position_embeddings`, and the attention
-    /// window when sliding-window attention is on.
-    pub fn max_sequence(&self) -> Option<usize> {
-        match (self.max_positions, self.sliding_window) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// The token limits of the model ([`ModelLimits`]).
+    pub fn limits(&self) -> ModelLimits {
+        ModelLimits { vocab: self.vocab, max_positions: self.max_positions, sliding_window: self.sliding_window }
     }
 
-    /// Checks token sequences before any work: not empty, every id below `vocab`, no
-    /// sequence empty or longer than [`ForwardConfig::max_sequence`].
+    /// The longest sequence the forward pass takes ([`ModelLimits::max_sequence`]).
+    pub fn max_sequence(&self) -> Option<usize> {
+        self.limits().max_sequence()
+    }
+
+    /// Checks token sequences before any work ([`ModelLimits::check`]).
     pub fn check_tokens(&self, sequences: &[Vec<u32>]) -> Result<()> {
-        let bad = |problem: String| Err(Error::BadInput { problem });
-        if sequences.is_empty() {
-            return bad("no token sequences given".to_string());
-        }
-        for (s, seq) in sequences.iter().enumerate() {
-            if seq.is_empty() {
-                return bad(format!("sequence {s} is empty"));
-            }
-            if let Some(max) = self.max_positions.filter(|&m| seq.len() > m) {
-                return bad(format!("sequence {s} has {} tokens, more than max_position_embeddings ({max})", seq.len()));
-            }
-            if let Some(window) = self.sliding_window.filter(|&w| seq.len() > w) {
-                return bad(format!(
-                    "sequence {s} has {} tokens, more than the sliding attention window ({window}), which the forward pass does not implement",
-                    seq.len()
-                ));
-            }
-            if let Some((i, t)) = seq.iter().enumerate().find(|(_, &t)| t as usize >= self.vocab) {
-                return bad(format!("sequence {s}, position {i}: token id {t} is outside the vocabulary (vocab_size {})", self.vocab));
-            }
-        }
-        Ok(())
+        self.limits().check(sequences)
     }
 
     /// The differences that make two models' forward passes incomparable, as `key: a vs b`
@@ -360,5 +340,11 @@ impl ForwardConfig {
         let moe_layers = |c: &ForwardConfig| format!("{:?}", (0..c.layers).filter(|&i| c.is_moe_layer(i)).collect::<Vec<_>>());
         cmp("MoE layers", moe_layers(self), moe_layers(other));
         out
+    }
+}
+
+impl From<&ForwardConfig> for ModelLimits {
+    fn from(cfg: &ForwardConfig) -> ModelLimits {
+        cfg.limits()
     }
 }

@@ -109,8 +109,11 @@ impl Linear for KernelLinear {
     }
 
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
-            .map_err(|e| Error::BadTensor { tensor: self.name.clone(), problem: e.to_string() })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel()).map_err(|e| Error::BadTensor {
+            file: None,
+            tensor: self.name.clone(),
+            problem: e.to_string(),
+        })
     }
 }
 
@@ -154,7 +157,7 @@ pub struct Projections {
 impl Projections {
     /// `parts` is either one linear per entry of `widths`, or one fused linear of their sum.
     pub fn new(name: &str, parts: Vec<Box<dyn Linear>>, widths: Vec<usize>, k: usize) -> Result<Projections> {
-        let bad = |problem: String| Err(Error::BadTensor { tensor: name.to_string(), problem });
+        let bad = |problem: String| Err(Error::BadTensor { file: None, tensor: name.to_string(), problem });
         let total: usize = widths.iter().sum();
         match parts.len() {
             1 if parts[0].n() != total => return bad(format!("fused width {} is not {total}", parts[0].n())),

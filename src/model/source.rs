@@ -9,7 +9,7 @@
 //! way. A linear's `.bias`, when stored, is added to its output.
 //!
 //! [`OriginalWeights`] assembles f32 logical `[k, n]` matrices
-//! ([`crate::convert::run::logical_matrix`]); [`QuantizedWeights`] hands each tensor's packed
+//! ([`Checkpoint::logical_matrix`](crate::Checkpoint::logical_matrix)); [`QuantizedWeights`] hands each tensor's packed
 //! components (or its unquantized matrix) to [`crate::kernel::matmul`] as
 //! [`crate::quantized::QuantizedCheckpoint::weights`] gives them. Norms, the router, its
 //! bias and the embedding are read as stored in both. The lm_head, when tied, is the
@@ -113,7 +113,11 @@ impl<S: Store> Source<S> {
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let mut v = self.ckpt().read_f32(name)?;
         if v.len() < len {
-            return Err(Error::BadTensor { tensor: name.to_string(), problem: format!("has {} values, expected {len}", v.len()) });
+            return Err(Error::BadTensor {
+                file: Some(self.ckpt().file_of(name)),
+                tensor: name.to_string(),
+                problem: format!("has {} values, expected {len}", v.len()),
+            });
         }
         v.truncate(len);
         Ok(v)
@@ -129,12 +133,13 @@ impl<S: Store> Source<S> {
             [a, b] if (*a, *b) == (n, k) => true,
             s => {
                 return Err(Error::BadTensor {
+                    file: Some(self.ckpt().file_of(name)),
                     tensor: name.to_string(),
                     problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]"),
                 })
             }
         };
-        crate::convert::run::logical_matrix(self.ckpt(), &[name.to_string()], k, n, transpose)
+        self.ckpt().logical_matrix(&[name.to_string()], k, n, transpose)
     }
 
     /// The linear `module`, with its `.bias` when the checkpoint stores one.
@@ -304,7 +309,11 @@ impl<S: Store> WeightSource for Source<S> {
         let (h, vocab) = (self.cfg.hidden, self.cfg.vocab);
         let entry = self.ckpt().get(&self.names.embed())?;
         if entry.shape != [vocab, h] {
-            return Err(Error::BadTensor { tensor: entry.name.clone(), problem: format!("shape {:?} is not [{vocab}, {h}]", entry.shape) });
+            return Err(Error::BadTensor {
+                file: Some(self.ckpt().file_of(&entry.name)),
+                tensor: entry.name.clone(),
+                problem: format!("shape {:?} is not [{vocab}, {h}]", entry.shape),
+            });
         }
         let conversion = self.ckpt().conversion(entry)?;
         let bytes = self.ckpt().raw_bytes(entry)?;
@@ -355,7 +364,7 @@ impl<S: Store> WeightSource for Source<S> {
                 return Err(Error::TensorNotFound { checkpoint: self.ckpt().path().to_path_buf(), tensor: "lm_head.weight".to_string() });
             }
             // E is stored [vocab, hidden]; the head's logical [hidden, vocab] is its transpose.
-            let w = crate::convert::run::logical_matrix(self.ckpt(), &[self.names.embed()], h, vocab, true)?;
+            let w = self.ckpt().logical_matrix(&[self.names.embed()], h, vocab, true)?;
             return Ok(Box::new(KernelLinear::dense_f32(self.names.embed(), &w, h, vocab)));
         }
         self.store.linear("lm_head", h, vocab)
@@ -375,7 +384,11 @@ impl Store for OriginalStore<'_> {
         let name = format!("{module}.weight");
         if let Some(w) = self.replaced.and_then(|r| r.get(&name)) {
             if w.len() != k * n {
-                return Err(Error::BadTensor { tensor: name, problem: format!("replacement holds {} values, not [{k}, {n}]", w.len()) });
+                return Err(Error::BadTensor {
+                    file: None,
+                    tensor: name,
+                    problem: format!("replacement holds {} values, not [{k}, {n}]", w.len()),
+                });
             }
             return Ok(Box::new(KernelLinear::dense_f32(name, w, k, n)));
         }
@@ -384,17 +397,26 @@ impl Store for OriginalStore<'_> {
         let transpose = match entry.shape.as_slice() {
             [a, b] if (*a, *b) == (n, k) && (k != n || !self.paddle) => true,
             [a, b] if (*a, *b) == (k, n) => false,
-            s => return Err(Error::BadTensor { tensor: name, problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]") }),
+            s => {
+                return Err(Error::BadTensor {
+                    file: Some(self.ckpt.file_of(&name)),
+                    tensor: name,
+                    problem: format!("shape {s:?} is neither [{k}, {n}] nor [{n}, {k}]"),
+                })
+            }
         };
-        let w = crate::convert::run::logical_matrix(self.ckpt, std::slice::from_ref(&name), k, n, transpose)?;
+        let w = self.ckpt.logical_matrix(std::slice::from_ref(&name), k, n, transpose)?;
         self.ckpt.release(entry);
         Ok(Box::new(KernelLinear::dense_f32(name, &w, k, n)))
     }
 }
 
 impl QuantStore<'_> {
+    /// The linear `module`'s weight: packed under the layout's prefix, or stored unquantized
+    /// as `module.weight`.
     fn find(&self, module: &str) -> Option<&crate::quantized::QuantizedTensor> {
-        self.q.get(module).or_else(|_| self.q.get(&format!("{module}.weight"))).ok()
+        let weight = format!("{module}.weight");
+        self.q.get(self.q.layout().packed_prefix(&weight)).or_else(|_| self.q.get(&weight)).ok()
     }
 }
 
@@ -413,6 +435,7 @@ impl Store for QuantStore<'_> {
             .ok_or_else(|| Error::TensorNotFound { checkpoint: self.q.checkpoint().path().to_path_buf(), tensor: module.to_string() })?;
         if (t.k, t.n) != (k, n) {
             return Err(Error::BadTensor {
+                file: Some(self.q.checkpoint().path().to_path_buf()),
                 tensor: t.name.clone(),
                 problem: format!("logical shape [{}, {}] is not [{k}, {n}]", t.k, t.n),
             });

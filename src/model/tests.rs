@@ -15,14 +15,14 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// `fixtures/ernie45-tiny-pt` converted with `preset` and `overrides` into `layout`.
-fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -> PathBuf {
+fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -> crate::test_support::Scratch {
     let src = Checkpoint::open(fixture("ernie45-tiny-pt")).unwrap();
     let model = ModelLayout::of(&src).unwrap();
     let rules = overrides.iter().map(|r| Rule::parse(r).unwrap()).collect();
-    let policy = Policy { preset: Preset::from_name(preset, 0).unwrap(), rules };
+    let policy = Policy { preset: Preset::parse(preset, 0).unwrap(), rules };
     let options = PlanOptions { layout, policy: &policy, fallback: None, shard_size: u64::MAX };
     let plan = Plan::build(&src, &model, &options).unwrap();
-    let dir = std::env::temp_dir().join(format!("ccq-model-{tag}-{}", std::process::id()));
+    let dir = crate::test_support::scratch(&format!("model-{tag}"), true);
     let opts = ConvertOptions {
         effort: Default::default(),
         force: true,
@@ -32,16 +32,7 @@ fn quantize(tag: &str, layout: OutputLayout, preset: &str, overrides: &[&str]) -
         provenance_options: json!({}),
         ..ConvertOptions::default()
     };
-    let quant_config = match layout {
-        OutputLayout::FastDeploy => Some(convert::fastdeploy::quantization_config(&plan).unwrap()),
-        OutputLayout::Native => None,
-    };
-    let config = src.config().cloned();
-    let extra = |work: &Path| match &quant_config {
-        Some(q) => convert::fastdeploy::write_config(config.as_ref(), q.clone(), work),
-        None => convert::run::write_json(&work.join("config.json"), config.as_ref().unwrap()),
-    };
-    convert::convert(&src, &plan, &dir, &opts, &extra, &mut |_| {}).unwrap();
+    convert::convert(&src, &plan, &dir, &opts, &mut |_| {}).unwrap();
     dir
 }
 
@@ -266,8 +257,8 @@ fn zero_or_huge_dimensions_are_refused() {
 }
 
 /// A copy of a fixture with its config edited by `edit`.
-fn with_config(fixture_name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ccq-model-config-{tag}-{}", std::process::id()));
+fn with_config(fixture_name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> crate::test_support::Scratch {
+    let dir = crate::test_support::scratch(&format!("model-config-{tag}"), true);
     std::fs::create_dir_all(&dir).unwrap();
     for f in std::fs::read_dir(fixture(fixture_name)).unwrap() {
         let f = f.unwrap().path();

@@ -14,12 +14,13 @@
 //! input is one file), is written into `OUT.ccq-partial` and renamed into place when complete,
 //! and is streamed: memory holds one tensor's logical matrix and its output bytes.
 
-use super::{QuantizedCheckpoint, QuantizedTensor, PROVENANCE_FILE};
+use super::{QuantizedCheckpoint, QuantizedTensor};
+use crate::checkpoint::output::{move_into_place, partial_dir, write_json};
 use crate::checkpoint::write::{SafetensorsWriter, TensorSpec};
 use crate::checkpoint::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
-use crate::convert::run::{move_into_place, partial_dir, write_json};
-use crate::convert::OutputLayout;
 use crate::error::{Error, Result};
+use crate::format::provenance::PROVENANCE_FILE;
+use crate::format::OutputLayout;
 use crate::Dtype;
 use half::{bf16, f16};
 use serde_json::json;
@@ -64,14 +65,11 @@ struct Piece {
 /// Writes `q` dequantized into the directory `out` (see the module documentation).
 pub fn write_dequantized(q: &QuantizedCheckpoint, out: &Path, options: &DequantOptions) -> Result<DequantSummary> {
     if out.exists() && !options.force {
-        return Err(Error::NotACheckpoint {
-            path: out.to_path_buf(),
-            problem: "output already exists; pass --force to replace it".to_string(),
-        });
+        return Err(Error::OutputExists { path: out.to_path_buf() });
     }
     let input = q.checkpoint().path();
     if same_path(out, input) {
-        return Err(Error::NotACheckpoint { path: out.to_path_buf(), problem: "the output is the input checkpoint".to_string() });
+        return Err(Error::OutputHoldsInput { output: out.to_path_buf(), input: input.to_path_buf() });
     }
     let restored_source = q.provenance().is_some();
     let shards = plan_pieces(q)?;
@@ -123,6 +121,7 @@ fn plan_pieces(q: &QuantizedCheckpoint) -> Result<Vec<(String, Vec<Piece>)>> {
         for piece in pieces_of(q, i, t)? {
             if !names.insert(piece.spec.name.clone()) {
                 return Err(Error::BadTensor {
+                    file: Some(q.checkpoint().path().to_path_buf()),
                     tensor: piece.spec.name,
                     problem: "would be written twice to the dequantized checkpoint".to_string(),
                 });
@@ -143,10 +142,7 @@ fn pieces_of(q: &QuantizedCheckpoint, index: usize, t: &QuantizedTensor) -> Resu
             None => (t.name.clone(), t.dtype.unwrap_or(Dtype::BF16), t.shape.clone(), false),
             Some(_) => {
                 let back = q.layout() == OutputLayout::Native && t.transposed;
-                let name = match q.layout() {
-                    OutputLayout::FastDeploy => format!("{}.weight", t.name),
-                    OutputLayout::Native => t.name.clone(),
-                };
+                let name = q.layout().weight_name(&t.name);
                 (name, Dtype::BF16, if back { vec![t.n, t.k] } else { vec![t.k, t.n] }, back)
             }
         };
@@ -163,6 +159,7 @@ fn pieces_of(q: &QuantizedCheckpoint, index: usize, t: &QuantizedTensor) -> Resu
             _ if stored_as_source => s.dtype,
             other => {
                 return Err(Error::BadTensor {
+                    file: Some(q.checkpoint().path().to_path_buf()),
                     tensor: s.name.clone(),
                     problem: format!("its source dtype {other} cannot be written from dequantized values"),
                 })

@@ -3,14 +3,12 @@
 //! [`QuantizedCheckpoint::open`] takes a checkpoint in either layout ccq writes:
 //! - **FastDeploy** (`config.json` with `quantization_config`, packed tensors stored as
 //!   `NAME.quant_weight`, `NAME.weight_scale`, ...): each packed tensor's scheme is inferred
-//!   from its components (`super_scales`/`code_scale`/`code_zp` present: WINT2; otherwise an
-//!   I8 `quant_weight` of `[N, K]` is wint8 and `[N/2, K]` wint4, N being the length of
-//!   `weight_scale`) and checked against `quantization_config` where that names a scheme.
-//!   Baidu's own checkpoints open too.
+//!   from its components and checked against `quantization_config` where that names a scheme
+//!   ([`crate::format::fastdeploy`]). Baidu's own checkpoints open too.
 //! - **native** (see `FORMAT.md`): each packed tensor is described by the `ccq.tensor.NAME`
-//!   metadata of its shard, which is validated.
+//!   metadata of its shard, which is validated ([`crate::format::native`]).
 //!
-//! Opening reads headers (and `ccq-provenance.json` when present, see [`provenance`]) and
+//! Opening reads headers (and `ccq-provenance.json` when present, see [`crate::format::provenance`]) and
 //! checks every packed tensor's components (presence, dtype, shape) against its scheme, so a
 //! corrupted checkpoint fails with a typed error naming the tensor before any data is read.
 //! [`QuantizedCheckpoint::tensors`] then lists every tensor, quantized or not, with its scheme,
@@ -30,12 +28,12 @@
 //! # let src = ccq::Checkpoint::open(&fixture)?;
 //! # let config = ModelConfig::from_json(src.config().unwrap(), &fixture.join("config.json"))?;
 //! # let model = ModelLayout::detect(config, src.tensors().iter().map(|t| t.name.as_str()));
-//! # let policy = Policy { preset: Preset::from_name("wint8", 0).unwrap(), rules: Vec::new() };
+//! # let policy = Policy { preset: Preset::parse("wint8", 0).unwrap(), rules: Vec::new() };
 //! # let options = PlanOptions { layout: OutputLayout::FastDeploy, policy: &policy, fallback: None, shard_size: u64::MAX };
 //! # let plan = Plan::build(&src, &model, &options).unwrap();
 //! # let dir = std::env::temp_dir().join(format!("ccq-doc-quantized-{}", std::process::id()));
 //! # let opts = ConvertOptions { force: true, ..ConvertOptions::default() };
-//! # convert::convert(&src, &plan, &dir, &opts, &|_| Ok(()), &mut |_| {})?;
+//! # convert::convert(&src, &plan, &dir, &opts, &mut |_| {})?;
 //! use ccq::quantized::QuantizedCheckpoint;
 //! use ccq::SchemeKind;
 //!
@@ -57,26 +55,20 @@
 //! ```
 
 mod export;
-pub mod provenance;
 
 pub use export::{write_dequantized, DequantOptions, DequantSummary};
-pub use provenance::{Provenance, ProvenanceSource, ProvenanceSourceTensor, ProvenanceTensor, PROVENANCE_FILE};
 
 use crate::checkpoint::Checkpoint;
-use crate::convert::{scheme_for, OutputLayout};
 use crate::error::{Error, Result};
-use crate::layout::{ModelConfig, ModelLayout, Naming, Role, TensorRole};
+use crate::format::fastdeploy::{self, QuantizationConfig};
+use crate::format::native::{NativeTensor, METADATA_PREFIX};
+use crate::format::provenance::{Provenance, ProvenanceTensor, PROVENANCE_FILE};
+use crate::format::{component_name, OutputLayout};
+use crate::layout::{ModelConfig, ModelLayout};
 use crate::scheme::{Component, Packed, SchemeError};
 use crate::{Dtype, SchemeKind};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-
-/// Metadata key prefix of a packed tensor's description in the native layout.
-pub const NATIVE_METADATA_PREFIX: &str = "ccq.tensor.";
-
-/// Components only WINT2 stores: their presence makes a FastDeploy tensor WINT2.
-const WINT2_ONLY: [&str; 3] = ["super_scales", "code_scale", "code_zp"];
 
 /// One tensor of a quantized checkpoint, packed or stored as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,13 +226,14 @@ impl QuantizedCheckpoint {
     /// tensor is an [`Error::BadTensor`].
     pub fn packed(&self, t: &QuantizedTensor) -> Result<Packed> {
         let kind = t.scheme.ok_or_else(|| Error::BadTensor {
+            file: Some(self.ckpt.path().to_path_buf()),
             tensor: t.name.clone(),
             problem: "is stored unquantized; read it with dequantize or weights".to_string(),
         })?;
-        let layout = scheme_for(kind).component_layout(t.k, t.n);
+        let layout = kind.decoder().component_layout(t.k, t.n);
         let mut components = Vec::with_capacity(layout.len());
         for (name, _, _) in &layout {
-            let entry = self.ckpt.get(&format!("{}.{name}", t.name))?;
+            let entry = self.ckpt.get(&component_name(&t.name, name))?;
             let bytes = self.ckpt.raw_bytes(entry)?.to_vec();
             components.push(Component { name, dtype: entry.dtype, shape: entry.shape.clone(), bytes });
         }
@@ -258,7 +251,7 @@ impl QuantizedCheckpoint {
         match t.scheme {
             Some(kind) => {
                 let packed = self.packed(t)?;
-                scheme_for(kind).decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })
+                kind.decoder().decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })
             }
             None => {
                 let values = self.ckpt.read_f32(&t.stored[0])?;
@@ -291,8 +284,11 @@ impl QuantizedCheckpoint {
     /// `[m, t.n]`.
     pub fn matmul(&self, t: &QuantizedTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let weights = self.weights(t)?;
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel())
-            .map_err(|e| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel()).map_err(|e| Error::BadTensor {
+            file: Some(self.ckpt.path().to_path_buf()),
+            tensor: t.name.clone(),
+            problem: e.to_string(),
+        })
     }
 
     /// Lets the kernel drop the pages of `t`'s stored tensors (see [`Checkpoint::release`]).
@@ -338,23 +334,22 @@ pub fn holds_quantized(ckpt: &Checkpoint) -> bool {
 }
 
 fn detect_layout(ckpt: &Checkpoint, provenance: Option<&Provenance>) -> Result<OutputLayout> {
-    if let Some(layout) = provenance.and_then(Provenance::layout_kind) {
-        return Ok(layout);
+    if let Some(p) = provenance {
+        return Ok(p.layout);
     }
-    let described = ckpt.shards().iter().any(|s| s.metadata.keys().any(|k| k.starts_with(NATIVE_METADATA_PREFIX)));
+    let described = ckpt.shards().iter().any(|s| s.metadata.keys().any(|k| k.starts_with(METADATA_PREFIX)));
     if described {
         return Ok(OutputLayout::Native);
     }
     if ckpt.config().is_some_and(|c| c.get("quantization_config").is_some()) {
         return Ok(OutputLayout::FastDeploy);
     }
-    if let Some(t) = ckpt.tensors().iter().find(|t| t.name.ends_with(".quant_weight")) {
-        let tensor = t.name.trim_end_matches(".quant_weight").to_string();
+    if let Some((t, tensor)) = ckpt.tensors().iter().find_map(|t| crate::format::packed_prefix_of(&t.name).map(|p| (t, p.to_string()))) {
         return Err(Error::QuantMetadata {
             file: ckpt.shards()[t.shard].path.clone(),
             tensor: tensor.clone(),
             problem: format!(
-                "stored packed, but there is no {NATIVE_METADATA_PREFIX}{tensor} metadata (native layout) and no quantization_config in config.json (FastDeploy layout)"
+                "stored packed, but there is no {METADATA_PREFIX}{tensor} metadata (native layout) and no quantization_config in config.json (FastDeploy layout)"
             ),
         });
     }
@@ -377,11 +372,11 @@ struct Found {
 /// stores, and returns their names in the scheme's order.
 fn check_components(ckpt: &Checkpoint, found: &Found) -> Result<Vec<String>> {
     let packed_error = |source| Error::Packed { tensor: found.name.clone(), source };
-    let scheme = scheme_for(found.kind);
+    let scheme = found.kind.decoder();
     scheme.check_shape(found.k, found.n).map_err(packed_error)?;
     let mut names = Vec::new();
     for (name, dtype, shape) in scheme.component_layout(found.k, found.n) {
-        let full = format!("{}.{name}", found.name);
+        let full = component_name(&found.name, name);
         let entry = ckpt.get(&full).map_err(|_| packed_error(SchemeError::MissingComponent { name }))?;
         if entry.dtype != dtype {
             return Err(packed_error(SchemeError::ComponentDtype { name, expected: dtype, found: entry.dtype }));
@@ -450,47 +445,20 @@ fn assemble(ckpt: &Checkpoint, found: Vec<Found>, unquantized_nk: &dyn Fn(&str, 
 /// from its components and checked against `quantization_config`.
 fn fastdeploy_tensors(ckpt: &Checkpoint) -> Result<Vec<QuantizedTensor>> {
     let names: HashSet<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
-    let quant_config = ckpt.config().and_then(|c| c.get("quantization_config"));
-    let model = match ckpt.config() {
-        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
-        None => ModelConfig::default(),
-    };
-    let model = ModelLayout::detect(model, names.iter().copied());
+    let quant_config = QuantizationConfig::of(ckpt)?;
+    let model = ModelLayout::detect(model_config(ckpt)?, names.iter().copied());
     let mut found = Vec::new();
     for e in ckpt.tensors() {
-        let Some(prefix) = e.name.strip_suffix(".quant_weight") else { continue };
-        let bad = |problem: String| Error::BadTensor { tensor: prefix.to_string(), problem };
-        if e.shape.len() != 2 {
-            return Err(bad(format!("quant_weight has shape {:?}, expected a matrix", e.shape)));
-        }
-        let (rows, cols) = (e.shape[0], e.shape[1]);
-        let wint2 = WINT2_ONLY.iter().any(|c| names.contains(format!("{prefix}.{c}").as_str()));
-        let (kind, k, n) = if wint2 {
-            let k = rows.checked_mul(4).ok_or_else(|| bad(format!("quant_weight has shape {:?}", e.shape)))?;
-            (SchemeKind::Wint2, k, cols)
-        } else {
-            let scale = ckpt.get(&format!("{prefix}.weight_scale")).map_err(|_| Error::Packed {
-                tensor: prefix.to_string(),
-                source: SchemeError::MissingComponent { name: "weight_scale" },
-            })?;
-            let n = match scale.shape.as_slice() {
-                [n] => *n,
-                s => return Err(bad(format!("weight_scale has shape {s:?}, expected one value per output column [N]"))),
-            };
-            let kind = if rows == n {
-                SchemeKind::Wint8
-            } else if rows.checked_mul(2) == Some(n) {
-                SchemeKind::Wint4
-            } else {
-                return Err(bad(format!(
-                    "quant_weight has {rows} rows but weight_scale has {n} values: neither wint8 ([N, K]) nor wint4 ([N/2, K])"
-                )));
-            };
-            (kind, cols, n)
-        };
-        if let Some(expected) = quant_config.and_then(|q| expected_scheme(q, &model.classify(&format!("{prefix}.weight")))) {
+        let Some(prefix) = crate::format::packed_prefix_of(&e.name) else { continue };
+        let (kind, k, n) = fastdeploy::packed_scheme(ckpt, &names, prefix, e)?;
+        let weight = OutputLayout::FastDeploy.weight_name(prefix);
+        if let Some(expected) = quant_config.as_ref().and_then(|q| q.scheme_of(&model.classify(&weight))) {
             if expected != kind {
-                return Err(bad(format!("its components are {kind}, but config.json's quantization_config makes it {expected}")));
+                return Err(Error::BadTensor {
+                    file: Some(ckpt.file_of(&e.name)),
+                    tensor: prefix.to_string(),
+                    problem: format!("its components are {kind}, but config.json's quantization_config makes it {expected}"),
+                });
             }
         }
         found.push(Found { name: prefix.to_string(), kind, k, n, transposed: false });
@@ -498,22 +466,11 @@ fn fastdeploy_tensors(ckpt: &Checkpoint) -> Result<Vec<QuantizedTensor>> {
     assemble(ckpt, found, &|_, _| false)
 }
 
-/// The scheme FastDeploy's loader would read a tensor of this role with, when
-/// `quantization_config` says so explicitly.
-fn expected_scheme(q: &Value, class: &TensorRole) -> Option<SchemeKind> {
-    let named = |v: Option<&Value>| v.and_then(Value::as_str).and_then(SchemeKind::from_name);
-    match class.role {
-        Role::Attention | Role::DenseMlp | Role::SharedExpert => named(q.get("dense_quant_type")),
-        r if r.is_routed_expert() => match q.get("moe_quant_type").and_then(Value::as_str) {
-            Some("w4w2") => {
-                let end = q.pointer("/moe_quant_config/moe_w4_quant_config/quant_end_layer")?.as_i64()?;
-                let layer = class.layer? as i64;
-                Some(if layer <= end { SchemeKind::Wint4 } else { SchemeKind::Wint2 })
-            }
-            Some(other) => SchemeKind::from_name(other),
-            None => named(q.get("quantization")),
-        },
-        _ => None,
+/// The checkpoint's model config (defaults when it has no `config.json`).
+fn model_config(ckpt: &Checkpoint) -> Result<ModelConfig> {
+    match ckpt.config() {
+        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE)),
+        None => Ok(ModelConfig::default()),
     }
 }
 
@@ -523,7 +480,7 @@ fn native_tensors(ckpt: &Checkpoint, guess_orientation: bool) -> Result<Vec<Quan
     let mut described: BTreeMap<String, PathBuf> = BTreeMap::new();
     for shard in ckpt.shards() {
         for (key, text) in &shard.metadata {
-            let Some(name) = key.strip_prefix(NATIVE_METADATA_PREFIX) else { continue };
+            let Some(name) = key.strip_prefix(METADATA_PREFIX) else { continue };
             if let Some(first) = described.insert(name.to_string(), shard.path.clone()) {
                 return Err(Error::QuantMetadata {
                     file: shard.path.clone(),
@@ -531,59 +488,27 @@ fn native_tensors(ckpt: &Checkpoint, guess_orientation: bool) -> Result<Vec<Quan
                     problem: format!("described again (also in {})", first.display()),
                 });
             }
-            found.push(parse_native_metadata(&shard.path, name, text)?);
+            let t = NativeTensor::parse(&shard.path, name, text)?;
+            found.push(Found { name: name.to_string(), kind: t.scheme, k: t.k, n: t.n, transposed: t.transposed });
         }
     }
     for e in ckpt.tensors() {
-        if let Some(prefix) = e.name.strip_suffix(".quant_weight") {
+        if let Some(prefix) = crate::format::packed_prefix_of(&e.name) {
             if !described.contains_key(prefix) {
                 return Err(Error::QuantMetadata {
                     file: ckpt.shards()[e.shard].path.clone(),
                     tensor: prefix.to_string(),
-                    problem: format!("stored packed, but its shard has no {NATIVE_METADATA_PREFIX}{prefix} metadata"),
+                    problem: format!("stored packed, but its shard has no {METADATA_PREFIX}{prefix} metadata"),
                 });
             }
         }
     }
     // Unquantized tensors are stored as in the source. Without a provenance record, whether
     // a matrix is [out, in] follows from the naming, as when ccq planned the conversion.
-    let model = match ckpt.config() {
-        Some(json) => ModelConfig::from_json(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE))?,
-        None => ModelConfig::default(),
-    };
-    let model = ModelLayout::detect(model, ckpt.tensors().iter().map(|t| t.name.as_str()));
-    let nk = |name: &str, rank: usize| {
-        guess_orientation && model.naming == Naming::Pytorch && crate::convert::plan::is_linear(name, &model.classify(name), rank)
-    };
+    let model = ModelLayout::detect(model_config(ckpt)?, ckpt.tensors().iter().map(|t| t.name.as_str()));
+    let nk =
+        |name: &str, rank: usize| guess_orientation && OutputLayout::Native.output_name(name, &model.classify(name), rank, model.naming).1;
     assemble(ckpt, found, &nk)
-}
-
-/// Parses and validates one `ccq.tensor.NAME` description (see `FORMAT.md`).
-fn parse_native_metadata(file: &Path, name: &str, text: &str) -> Result<Found> {
-    let bad = |problem: String| Error::QuantMetadata { file: file.to_path_buf(), tensor: name.to_string(), problem };
-    let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("{NATIVE_METADATA_PREFIX}{name} is not valid JSON: {e}")))?;
-    let scheme = v.get("scheme").and_then(Value::as_str).ok_or_else(|| bad("no \"scheme\" string".into()))?;
-    let kind = SchemeKind::from_name(scheme).ok_or_else(|| bad(format!("unknown scheme '{scheme}'")))?;
-    let dim = |key: &str| {
-        v.get(key)
-            .and_then(Value::as_u64)
-            .and_then(|d| usize::try_from(d).ok())
-            .filter(|&d| d > 0)
-            .ok_or_else(|| bad(format!("\"{key}\" is not a positive integer")))
-    };
-    let (k, n) = (dim("k")?, dim("n")?);
-    let transposed = v.get("transposed").and_then(Value::as_bool).ok_or_else(|| bad("no \"transposed\" boolean".into()))?;
-    let scheme_impl = scheme_for(kind);
-    scheme_impl.check_shape(k, n).map_err(|e| bad(e.to_string()))?;
-    let expected: Vec<&str> = scheme_impl.component_layout(k, n).into_iter().map(|(c, _, _)| c).collect();
-    let listed: Option<Vec<&str>> = v.get("components").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
-    if listed.as_deref() != Some(expected.as_slice()) {
-        return Err(bad(format!(
-            "\"components\" must list {expected:?} for {kind}, found {}",
-            v.get("components").unwrap_or(&Value::Null)
-        )));
-    }
-    Ok(Found { name: name.to_string(), kind, k, n, transposed })
 }
 
 /// Gives each tensor its sources and orientation from the record, after checking that the
@@ -598,12 +523,11 @@ fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path
     for t in tensors.iter_mut() {
         let r =
             records.get(t.name.as_str()).ok_or_else(|| bad(format!("does not list tensor '{}', which the checkpoint holds", t.name)))?;
-        let scheme = r.scheme.as_deref().and_then(SchemeKind::from_name);
-        if scheme != t.scheme || (t.scheme.is_some() && (r.k, r.n) != (t.k, t.n)) {
+        if r.scheme != t.scheme || (t.scheme.is_some() && (r.k, r.n) != (t.k, t.n)) {
             return Err(bad(format!(
                 "records '{}' as {} [{}, {}], but the checkpoint stores {} [{}, {}]",
                 t.name,
-                r.scheme.as_deref().unwrap_or("unquantized"),
+                r.scheme.map_or("unquantized", SchemeKind::name),
                 r.k,
                 r.n,
                 t.scheme.map_or("unquantized", SchemeKind::name),
@@ -615,12 +539,7 @@ fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path
         t.sources = Some(
             r.sources
                 .iter()
-                .map(|s| SourceTensor {
-                    name: s.name.clone(),
-                    width: s.width,
-                    dtype: Dtype::from_name(&s.dtype).unwrap_or(Dtype::BF16),
-                    shape: s.shape.clone(),
-                })
+                .map(|s| SourceTensor { name: s.name.clone(), width: s.width, dtype: s.dtype, shape: s.shape.clone() })
                 .collect(),
         );
         if t.scheme.is_none() {

@@ -15,56 +15,21 @@ pub mod cholesky;
 pub mod feedback;
 pub mod importance;
 pub mod per_channel;
+pub mod registry;
+pub mod rtn2;
 pub mod wint2;
 pub mod wint4;
 pub mod wint8;
-
-use std::fmt;
 
 use crate::Dtype;
 
 pub use importance::{Damping, Hessian, Importance};
 pub use per_channel::ScaleRule;
-pub use wint2::{Effort, Rounding, Wint2};
+pub use registry::SchemeKind;
+pub use rtn2::Rtn2;
+pub use wint2::{Effort, Wint2};
 pub use wint4::Wint4;
 pub use wint8::Wint8;
-
-/// Which packed format a [`Packed`] holds; a runtime tag over the [`Scheme`] implementors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum SchemeKind {
-    /// CCQ 2-bit: 4 weights per byte through a per-column code map (see [`wint2`]).
-    Wint2,
-    /// Per-output-channel symmetric int8, CUTLASS-interleaved (see [`wint8`]).
-    Wint8,
-    /// Per-output-channel symmetric int4, CUTLASS-interleaved (see [`wint4`]).
-    Wint4,
-}
-
-impl SchemeKind {
-    /// Every kind ccq implements.
-    pub const ALL: [SchemeKind; 3] = [SchemeKind::Wint2, SchemeKind::Wint8, SchemeKind::Wint4];
-
-    /// The name FastDeploy's `quant_type` uses, e.g. `"wint2"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SchemeKind::Wint2 => "wint2",
-            SchemeKind::Wint8 => "wint8",
-            SchemeKind::Wint4 => "wint4",
-        }
-    }
-
-    /// Parses a name written by [`SchemeKind::name`]; `None` if unknown.
-    pub fn from_name(name: &str) -> Option<SchemeKind> {
-        SchemeKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-impl fmt::Display for SchemeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// One stored tensor of a packed matrix, exactly as a checkpoint holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

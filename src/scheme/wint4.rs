@@ -1,5 +1,5 @@
 //! wint4: per-output-channel symmetric int4, the format of the first MoE layers' experts
-//! in FastDeploy's w4w2 checkpoints (`fastdeploy-layout.md`, "wint8 and wint4").
+//! in FastDeploy's w4w2 checkpoints (`docs/wint4-wint8-layout.md`).
 //!
 //! Stored tensors for a logical `[K, N]` matrix (K % 64 == 0, N % 4 == 0):
 //!

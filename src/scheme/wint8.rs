@@ -1,5 +1,5 @@
 //! wint8: per-output-channel symmetric int8, the dense-layer format of FastDeploy's
-//! w4w2 checkpoints (`fastdeploy-layout.md`, "wint8 and wint4").
+//! w4w2 checkpoints (`docs/wint4-wint8-layout.md`).
 //!
 //! Stored tensors for a logical `[K, N]` matrix (K % 64 == 0, N even):
 //!

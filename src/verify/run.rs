@@ -10,8 +10,7 @@
 use super::metrics::ErrorSums;
 use super::{TensorRow, Thresholds, VerifyReport};
 use crate::checkpoint::Checkpoint;
-use crate::convert::plan::{group_sources, OutputLayout};
-use crate::convert::run::logical_matrix;
+use crate::convert::plan::group_sources;
 use crate::error::{Error, Result};
 use crate::kernel::{self, Input, Weights};
 use crate::layout::ModelLayout;
@@ -99,13 +98,7 @@ fn pair<'a>(original: &Checkpoint, model: &ModelLayout, quant: &'a QuantizedChec
     } else {
         group_sources(original, model, quant.layout())
             .into_iter()
-            .map(|g| {
-                let name = match quant.layout() {
-                    OutputLayout::FastDeploy => g.name.strip_suffix(".weight").unwrap_or(&g.name).to_string(),
-                    OutputLayout::Native => g.name.clone(),
-                };
-                (name, (g.sources.into_iter().map(|(_, s)| s).collect(), g.transpose))
-            })
+            .map(|g| (g.name, (g.sources.into_iter().map(|(_, s)| s).collect(), g.transpose)))
             .collect()
     };
     let mut problems = Vec::new();
@@ -114,7 +107,7 @@ fn pair<'a>(original: &Checkpoint, model: &ModelLayout, quant: &'a QuantizedChec
     for t in quant.tensors() {
         let (names, transposed) = match &t.sources {
             Some(sources) => (sources.iter().map(|s| s.name.clone()).collect(), t.transposed),
-            None => match regrouped.get(&t.name).or_else(|| regrouped.get(&format!("{}.weight", t.name))) {
+            None => match regrouped.get(&if t.is_quantized() { quant.layout().weight_name(&t.name) } else { t.name.clone() }) {
                 Some((names, transposed)) => (names.clone(), *transposed),
                 None => {
                     problems.push(format!("'{}' has no counterpart in the original", t.name));
@@ -189,10 +182,14 @@ fn measure(
 ) -> Result<Vec<TensorRow>> {
     let t = p.tensor;
     let names: Vec<String> = p.sources.iter().map(|(n, _)| n.clone()).collect();
-    let w = logical_matrix(original, &names, t.k, t.n, p.transposed)?;
+    let w = original.logical_matrix(&names, t.k, t.n, p.transposed)?;
     let owned = quant.weights(t)?;
     let packed = owned.as_kernel();
-    let kernel_error = |e: kernel::KernelError| Error::BadTensor { tensor: t.name.clone(), problem: e.to_string() };
+    let kernel_error = |e: kernel::KernelError| Error::BadTensor {
+        file: Some(quant.checkpoint().path().to_path_buf()),
+        tensor: t.name.clone(),
+        problem: e.to_string(),
+    };
     let w_hat = kernel::dequantize(&packed).map_err(kernel_error)?;
     // The Gaussian probe is only run when no calibration statistics weight the error.
     let outputs = match &options.calibration {
@@ -301,5 +298,74 @@ pub fn weighted_error(w: &[f32], w_hat: &[f32], k: usize, n: usize, offset: usiz
         (num.max(0.0) / den).sqrt()
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::{calibrate, CalibOptions};
+    use crate::convert::run::TensorImportance;
+    use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    fn tiny() -> Checkpoint {
+        Checkpoint::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ernie45-tiny-pt")).unwrap()
+    }
+
+    fn sequences() -> Vec<Vec<u32>> {
+        let mut rng = Rng::new(3);
+        (0..3).map(|_| (0..12).map(|_| (rng.next_u64() % 256) as u32).collect()).collect()
+    }
+
+    fn quantize(
+        ckpt: &Checkpoint,
+        tag: &str,
+        importance: Option<Arc<BTreeMap<String, TensorImportance>>>,
+    ) -> (crate::test_support::Scratch, Plan) {
+        let model = ModelLayout::of(ckpt).unwrap();
+        let policy = Policy { preset: Preset::parse("wint2-experts", 0).unwrap(), rules: Vec::new() };
+        let plan =
+            Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX })
+                .unwrap();
+        let dir = crate::test_support::scratch(&format!("calib-q-{tag}"), true);
+        let opts = ConvertOptions {
+            effort: Default::default(),
+            force: true,
+            resume: false,
+            fingerprint_extra: tag.to_string(),
+            stop_after_shards: None,
+            provenance_options: json!({}),
+            importance,
+            damp: crate::scheme::importance::DEFAULT_DAMP,
+            layerwise: None,
+        };
+        convert::convert(ckpt, &plan, &dir, &opts, &mut |_| {}).unwrap();
+        (dir, plan)
+    }
+
+    #[test]
+    fn calibrated_quantization_lowers_the_weighted_error() {
+        let ckpt = tiny();
+        let stats = calibrate(&ckpt, &sequences(), CalibOptions::default(), 1 << 20, &mut |_| {}).unwrap();
+        let (plain, plan) = quantize(&ckpt, "plain", None);
+        let importance = stats.importance_for_plan(Path::new("stats"), &plan).unwrap();
+        assert!(importance.values().all(|i| matches!(i, TensorImportance::Diagonal(_))));
+        let (calib, _) = quantize(&ckpt, "calib", Some(Arc::new(importance)));
+        assert_ne!(std::fs::read(plain.join("model.safetensors")).unwrap(), std::fs::read(calib.join("model.safetensors")).unwrap());
+        let stats = Arc::new(stats);
+        let options = VerifyOptions { calibration: Some((stats, PathBuf::from("stats"))), ..VerifyOptions::default() };
+        let mean = |dir: &Path| {
+            let r = verify(&ckpt, &QuantizedCheckpoint::open(dir).unwrap(), &options, &mut |_, _| {}).unwrap();
+            assert!(r.probe.contains("calibration statistics"));
+            r.tensors.iter().map(|t| t.output_rel_err).sum::<f64>() / r.tensors.len() as f64
+        };
+        let (e_plain, e_calib) = (mean(&plain), mean(&calib));
+        assert!(e_calib < e_plain, "calibrated {e_calib} vs plain {e_plain}");
+        std::fs::remove_dir_all(plain).unwrap();
+        std::fs::remove_dir_all(calib).unwrap();
     }
 }

@@ -6,7 +6,6 @@
 
 use super::{ccq, fails_with, refused, repo, stdout, temp_dir, tensor_set};
 use ccq::checkpoint::write::{SafetensorsWriter, TensorSpec};
-use ccq::convert::scheme_for;
 use ccq::quantized::QuantizedCheckpoint;
 use ccq::scheme::{Component, Packed, SchemeError};
 use ccq::{Checkpoint, Dtype, Error, SchemeKind};
@@ -40,7 +39,7 @@ fn bf16_round(v: f32) -> f32 {
 
 /// A packed tensor's components read straight from the checkpoint, decoded by its scheme.
 fn decode_independently(q: &Checkpoint, name: &str, kind: SchemeKind, k: usize, n: usize) -> Vec<f32> {
-    let scheme = scheme_for(kind);
+    let scheme = kind.decoder();
     let components = scheme
         .component_layout(k, n)
         .into_iter()
@@ -304,35 +303,43 @@ fn native_file(dir: &Path, metadata: Option<&str>) -> String {
 #[test]
 fn native_metadata_missing_or_garbled_is_a_typed_error() {
     let dir = temp_dir("dq-native-meta");
-    let good = r#"{"scheme": "wint8", "k": 128, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#;
-    let q = QuantizedCheckpoint::open(native_file(&dir.join("good"), Some(good))).unwrap();
+    let params = r#""params": {"granularity": "per_channel", "layout": "cutlass_interleaved"}"#;
+    let meta = |fields: &str| format!("{{{fields}, {params}}}");
+    let good = meta(r#""scheme": "wint8", "k": 128, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]"#);
+    let q = QuantizedCheckpoint::open(native_file(&dir.join("good"), Some(&good))).unwrap();
     let t = q.get("w").unwrap();
     assert_eq!((t.scheme, t.k, t.n, t.transposed), (Some(SchemeKind::Wint8), 128, 128, true));
     assert_eq!(q.dequantize(t).unwrap().len(), 128 * 128);
 
+    let wint8 = |rest: &str| meta(&format!(r#""scheme": "wint8", {rest}"#));
     let cases = [
-        (None, "no ccq.tensor.w metadata"),
-        (Some("{not json"), "not valid JSON"),
-        (Some(r#"{"scheme": "wint3", "k": 128, "n": 128, "transposed": true, "components": []}"#), "unknown scheme 'wint3'"),
+        (None, "no ccq.tensor.w metadata".to_string()),
+        (Some("{not json".to_string()), "not a valid description".to_string()),
         (
-            Some(r#"{"scheme": "wint8", "k": -1, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#),
-            "\"k\" is not a positive integer",
-        ),
-        (Some(r#"{"scheme": "wint8", "k": 128, "n": 128, "components": ["quant_weight", "weight_scale"]}"#), "no \"transposed\""),
-        (
-            Some(r#"{"scheme": "wint8", "k": 128, "n": 128, "transposed": true, "components": ["quant_weight"]}"#),
-            "\"components\" must list",
+            Some(meta(r#""scheme": "wint3", "k": 128, "n": 128, "transposed": true, "components": []"#)),
+            "unknown scheme 'wint3'".to_string(),
         ),
         (
-            Some(r#"{"scheme": "wint8", "k": 64, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]}"#),
-            "component quant_weight has shape [128, 128], expected [128, 64]",
+            Some(wint8(r#""k": -1, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]"#)),
+            "invalid value".to_string(),
         ),
+        (Some(wint8(r#""k": 128, "n": 128, "components": ["quant_weight", "weight_scale"]"#)), "missing field `transposed`".to_string()),
+        (
+            Some(wint8(r#""k": 128, "n": 128, "transpose": true, "components": ["quant_weight", "weight_scale"]"#)),
+            "unknown field `transpose`".to_string(),
+        ),
+        (Some(wint8(r#""k": 128, "n": 128, "transposed": true, "components": ["quant_weight"]"#)), "\"components\" must list".to_string()),
+        (
+            Some(wint8(r#""k": 64, "n": 128, "transposed": true, "components": ["quant_weight", "weight_scale"]"#)),
+            "component quant_weight has shape [128, 128], expected [128, 64]".to_string(),
+        ),
+        (Some(good.replace("per_channel", "per_group")), "written with wint8 parameters".to_string()),
     ];
     for (i, (meta, problem)) in cases.into_iter().enumerate() {
-        let path = native_file(&dir.join(format!("bad{i}")), meta);
+        let path = native_file(&dir.join(format!("bad{i}")), meta.as_deref());
         let err = QuantizedCheckpoint::open(&path).unwrap_err();
         assert!(matches!(&err, Error::QuantMetadata { tensor, .. } | Error::Packed { tensor, .. } if tensor == "w"), "{err:?}");
-        assert!(err.to_string().contains(problem), "{err}");
+        assert!(err.to_string().contains(&problem), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

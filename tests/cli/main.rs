@@ -6,12 +6,13 @@ mod eval;
 mod generate;
 mod output_bytes;
 mod quantize;
+mod rtn2;
 mod text;
 mod verify;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn ccq(args: &[&str]) -> Output {
@@ -22,10 +23,12 @@ fn repo(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ccq-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+#[path = "../support/scratch.rs"]
+mod scratch;
+
+/// A scratch directory that does not exist yet (a test creates it or names it as an output).
+fn temp_dir(tag: &str) -> scratch::Scratch {
+    scratch::scratch(&format!("cli-{tag}"), false)
 }
 
 fn stdout(out: &Output) -> String {

@@ -195,7 +195,7 @@ fn interrupted_run_resumes_to_the_same_bytes() {
     let stopped = ccq(&["quantize", &src, "-o", &r, "--quiet", "--shard-size", "100KB", "--stop-after-shards", "3"]);
     assert_eq!(stopped.status.code(), Some(2));
     assert!(!resumed.exists(), "an interrupted run must not look finished");
-    let partial = ccq::convert::run::partial_dir(&resumed);
+    let partial = ccq::checkpoint::output::partial_dir(&resumed);
     // Damage the last completed shard: resume must notice and redo it.
     let third = partial.join("model-00003-of-00007.safetensors");
     let mut bytes = std::fs::read(&third).unwrap();
@@ -291,7 +291,7 @@ fn shapes_a_scheme_cannot_take_are_listed_before_any_work() {
     let err = refused(&["quantize", &src, "-o", &out, "--preset", "wint4"]);
     assert!(err.contains("2 tensor(s) cannot be converted as planned"), "{err}");
     assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("model.layers.0.mlp.down_proj.weight"), "{err}");
-    assert!(!dir.join("out").exists() && !ccq::convert::run::partial_dir(&dir.join("out")).exists());
+    assert!(!dir.join("out").exists() && !ccq::checkpoint::output::partial_dir(&dir.join("out")).exists());
     let ok = ccq(&["quantize", &src, "-o", &out, "--preset", "wint4", "--fallback", "none"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stderr).contains("2 tensor(s) used the fallback scheme"));
@@ -358,12 +358,109 @@ fn unloadable_expert_mixes_and_unconvertible_sources_are_refused_before_work() {
     stdout(&ccq(&["synth", "-o", &u16, "--naming", "paddle", "--u16"]));
     let out = dir.join("out");
     fails_with(&["quantize", &u16, "-o", &out.display().to_string()], "--u16-as-bf16");
-    assert!(!out.exists() && !ccq::convert::run::partial_dir(&out).exists());
+    assert!(!out.exists() && !ccq::checkpoint::output::partial_dir(&out).exists());
     quantize(&u16, &out, &["--u16-as-bf16"]);
     assert_eq!(Checkpoint::open(&out).unwrap().get("ernie.embed_tokens.weight").unwrap().dtype, Dtype::BF16);
 
     // The output may not replace the source, even with --force.
-    fails_with(&["quantize", &u16, "-o", &u16, "--force", "--u16-as-bf16"], "would replace the source");
+    fails_with(&["quantize", &u16, "-o", &u16, "--force", "--u16-as-bf16"], "the output would replace the input");
     assert!(Checkpoint::open(&u16).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A policy file is read strictly: a misspelt key is an error naming the key and the file, a
+/// rule needs both its keys, and `w4_end_layer` goes with `fastdeploy-w4w2` only.
+#[test]
+fn policy_file_typos_are_errors_naming_the_key_and_the_file() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let dir = temp_dir("policy-typos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (r#"{"rule": [{"match": "o_proj", "scheme": "none"}]}"#, "unknown field `rule`, expected one of `preset`, `w4_end_layer`, `rules`"),
+        (r#"{"rules": [{"match": "o_proj", "scheme ": "none"}]}"#, "unknown field `scheme `, expected `match` or `scheme`"),
+        (r#"{"rules": [{"match": "o_proj"}]}"#, "missing field `scheme`"),
+        (r#"{"rules": [{"match": "o_proj", "scheme": "wint3"}]}"#, "rules[0]: unknown scheme 'wint3'; choose none, "),
+        (r#"{"preset": "wint8", "w4_end_layer": 3}"#, "\"w4_end_layer\" applies to fastdeploy-w4w2, not wint8"),
+        (r#"[{"match": "o_proj", "scheme": "none"}]"#, "a policy file must be a JSON object"),
+    ];
+    for (i, (text, message)) in cases.iter().enumerate() {
+        let file = dir.join(format!("policy-{i}.json"));
+        std::fs::write(&file, text).unwrap();
+        let file = file.display().to_string();
+        let err = refused(&["quantize", &src, "--dry-run", "--layout", "native", "--policy", &file]);
+        assert!(err.contains(&format!("policy file {file}: ")) && err.contains(message), "{text}: expected {message:?} in {err}");
+    }
+    fails_with(&["quantize", &src, "--dry-run", "--set", "x=wint3"], "override 'x=wint3': unknown scheme 'wint3'");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--fallback` takes every scheme of the library's registry, and `none`, with no list of its
+/// own; other closed sets keep their spellings.
+#[test]
+fn flags_take_the_registry_schemes_and_their_documented_spellings() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let names = std::iter::once("none").chain(ccq::SchemeKind::ALL.iter().map(|k| k.name()));
+    for name in names {
+        stdout(&ccq(&["quantize", &src, "--dry-run", "--layout", "native", "--fallback", name]));
+    }
+    let err = refused(&["quantize", &src, "--dry-run", "--fallback", "wint3"]);
+    assert!(err.contains("invalid value 'wint3' for '--fallback <SCHEME>'") && err.contains("none, wint2"), "{err}");
+    for preset in ccq::convert::Preset::NAMES {
+        stdout(&ccq(&["quantize", &src, "--dry-run", "--layout", "native", "--preset", preset]));
+    }
+    for effort in ccq::scheme::Effort::ALL {
+        stdout(&ccq(&["quantize", &src, "--dry-run", "--effort", effort.name()]));
+    }
+    fails_with(&["quantize", &src, "--dry-run", "--effort", "ultra"], "[possible values: default, medium, high, max]");
+    fails_with(&["quantize", &src, "--dry-run", "--layout", "other"], "[possible values: fastdeploy, native]");
+    fails_with(&["quantize", &src, "--dry-run", "--weighting", "other"], "[possible values: uniform, gate]");
+}
+
+/// What `ccq-provenance.json` records of the options that `tests/cli/output_bytes.rs` does not
+/// use (`--set`, `--policy`, `--fallback`, `--effort`, `--w4-end-layer`): values and key order
+/// as before the CLI handed their assembly to `ccq::convert::request`.
+#[test]
+fn provenance_records_the_policy_options_as_given() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let dir = temp_dir("provenance-options");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.json");
+    std::fs::write(&policy, r#"{"preset": "wint4", "rules": [{"match": "o_proj", "scheme": "none"}]}"#).unwrap();
+    let out = dir.join("out");
+    let args = [
+        "quantize",
+        &src,
+        "-o",
+        &out.display().to_string(),
+        "--quiet",
+        "--layout",
+        "native",
+        "--preset",
+        "wint4",
+        "--set",
+        r"experts\.0\.=wint8",
+        "--set",
+        "x=y=none",
+        "--policy",
+        &policy.display().to_string(),
+        "--fallback",
+        "none",
+        "--w4-end-layer",
+        "2",
+        "--effort",
+        "medium",
+    ];
+    stdout(&ccq(&args));
+    let text = std::fs::read_to_string(out.join(ccq::format::provenance::PROVENANCE_FILE)).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let options = serde_json::to_string(&record["options"]).unwrap().replace(&dir.display().to_string(), "DIR");
+    assert_eq!(
+        options,
+        concat!(
+            r#"{"effort":"medium","preset":"wint4","w4_end_layer":2,"set":["experts\\.0\\.=wint8","x=y=none"],"policy":"DIR/p.json","#,
+            r#""rules":["o_proj=none","experts\\.0\\.=wint8","x=y=none"],"fallback":"none","layout":"native","calibration":null,"#,
+            r#""feedback":{"method":"none","damp":0.009999999776482582,"tensors":0,"more_damping":[],"empty_hessians":[],"calibration":null}}"#
+        )
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -112,3 +112,31 @@ fn loader_api_multiplies_by_a_packed_tensor() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A FastDeploy checkpoint made elsewhere has no provenance record: verify regroups the
+/// original by the layout's own naming rules, packed and unquantized tensors alike (it used
+/// to find no counterpart for any unquantized tensor).
+#[test]
+fn fastdeploy_checkpoint_without_provenance_pairs_every_tensor() {
+    let dir = temp_dir("verify-no-provenance");
+    let q = dir.join("q");
+    let (src, qs) = (repo("fixtures/ernie45-tiny-pt"), q.display().to_string());
+    stdout(&ccq(&["quantize", &src, "-o", &qs, "--w4-end-layer", "1", "--quiet"]));
+    let with: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &qs, "--json", "--quiet"]))).unwrap();
+    std::fs::remove_file(q.join(ccq::format::provenance::PROVENANCE_FILE)).unwrap();
+    let without: Value = serde_json::from_str(&stdout(&ccq(&["verify", &src, &qs, "--json", "--quiet"]))).unwrap();
+    assert_eq!(with["tensors"], without["tensors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Thresholds take the schemes of the library's registry (and `none`), checked before any
+/// checkpoint is opened.
+#[test]
+fn thresholds_take_the_registry_schemes() {
+    let src = repo("fixtures/ernie45-tiny-pt");
+    for name in std::iter::once("none").chain(ccq::SchemeKind::ALL.iter().map(|k| k.name())) {
+        let err = refused(&["verify", &src, "/nonexistent", "--max-nmse", &format!("{name}=0.1"), "--max-output-err", "0.5"]);
+        assert!(err.contains("/nonexistent") && !err.contains("--max-"), "{name}: {err}");
+    }
+    fails_with(&["verify", &src, "/nonexistent", "--max-output-err", "wint2=-1"], "--max-output-err wint2=-1: expected a number >= 0");
+}

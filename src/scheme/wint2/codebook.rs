@@ -6,47 +6,20 @@
 //! best byte for a 4-row vector `x` with importance `h` minimises
 //! `E(b) = sum_j h_j (x_j - vals[q_j(b) + 32])^2` over all 256 bytes.
 //!
-//! Pruning (exact): when `q_0(b)` is non-decreasing in `b` (true for `code_scale >= 0`
-//! while `d` stays inside one 15-bit period), the bytes sharing a top window form a
-//! contiguous run ("level"), and `h_0 (x_0 - vals[q_0 + 32])^2 <= E(b)` is a lower bound for
-//! every byte of the level. `vals` is non-decreasing in `q`, so walking the levels outwards
-//! from the one nearest `x_0`, the bound only grows: a direction stops as soon as its bound
-//! exceeds the best error found. Inside a level, the error of a byte is accumulated row by
-//! row and abandoned once it exceeds the best error. Ties go to the lowest byte, as in
-//! the brute-force reference. No byte that could win is skipped, so
-//! the result equals the brute-force minimum (the tests check this).
+//! [`Codebook`] holds the window indices `q_j(b) + 32` of a code map; [`Codebook::table`]
+//! turns them into a group's decoded 4-vectors ([`Table`], one array per window), and
+//! [`Table::best_byte`] scores all 256 bytes in a branch-free loop the compiler vectorises
+//! and takes the first arg-min (ties go to the lowest byte). That exhaustive scoring is
+//! faster than a pruned walk over the bytes, whose branches cost more than the candidates
+//! they skip.
 
 use super::decode::{code, windows};
-
-/// A run of bytes sharing the top window, with the range of each lower window inside it.
-#[derive(Debug, Clone, Copy)]
-struct Level {
-    /// `q_0 + 32` of every byte in the run.
-    q0: u8,
-    /// Smallest `q_j + 32` in the run, j = 1..3.
-    lo: [u8; 3],
-    /// Largest `q_j + 32` in the run, j = 1..3.
-    hi: [u8; 3],
-    /// First byte.
-    start: u16,
-    /// One past the last byte.
-    end: u16,
-}
 
 /// The window vectors of the 256 bytes under one code map.
 #[derive(Debug, Clone)]
 pub struct Codebook {
     /// `q[b] = [q_0 + 32, q_1 + 32, q_2 + 32, q_3 + 32]`: indices into a value table.
     pub q: [[u8; 4]; 256],
-    /// Runs of bytes sharing `q_0`, ordered by `q_0`. Empty when `q_0` is not monotone in
-    /// `b` (the search is then brute force).
-    levels: Vec<Level>,
-}
-
-/// Distance from `x` to the interval `[a, b]`.
-#[inline]
-fn gap(x: f32, a: f32, b: f32) -> f32 {
-    (a - x).max(x - b).max(0.0)
 }
 
 impl Codebook {
@@ -57,22 +30,9 @@ impl Codebook {
             let w = windows(code(b as u8, code_scale, code_zp));
             *row = w.map(|v| (v + 32) as u8);
         }
-        let monotone = q.windows(2).all(|p| p[0][0] <= p[1][0]);
-        let mut levels = Vec::new();
-        if monotone {
-            let mut start = 0usize;
-            for b in 1..=256 {
-                if b == 256 || q[b][0] != q[start][0] {
-                    let run = &q[start..b];
-                    let lo = std::array::from_fn(|j| run.iter().map(|r| r[j + 1]).min().unwrap_or(0));
-                    let hi = std::array::from_fn(|j| run.iter().map(|r| r[j + 1]).max().unwrap_or(63));
-                    levels.push(Level { q0: q[start][0], lo, hi, start: start as u16, end: b as u16 });
-                    start = b;
-                }
-            }
-        }
-        Codebook { q, levels }
+        Codebook { q }
     }
+
     /// The decoded values of every byte under one group's value table, for [`Table::best_byte`].
     pub fn table(&self, vals: &[f32; 64]) -> Table {
         let mut c = [[0.0f32; 256]; 4];
@@ -84,95 +44,29 @@ impl Codebook {
         Table { c }
     }
 
-    /// Whether the pruned search applies (`q_0` monotone in `b`).
-    pub fn is_monotone(&self) -> bool {
-        !self.levels.is_empty()
-    }
-
-    /// Weighted squared error of byte `b`, abandoned (returning a value `> bound`) once the
-    /// partial sum exceeds `bound`. A result `<= bound` is the exact error.
+    /// Exact weighted error of byte `b`.
     #[inline]
-    fn error_below(&self, b: usize, vals: &[f32; 64], x: &[f32; 4], h: &[f32; 4], bound: f32) -> f32 {
-        let q = &self.q[b];
+    pub fn error(&self, b: u8, vals: &[f32; 64], x: &[f32; 4], h: &[f32; 4]) -> f32 {
+        let q = &self.q[b as usize];
         let mut e = 0.0f32;
         for j in 0..4 {
             let r = x[j] - vals[q[j] as usize];
             // Separate multiply and add (no FMA): the same arithmetic as `Table::best_byte`.
             e += h[j] * (r * r);
-            if e > bound {
-                return e;
-            }
         }
         e
     }
 
-    /// Exact weighted error of byte `b`.
-    #[inline]
-    pub fn error(&self, b: u8, vals: &[f32; 64], x: &[f32; 4], h: &[f32; 4]) -> f32 {
-        self.error_below(b as usize, vals, x, h, f32::INFINITY)
-    }
-
     /// The byte minimising the weighted error (lowest byte among ties) and its error, by
-    /// trying all 256 bytes. The reference for [`Codebook::best_byte`].
+    /// trying all 256 bytes one at a time: the reference the tests hold
+    /// [`Table::best_byte`] to.
+    #[cfg(test)]
     pub fn best_byte_brute(&self, vals: &[f32; 64], x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
         let mut best = (0u8, f32::INFINITY);
-        for b in 0..256 {
-            let e = self.error_below(b, vals, x, h, best.1);
+        for b in 0..=255u8 {
+            let e = self.error(b, vals, x, h);
             if e < best.1 {
-                best = (b as u8, e);
-            }
-        }
-        best
-    }
-
-    /// The byte minimising the weighted error and its error, with the sound pruning above.
-    /// `vals` must be non-decreasing (true for decoded value tables of a scale `>= 0`).
-    pub fn best_byte(&self, vals: &[f32; 64], x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
-        if self.levels.is_empty() {
-            return self.best_byte_brute(vals, x, h);
-        }
-        let levels = &self.levels;
-        // The first level whose decoded top value is >= x_0; walk up from it and down from
-        // the one before, always taking the side with the smaller top-window bound.
-        let mut up = levels.partition_point(|l| vals[l.q0 as usize] < x[0]);
-        let mut down = up;
-        let top_bound = |l: &Level| {
-            let r = x[0] - vals[l.q0 as usize];
-            // The same rounding as the first term of `error_below`, so never above it.
-            h[0] * (r * r)
-        };
-        let mut best = (0u8, f32::INFINITY);
-        while up < levels.len() || down > 0 {
-            let up_bound = levels.get(up).map_or(f32::INFINITY, top_bound);
-            let down_bound = if down > 0 { top_bound(&levels[down - 1]) } else { f32::INFINITY };
-            let (level, bound) = if up < levels.len() && up_bound <= down_bound {
-                if up_bound > best.1 {
-                    break;
-                }
-                up += 1;
-                (&levels[up - 1], up_bound)
-            } else {
-                if down_bound > best.1 {
-                    break;
-                }
-                down -= 1;
-                (&levels[down], down_bound)
-            };
-            // Skip the level if even its lower windows' ranges cannot beat the best. The
-            // bound is rounded differently from `error_below`, hence the relative margin.
-            let mut lower = bound;
-            for j in 0..3 {
-                let g = gap(x[j + 1], vals[level.lo[j] as usize], vals[level.hi[j] as usize]);
-                lower += h[j + 1] * g * g;
-            }
-            if lower > best.1 * (1.0 + 1e-5) {
-                continue;
-            }
-            for b in level.start as usize..level.end as usize {
-                let e = self.error_below(b, vals, x, h, best.1);
-                if e < best.1 || (e == best.1 && (b as u8) < best.0) {
-                    best = (b as u8, e);
-                }
+                best = (b, e);
             }
         }
         best
@@ -192,8 +86,8 @@ const LANES: usize = 16;
 
 impl Table {
     /// The byte minimising the weighted error (lowest byte among ties) and its error: all
-    /// 256 bytes scored with the arithmetic of [`Codebook::error`] (so the result equals
-    /// [`Codebook::best_byte_brute`]), in a branch-free loop the compiler vectorises.
+    /// 256 bytes scored with the arithmetic of [`Codebook::error`] (so the result equals the
+    /// one-byte-at-a-time search of the tests), in a branch-free loop the compiler vectorises.
     #[inline]
     pub fn best_byte(&self, x: &[f32; 4], h: &[f32; 4]) -> (u8, f32) {
         #[cfg(target_arch = "x86_64")]
@@ -301,16 +195,15 @@ mod tests {
     use crate::rng::Rng;
     use crate::scheme::wint2::decode::value_table;
     use crate::scheme::wint2::maps::{MAPS, NAIVE};
-    use crate::scheme::Rounding;
 
     #[test]
-    fn pruned_search_equals_brute_force() {
+    fn table_search_equals_brute_force() {
         let mut rng = Rng::new(3);
         let maps = MAPS.iter().chain([&NAIVE]);
         for (i, map) in maps.enumerate() {
             let cb = Codebook::new(map.code_scale, map.code_zp);
-            assert!(cb.is_monotone());
-            let vals = value_table(13 + (i % 3) as u8, 0.005 * (1 + i) as f32, Rounding::Fused);
+            let vals = value_table(13 + (i % 3) as u8, 0.005 * (1 + i) as f32);
+            let table = cb.table(&vals);
             for t in 0..2000 {
                 let x: [f32; 4] = std::array::from_fn(|_| rng.normal() as f32);
                 // Mix unit, skewed and zero importances.
@@ -325,9 +218,7 @@ mod tests {
                         }
                     }
                 });
-                let brute = cb.best_byte_brute(&vals, &x, &h);
-                assert_eq!(cb.best_byte(&vals, &x, &h), brute);
-                assert_eq!(cb.table(&vals).best_byte(&x, &h), brute);
+                assert_eq!(table.best_byte(&x, &h), cb.best_byte_brute(&vals, &x, &h));
             }
         }
     }

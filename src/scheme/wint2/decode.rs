@@ -1,12 +1,12 @@
 //! The WINT2 decoder: the exact arithmetic of FastDeploy's fused GEMM, step by step.
 //!
-//! Each function below is one numbered step of `wint2-format.md`; the comment above it
+//! Each function below is one numbered step of `docs/wint2-format.md`; the comment above it
 //! quotes the step. `decode_matrix` strings them together. The encoder uses the same
 //! functions to build its candidate tables, so what it optimises is what inference sees.
 
 use rayon::prelude::*;
 
-use super::{Rounding, GROUP_ROWS};
+use super::GROUP_ROWS;
 
 /// Steps 1-3: the code `d` of byte `b` under the column's code map.
 ///
@@ -81,22 +81,19 @@ pub fn group_scale(ls: u8, super_scale: f32) -> f32 {
 /// Steps 6-7: the decoded weight for window value `q`, local scale `ls` and super scale.
 ///
 /// ```text
-/// Fused:  w = bf16_rne(f32(q) * bf16_rne(f32(ls) * super))   (two roundings, inference)
-/// Single: w = bf16_rne(f32(ls) * super * f32(q))             (one rounding, winx_unzip)
+/// w = bf16_rne(f32(q) * bf16_rne(f32(ls) * super))   (two roundings)
 /// ```
-/// In the single variant the f32 product `ls * super * q` is exact (4 + 8 + 6 significand
-/// bits), so the only rounding is the final one.
+/// This is FastDeploy's fused GEMM, what inference computes. (Its standalone `winx_unzip`
+/// op rounds once, `bf16_rne(f32(ls) * super * f32(q))`, and can differ in the last bit;
+/// ccq neither writes for nor reads with that variant.)
 #[inline]
-pub fn weight(q: i32, ls: u8, super_scale: f32, rounding: Rounding) -> f32 {
-    match rounding {
-        Rounding::Fused => bf16_rne(q as f32 * group_scale(ls, super_scale)),
-        Rounding::Single => bf16_rne(f32::from(ls) * super_scale * q as f32),
-    }
+pub fn weight(q: i32, ls: u8, super_scale: f32) -> f32 {
+    bf16_rne(q as f32 * group_scale(ls, super_scale))
 }
 
 /// The decoded value of every window value `q = -32..=31` (index `q + 32`) in one group.
-pub fn value_table(ls: u8, super_scale: f32, rounding: Rounding) -> [f32; 64] {
-    std::array::from_fn(|i| weight(i as i32 - 32, ls, super_scale, rounding))
+pub fn value_table(ls: u8, super_scale: f32) -> [f32; 64] {
+    std::array::from_fn(|i| weight(i as i32 - 32, ls, super_scale))
 }
 
 /// Validated, unpacked parameters of a packed WINT2 matrix, ready to decode.
@@ -121,7 +118,7 @@ pub(crate) struct Params<'a> {
 ///
 /// Every value is computed independently by the functions above, so the result does not
 /// depend on the thread count.
-pub(crate) fn decode_matrix(p: &Params<'_>, rounding: Rounding) -> Vec<f32> {
+pub(crate) fn decode_matrix(p: &Params<'_>) -> Vec<f32> {
     let (k, n) = (p.k, p.n);
     let mut out = vec![0.0f32; k * n];
     if n == 0 {
@@ -137,7 +134,7 @@ pub(crate) fn decode_matrix(p: &Params<'_>, rounding: Rounding) -> Vec<f32> {
                 let d = code(bytes[col], p.code_scale[col], p.code_zp[col]);
                 let ls = local_scale(ls_row[col], g);
                 for (j, q) in windows(d).into_iter().enumerate() {
-                    block[j * n + col] = weight(q, ls, p.super_scales[col], rounding);
+                    block[j * n + col] = weight(q, ls, p.super_scales[col]);
                 }
             }
         }
@@ -206,23 +203,23 @@ mod tests {
     }
 
     #[test]
-    fn fused_and_single_rounding_differ_by_the_double_rounding() {
+    fn weight_rounds_the_group_scale_and_the_product() {
         // super = 1 + 2^-7 (a bf16), ls = 3: ls * super = 3.0234375 = 3 + 1.5 ulp (bf16 ulp
         // in [2, 4) is 2^-6): a tie between 3.015625 (odd significand) and 3.03125 (even).
         let sup = 1.0 + 1.0 / 128.0;
         assert_eq!(group_scale(3, sup), 3.03125);
-        // Fused, q = 3: 3 * 3.03125 = 9.09375 = 145.5 * 2^-4 (bf16 ulp in [8, 16) is 2^-4):
+        // q = 3: 3 * 3.03125 = 9.09375 = 145.5 * 2^-4 (bf16 ulp in [8, 16) is 2^-4):
         // again a tie, between 145 (odd) and 146 (even) -> 146 * 2^-4 = 9.125.
-        assert_eq!(weight(3, 3, sup, Rounding::Fused), 9.125);
-        // Single: 3 * 1.0078125 * 3 = 9.0703125 = 145.125 * 2^-4 -> 145 * 2^-4 = 9.0625.
-        assert_eq!(weight(3, 3, sup, Rounding::Single), 9.0625);
+        assert_eq!(weight(3, 3, sup), 9.125);
+        // One rounding instead: 3 * 1.0078125 * 3 = 9.0703125 = 145.125 * 2^-4 -> 9.0625.
+        assert_eq!(bf16_rne(3.0 * sup * 3.0), 9.0625);
     }
 
     #[test]
     fn decoded_values_are_bf16() {
         for q in -32..32 {
             for ls in 0..16u8 {
-                let w = weight(q, ls, 0.0123, Rounding::Fused);
+                let w = weight(q, ls, 0.0123);
                 assert_eq!(bf16_rne(w), w);
             }
         }

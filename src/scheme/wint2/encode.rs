@@ -1,6 +1,12 @@
 //! The WINT2 encoder: per column, a code map, scales and bytes that minimise
 //! `sum_k h_k (W[k] - What[k])^2`, with `What` the decoder's real output.
 //!
+//! This module owns the per-column fit and the effort levels' plans. What it optimises is
+//! the arithmetic of [`super::decode`]; it starts from the code maps of [`super::maps`] and
+//! picks bytes with the exact search of [`super::codebook`]; [`super::feedback`] takes its
+//! maps and scales when a full Hessian is given. The measurements behind these choices, and
+//! the alternatives tried and dropped, are in `docs/wint2-encoder-notes.md`.
+//!
 //! # Design
 //!
 //! Columns are independent, so they are encoded in parallel (rayon) and collected in
@@ -18,9 +24,10 @@
 //!    offsets**: adding `t` in `0..128` (about one `code_scale`) to `code_zp` translates its
 //!    lattice along the generator by a fraction of a step (the lower windows wrap, so the
 //!    point set stays in the cube), an equally good, partly decorrelated codebook. The effort
-//!    level sets how many (map, offset, sign) candidates are tried per column; with `keep` below the candidate count
-//!    they are first *screened* with one cheap fit (RMS scales, one byte search) and only the
-//!    `keep` best are fitted fully. The lowest weighted error after fitting wins.
+//!    level sets how many (map, offset, sign) candidates are tried per column; with `keep`
+//!    below the candidate count they are first *screened* with one cheap fit (RMS scales,
+//!    one byte search) and only the `keep` best are fitted fully. The lowest weighted error
+//!    after fitting wins.
 //! 2. **Scales.** The target scale of 64-row group `g` starts at `alpha * rms_g`
 //!    (importance-weighted RMS). `super_scales = bf16(max_g s_g / 15)` and
 //!    `ls_g = round(s_g / super)` quantise the targets onto the format's grid.
@@ -29,9 +36,7 @@
 //!    values, bf16 roundings included ([`value_table`]). Per group, the decoded 4-vector of
 //!    every byte is laid out by window (4 x 256 f32); each vector then scores all 256 bytes
 //!    in one branch-free loop that the compiler vectorises (AVX2 when the CPU has it, same
-//!    IEEE operations either way) and takes the first arg-min. About 150 ns per vector on
-//!    the build machine: 4x faster than the earlier pruned level walk, whose branches cost
-//!    more than the 3/4 of candidates they skipped.
+//!    IEEE operations either way) and takes the first arg-min.
 //! 4. **Alternation.** Given the bytes, the least-squares group scale
 //!    `s_g = sum h x q / sum h q^2` is re-quantised to `ls * super` and the bytes are
 //!    searched again; a pass is kept only if the total error falls.
@@ -44,65 +49,13 @@
 //! | `medium`  | 2 x 1 x 2                               | 1 (screened) | up to 2            | +-1       |
 //! | `high`    | 2 x 8 x 2                               | 2 (screened) | up to 4            | +-1       |
 //! | `max`     | 2 x 32 x 2                              | 4 (screened) | up to 4            | +-1       |
-//!
-//! # Figures
-//!
-//! `ccq bench wint2 --threads 1` (one core of the shared 2-core build machine, so rates are
-//! +-20 %), i.i.d. N(0, 1) `[4096, 512]`, 2.082 bpw; 36 real MiniLM expert matrices
-//! `[384, 384]`, 2.271 bpw:
-//!
-//! | method                  | Gaussian NMSE | real NMSE | encode weights/s/core |
-//! |-------------------------|---------------|-----------|-----------------------|
-//! | ccq `default`           | 0.1057        | 0.1165    | 7.8 M                 |
-//! | ccq `medium`            | 0.1035        | 0.1112    | 2.1 M                 |
-//! | ccq `high`              | 0.1023        | 0.1069    | 0.35 M                |
-//! | ccq `max`               | 0.1019        | 0.1052    | 0.11 M                |
-//! | naive map (32767/255, 0)| 0.1619        | 0.1754    | 8.0 M                 |
-//! | RTN 2-bit, scale per 64 | 0.1131 (2.25 bpw) | 0.1282 | 2.6 M               |
-//!
-//! Every level beats RTN on all 36 real matrices (worst NMSE ratio 0.93, 0.89, 0.85, 0.84).
-//! With a log-normal (sigma 1) row importance, encoding with it lowers the weighted NMSE from
-//! 0.106 to 0.077 (default), 0.074 (high), 0.073 (max).
-//!
-//! What limits quality: at one fixed scale the best maps score 0.1094 on Gaussian 4-vectors
-//! (a search of 3000 maps scored on 4096 vectors each, `code_scale` in [110, 128.4], finds
-//! nothing better than the first maps of [`MAPS`]; wrapping maps, `code_scale` in
-//! [128.5, 512], reach only 0.111). Everything below 0.1094 is per-column adaptation: group
-//! scales, alternation and the `ls` search give about 4 % (to 0.1057 / 0.1046), choosing
-//! among more (map, sign) candidates gives a gain growing roughly with `sqrt(log M)`:
-//! measured 0.1039 (8), 0.1034 (16), 0.1028 (32), 0.1024 (64), 0.1021 (128 candidates),
-//! the last at 35 k weights/s. The 0.100 target is not reached. Tried without gain: `ls`
-//! search radius 2 or 3 and repeated (ls search, least-squares) rounds (under 0.1 %); an
-//! approximate search over the 64 bytes nearest `x_0` (no faster, 5 % worse); an exact
-//! window search with the top-window bound (the bound rarely closes, so slower).
-//!
-//! Second round (experiments `exp_plans`, `exp_candidates` below, 48 or 8 Gaussian columns
-//! of 4096; each candidate scored exactly: per group the least-squares `ls` and its
-//! neighbours with bytes re-searched). `code_zp` offsets are as good a source of candidates
-//! as new maps and need no offline search: at 32 screened candidates (`high`), 1 map x 16
-//! offsets 0.1032, 16 maps 0.1030, 2 maps x 8 offsets 0.1029, 4 x 4 0.1032 (0.1026 -> 0.1023
-//! on the full bench); `max`, 2 maps x 32 offsets keeping 4, 0.1025 (4 x 16: 0.1027).
-//! Did not help: several `super_scales` per column (factors 0.80..1.10 of `max / 15` with
-//! the `ls` refit: 16 supers give 0.1051 vs 0.1052 for one; below 0.92 the top group clips
-//! and it gets worse); `code_zp` offsets at `medium` (4 candidates: 0.1038 vs 0.1039).
-//! Exhaustive on 8 columns: 512 exact candidates of map 0 (16 offsets x 16 supers x 2
-//! signs) reach 0.1028, all 1500 computed 0.1027.
-//!
-//! Why 0.100 is out of reach for this search: the codebook is a truncated rank-1 lattice
-//! whose fixed-scale MSE (0.1094) is D4-like; below that, everything is selection among
-//! candidate codebooks/scales for a column's own sample. Per-group freedom is only the 4-bit
-//! scale (neighbouring values are 7 % apart and highly correlated); per-column candidates
-//! average over 1024 vectors, so the gain grows like `sqrt(log M)`: 0.1057 (1), 0.1035 (4),
-//! 0.1023 (32), 0.1019 (128), about 0.1027 -> 0.1028 from 512 to 1500 exact candidates on
-//! 8 columns. Reaching 0.100 would need a per-group choice of codebook, which the format
-//! does not have.
-//!
+
 use rayon::prelude::*;
 
 use super::codebook::Codebook;
 use super::decode::{bf16_rne, value_table};
 use super::maps::{CodeMap, MAPS};
-use super::{ColumnCode, Effort, Rounding, Wint2, GROUP_ROWS};
+use super::{ColumnCode, Effort, Wint2, GROUP_ROWS};
 use crate::scheme::{check_encode_input, Importance, Packed, Scheme, SchemeError};
 
 /// What each effort level does per column.
@@ -155,32 +108,17 @@ pub fn encode_with_maps(
     scheme.check_shape(k, n)?;
     check_encode_input(w, k, n, importance.map_or(Importance::Uniform, Importance::Diagonal))?;
     let plan = Plan { maps: maps.len(), passes: 1, ls_search: false, keep: maps.len(), ls_radius: 1, rounds: 1, mirror: false, zps: 1 };
-    let columns = encode_columns(w, k, n, importance, scheme.rounding, plan, maps);
+    let columns = encode_columns(w, k, n, importance, plan, maps);
     Ok(Wint2::pack(k, n, &columns))
 }
 
 /// Encodes every column of the row-major `[k, n]` matrix `w` (inputs already validated).
-pub(crate) fn encode_columns_at(
-    w: &[f32],
-    k: usize,
-    n: usize,
-    importance: Option<&[f32]>,
-    rounding: Rounding,
-    effort: Effort,
-) -> Vec<ColumnCode> {
-    encode_columns(w, k, n, importance, rounding, Plan::of(effort), MAPS)
+pub(crate) fn encode_columns_at(w: &[f32], k: usize, n: usize, importance: Option<&[f32]>, effort: Effort) -> Vec<ColumnCode> {
+    encode_columns(w, k, n, importance, Plan::of(effort), MAPS)
 }
 
 /// Encodes every column with the first `plan.maps` of `maps`.
-fn encode_columns(
-    w: &[f32],
-    k: usize,
-    n: usize,
-    importance: Option<&[f32]>,
-    rounding: Rounding,
-    plan: Plan,
-    maps: &[CodeMap],
-) -> Vec<ColumnCode> {
+fn encode_columns(w: &[f32], k: usize, n: usize, importance: Option<&[f32]>, plan: Plan, maps: &[CodeMap]) -> Vec<ColumnCode> {
     let ones;
     let h = match importance {
         Some(h) => h,
@@ -194,7 +132,7 @@ fn encode_columns(
         .into_par_iter()
         .map(|col| {
             let x: Vec<f32> = (0..k).map(|row| w[row * n + col]).collect();
-            encode_column(&x, h, rounding, plan, maps)
+            encode_column(&x, h, plan, maps)
         })
         .collect()
 }
@@ -207,7 +145,7 @@ struct Fit {
 
 /// Encodes one column `x` (length K) under importance `h`: the best fit over the planned
 /// code maps.
-fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[CodeMap]) -> ColumnCode {
+fn encode_column(x: &[f32], h: &[f32], plan: Plan, maps: &[CodeMap]) -> ColumnCode {
     let rms = group_rms(x, h);
     let neg: Vec<f32> = if plan.mirror { x.iter().map(|v| -v).collect() } else { Vec::new() };
     // Candidate i: mirrored when i % signs is 1; map (i / signs) / zps with its code_zp
@@ -224,15 +162,14 @@ fn encode_column(x: &[f32], h: &[f32], rounding: Rounding, plan: Plan, maps: &[C
     let mut best: Option<Fit> = None;
     let order: Vec<usize> = if plan.keep < cands {
         let screen = Plan { passes: 0, ls_search: false, ..plan };
-        let mut scored: Vec<(f64, usize)> =
-            (0..cands).map(|i| (fit_map(data(i), h, &rms, &cand_map(i), rounding, screen).error, i)).collect();
+        let mut scored: Vec<(f64, usize)> = (0..cands).map(|i| (fit_map(data(i), h, &rms, &cand_map(i), screen).error, i)).collect();
         scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         scored.iter().take(plan.keep).map(|s| s.1).collect()
     } else {
         (0..cands).collect()
     };
     for &i in &order {
-        let mut fit = fit_map(data(i), h, &rms, &cand_map(i), rounding, plan);
+        let mut fit = fit_map(data(i), h, &rms, &cand_map(i), plan);
         if i % signs == 1 {
             // Decoding is odd in the super scale: -super decodes the mirrored column exactly.
             fit.code.super_scale = -fit.code.super_scale;
@@ -293,8 +230,8 @@ fn vector(v: &[f32], p: usize) -> [f32; 4] {
 }
 
 /// Best bytes of one 64-row group (16 vectors) under local scale `ls`; returns the error.
-fn assign_group(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: Rounding, bytes: &mut [u8]) -> f64 {
-    let table = cb.table(&value_table(ls, sup, rounding));
+fn assign_group(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, bytes: &mut [u8]) -> f64 {
+    let table = cb.table(&value_table(ls, sup));
     let mut error = 0.0f64;
     for (p, byte) in bytes.iter_mut().enumerate() {
         let (b, e) = table.best_byte(&vector(x, p), &vector(h, p));
@@ -305,13 +242,13 @@ fn assign_group(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding:
 }
 
 /// Best bytes of the whole column under the given scales; returns the total error.
-fn assign(cb: &Codebook, x: &[f32], h: &[f32], sup: f32, ls: &[u8], rounding: Rounding, bytes: &mut [u8]) -> f64 {
+fn assign(cb: &Codebook, x: &[f32], h: &[f32], sup: f32, ls: &[u8], bytes: &mut [u8]) -> f64 {
     let per_group = GROUP_ROWS / 4;
     let mut error = 0.0f64;
     for (g, &l) in ls.iter().enumerate() {
         let rows = g * GROUP_ROWS..(g + 1) * GROUP_ROWS;
         let out = &mut bytes[g * per_group..(g + 1) * per_group];
-        error += assign_group(cb, &x[rows.clone()], &h[rows], l, sup, rounding, out);
+        error += assign_group(cb, &x[rows.clone()], &h[rows], l, sup, out);
     }
     error
 }
@@ -344,16 +281,16 @@ fn least_squares_scales(cb: &Codebook, x: &[f32], h: &[f32], bytes: &[u8]) -> Ve
 }
 
 /// Fits scales and bytes for one code map.
-fn fit_map(x: &[f32], h: &[f32], rms: &[f32], map: &CodeMap, rounding: Rounding, plan: Plan) -> Fit {
+fn fit_map(x: &[f32], h: &[f32], rms: &[f32], map: &CodeMap, plan: Plan) -> Fit {
     let cb = Codebook::new(map.code_scale, map.code_zp);
     let targets: Vec<f32> = rms.iter().map(|&r| r * map.alpha).collect();
     let (mut sup, mut ls) = quantize_scales(&targets);
     let mut bytes = vec![0u8; x.len() / 4];
-    let mut error = assign(&cb, x, h, sup, &ls, rounding, &mut bytes);
+    let mut error = assign(&cb, x, h, sup, &ls, &mut bytes);
     let mut trial = bytes.clone();
     for _ in 0..plan.passes {
         let (s2, ls2) = quantize_scales(&least_squares_scales(&cb, x, h, &bytes));
-        let e2 = assign(&cb, x, h, s2, &ls2, rounding, &mut trial);
+        let e2 = assign(&cb, x, h, s2, &ls2, &mut trial);
         if e2 >= error {
             break;
         }
@@ -362,10 +299,10 @@ fn fit_map(x: &[f32], h: &[f32], rms: &[f32], map: &CodeMap, rounding: Rounding,
     }
     if plan.ls_search {
         for round in 0..plan.rounds {
-            error = search_local_scales(&cb, x, h, sup, &mut ls, rounding, &mut bytes, error, plan.ls_radius);
+            error = search_local_scales(&cb, x, h, sup, &mut ls, &mut bytes, error, plan.ls_radius);
             if round + 1 < plan.rounds {
                 let (s2, ls2) = quantize_scales(&least_squares_scales(&cb, x, h, &bytes));
-                let e2 = assign(&cb, x, h, s2, &ls2, rounding, &mut trial);
+                let e2 = assign(&cb, x, h, s2, &ls2, &mut trial);
                 if e2 < error {
                     (sup, ls, error) = (s2, ls2, e2);
                     bytes.copy_from_slice(&trial);
@@ -386,31 +323,21 @@ fn fit_map(x: &[f32], h: &[f32], rms: &[f32], map: &CodeMap, rounding: Rounding,
 /// Per group, tries `ls - 1` and `ls + 1` (re-searching the group's bytes) and keeps the
 /// best; returns the new total error.
 #[allow(clippy::too_many_arguments)]
-fn search_local_scales(
-    cb: &Codebook,
-    x: &[f32],
-    h: &[f32],
-    sup: f32,
-    ls: &mut [u8],
-    rounding: Rounding,
-    bytes: &mut [u8],
-    mut error: f64,
-    radius: u8,
-) -> f64 {
+fn search_local_scales(cb: &Codebook, x: &[f32], h: &[f32], sup: f32, ls: &mut [u8], bytes: &mut [u8], mut error: f64, radius: u8) -> f64 {
     let per_group = GROUP_ROWS / 4;
     let mut trial = [0u8; GROUP_ROWS / 4];
     for g in 0..ls.len() {
         let rows = g * GROUP_ROWS..(g + 1) * GROUP_ROWS;
         let (xg, hg) = (&x[rows.clone()], &h[rows]);
         let out = &mut bytes[g * per_group..(g + 1) * per_group];
-        let current = group_error(cb, xg, hg, ls[g], sup, rounding, out);
+        let current = group_error(cb, xg, hg, ls[g], sup, out);
         let mut best = current;
         let centre = ls[g];
         for cand in centre.saturating_sub(radius)..=(centre + radius).min(15) {
             if cand == centre {
                 continue;
             }
-            let e = assign_group(cb, xg, hg, cand, sup, rounding, &mut trial);
+            let e = assign_group(cb, xg, hg, cand, sup, &mut trial);
             if e < best {
                 best = e;
                 ls[g] = cand;
@@ -423,8 +350,8 @@ fn search_local_scales(
 }
 
 /// Error of a group's current bytes.
-fn group_error(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, rounding: Rounding, bytes: &[u8]) -> f64 {
-    let vals = value_table(ls, sup, rounding);
+fn group_error(cb: &Codebook, x: &[f32], h: &[f32], ls: u8, sup: f32, bytes: &[u8]) -> f64 {
+    let vals = value_table(ls, sup);
     bytes.iter().enumerate().map(|(p, &b)| cb.error(b, &vals, &vector(x, p), &vector(h, p)) as f64).sum()
 }
 
@@ -434,7 +361,7 @@ mod tests {
     use crate::rng::Rng;
 
     fn nmse(effort: Effort, w: &[f32], k: usize, n: usize) -> f64 {
-        let cols = encode_columns(w, k, n, None, Rounding::Fused, Plan::of(effort), MAPS);
+        let cols = encode_columns(w, k, n, None, Plan::of(effort), MAPS);
         let d = Wint2::default().decode(&Wint2::pack(k, n, &cols)).unwrap();
         let e: f64 = w.iter().zip(&d).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
         e / w.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()
@@ -463,12 +390,12 @@ mod tests {
         let w: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
         let h = vec![1.0f32; k];
         let plan = Plan::of(Effort::High);
-        let cols = encode_columns(&w, k, n, None, Rounding::Fused, plan, MAPS);
+        let cols = encode_columns(&w, k, n, None, plan, MAPS);
         assert!(cols.iter().any(|c| c.super_scale.to_f32() < 0.0), "no column chose a mirror");
         let d = Wint2::default().decode(&Wint2::pack(k, n, &cols)).unwrap();
         for (col, c) in cols.iter().enumerate() {
             let x: Vec<f32> = (0..k).map(|r| w[r * n + col]).collect();
-            let best = encode_column(&x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+            let best = encode_column(&x, &h, plan, &MAPS[..plan.maps]);
             assert_eq!(&best, c);
             assert!((0..k).all(|r| d[r * n + col].is_finite()));
         }
@@ -489,7 +416,7 @@ mod experiments {
             let rows = g * 64..(g + 1) * 64;
             let (xg, hg) = (&x[rows.clone()], &h[rows.clone()]);
             let l0 = ((target / sup).round() as i32).clamp(1, 15);
-            let e0 = assign_group(cb, xg, hg, l0 as u8, sup, Rounding::Fused, &mut bytes);
+            let e0 = assign_group(cb, xg, hg, l0 as u8, sup, &mut bytes);
             let ls = least_squares_scales(cb, xg, hg, &bytes)[0];
             let l1 = ((ls / sup).round() as i32).clamp(1, 15);
             let mut best = e0;
@@ -497,7 +424,7 @@ mod experiments {
                 if l == l0 {
                     continue;
                 }
-                let e = assign_group(cb, xg, hg, l as u8, sup, Rounding::Fused, &mut bytes);
+                let e = assign_group(cb, xg, hg, l as u8, sup, &mut bytes);
                 best = best.min(e);
             }
             total += best;
@@ -535,7 +462,7 @@ mod experiments {
             let e: f64 = cols
                 .iter()
                 .map(|x| {
-                    let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                    let c = encode_column(x, &h, plan, &MAPS[..plan.maps]);
                     let d = Wint2::default().decode(&Wint2::pack(k, 1, &[c])).unwrap();
                     x.iter().zip(&d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
                 })
@@ -560,10 +487,10 @@ mod experiments {
                 .iter()
                 .map(|x| {
                     let plan = Plan::of(effort);
-                    let c = encode_column(x, &h, Rounding::Fused, plan, &MAPS[..plan.maps]);
+                    let c = encode_column(x, &h, plan, &MAPS[..plan.maps]);
                     let mut err = 0.0f64;
                     for g in 0..k / 64 {
-                        let vals = value_table(c.local_scales[g], c.super_scale.to_f32(), Rounding::Fused);
+                        let vals = value_table(c.local_scales[g], c.super_scale.to_f32());
                         let cb = Codebook::new(c.code_scale, c.code_zp);
                         for p in 0..16 {
                             let r = g * 64 + 4 * p;

@@ -20,7 +20,7 @@
 use super::codebook::{Codebook, Table};
 use super::decode::value_table;
 use super::encode::encode_columns_at;
-use super::{ColumnCode, Effort, Rounding, Wint2, GROUP_ROWS};
+use super::{ColumnCode, Effort, Wint2, GROUP_ROWS};
 use crate::scheme::feedback::{code_matrix, BlockCoder};
 use crate::scheme::importance::Hessian;
 use crate::scheme::Scheme;
@@ -48,7 +48,6 @@ fn ls_candidates(ls: u8, radius: u8) -> Vec<u8> {
 struct Coder<'a> {
     columns: &'a [ColumnCode],
     codebooks: Vec<Codebook>,
-    rounding: Rounding,
     radius: u8,
 }
 
@@ -63,7 +62,7 @@ impl BlockCoder for Coder<'_> {
         let c = &self.columns[col];
         ls_candidates(c.local_scales[row0 / GROUP_ROWS], self.radius)
             .into_iter()
-            .map(|ls| self.codebooks[col].table(&value_table(ls, c.super_scale.to_f32(), self.rounding)))
+            .map(|ls| self.codebooks[col].table(&value_table(ls, c.super_scale.to_f32())))
             .collect()
     }
 
@@ -79,18 +78,11 @@ impl BlockCoder for Coder<'_> {
 }
 
 /// Encodes a validated `[k, n]` matrix (`k` a multiple of 128, equal to `hessian.k()`).
-pub(crate) fn encode_columns_with_feedback(
-    w: &[f32],
-    k: usize,
-    n: usize,
-    hessian: &Hessian,
-    rounding: Rounding,
-    effort: Effort,
-) -> Vec<ColumnCode> {
-    let mut columns = encode_columns_at(w, k, n, Some(hessian.diag()), rounding, effort);
+pub(crate) fn encode_columns_with_feedback(w: &[f32], k: usize, n: usize, hessian: &Hessian, effort: Effort) -> Vec<ColumnCode> {
+    let mut columns = encode_columns_at(w, k, n, Some(hessian.diag()), effort);
     let codebooks = columns.iter().map(|c| Codebook::new(c.code_scale, c.code_zp)).collect();
     let radius = ls_radius(effort);
-    let coder = Coder { columns: &columns, codebooks, rounding, radius };
+    let coder = Coder { columns: &columns, codebooks, radius };
     let coded = code_matrix(w, k, n, hessian, &coder);
     let fed: Vec<ColumnCode> = columns
         .iter()
@@ -101,7 +93,7 @@ pub(crate) fn encode_columns_with_feedback(
             ColumnCode { quant_weight: (0..k / 4).map(|p| coded.codes[p * n + col]).collect(), local_scales, ..c.clone() }
         })
         .collect();
-    let scheme = Wint2 { rounding, effort };
+    let scheme = Wint2 { effort };
     let errors = |cols: &[ColumnCode]| -> Vec<f64> {
         let decoded = scheme.decode(&Wint2::pack(k, n, cols)).expect("the encoder's own components decode");
         hessian.output_errors(w, &decoded, n)
@@ -138,8 +130,8 @@ mod tests {
             let (k, n) = (128, 6);
             let w: Vec<f32> = Rng::new(seed).normals(k * n).iter().map(|v| v * scale).collect();
             let h = Hessian::new(k, &identity(k), 0.0).unwrap();
-            let fed = encode_columns_with_feedback(&w, k, n, &h, Rounding::Fused, Effort::Default);
-            let plain = encode_columns_at(&w, k, n, None, Rounding::Fused, Effort::Default);
+            let fed = encode_columns_with_feedback(&w, k, n, &h, Effort::Default);
+            let plain = encode_columns_at(&w, k, n, None, Effort::Default);
             let (a, b) = (output_error(&w, k, n, &h, &fed), output_error(&w, k, n, &h, &plain));
             prop_assert!(a <= b * (1.0 + 1e-6), "feedback {a} diagonal {b}");
         }
@@ -156,8 +148,8 @@ mod tests {
         for case in 0..cases {
             let h = Hessian::new(k, &correlated_hessian(k, 100 + case), 0.01).unwrap();
             let w = Rng::new(7 + case).normals(k * n);
-            let fed = encode_columns_with_feedback(&w, k, n, &h, Rounding::Fused, Effort::Default);
-            let plain = encode_columns_at(&w, k, n, Some(h.diag()), Rounding::Fused, Effort::Default);
+            let fed = encode_columns_with_feedback(&w, k, n, &h, Effort::Default);
+            let plain = encode_columns_at(&w, k, n, Some(h.diag()), Effort::Default);
             let (a, b) = (output_error(&w, k, n, &h, &fed), output_error(&w, k, n, &h, &plain));
             assert!(a <= b, "case {case}: feedback {a} plain {b}");
             better += usize::from(a < b);
@@ -177,8 +169,8 @@ mod tests {
         let packed = s.encode(&w, k, n, Importance::Hessian(&h)).unwrap();
         let d = s.decode(&packed).unwrap();
         assert!(d.iter().all(|v| v.is_finite()));
-        let plain = encode_columns_at(&w, k, n, Some(h.diag()), Rounding::Fused, Effort::Default);
-        let cols = encode_columns_with_feedback(&w, k, n, &h, Rounding::Fused, Effort::Default);
+        let plain = encode_columns_at(&w, k, n, Some(h.diag()), Effort::Default);
+        let cols = encode_columns_with_feedback(&w, k, n, &h, Effort::Default);
         assert!(output_error(&w, k, n, &h, &cols) <= output_error(&w, k, n, &h, &plain));
     }
 

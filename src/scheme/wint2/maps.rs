@@ -6,8 +6,6 @@
 //! They were found by `search_code_maps` below (run it with
 //! `cargo test --release -p ccq search_code_maps -- --ignored --nocapture`).
 
-use super::codebook::Codebook;
-
 /// A code map and the scale-to-RMS ratio it works best at on Gaussian data.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CodeMap {
@@ -50,19 +48,20 @@ pub const MAPS: &[CodeMap] = &[
 /// The naive full-range map (`code_scale = 32767/255`, `code_zp = 0`), a baseline.
 pub const NAIVE: CodeMap = CodeMap { code_scale: 32767.0 / 255.0, code_zp: 0.0, alpha: 0.06 };
 
-/// Mean squared error per weight of quantising `data` (4-vectors) with the codebook of
-/// `code_scale`, `code_zp` at plain (unrounded) scale `s`: decoded values are `q * s`.
-pub fn mse_at_scale(cb: &Codebook, data: &[[f32; 4]], s: f32) -> f64 {
-    let vals: [f32; 64] = std::array::from_fn(|i| (i as f32 - 32.0) * s);
-    let h = [1.0f32; 4];
-    let total: f64 = data.iter().map(|x| cb.best_byte(&vals, x, &h).1 as f64).sum();
-    total / (4 * data.len()) as f64
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::rng::Rng;
+    use crate::scheme::wint2::codebook::Codebook;
+
+    /// Mean squared error per weight of quantising `data` (4-vectors) with codebook `cb` at
+    /// plain (unrounded) scale `s`: decoded values are `q * s`.
+    fn mse_at_scale(cb: &Codebook, data: &[[f32; 4]], s: f32) -> f64 {
+        let vals: [f32; 64] = std::array::from_fn(|i| (i as f32 - 32.0) * s);
+        let table = cb.table(&vals);
+        let h = [1.0f32; 4];
+        let total: f64 = data.iter().map(|x| table.best_byte(x, &h).1 as f64).sum();
+        total / (4 * data.len()) as f64
+    }
 
     fn gaussian_vectors(seed: u64, count: usize) -> Vec<[f32; 4]> {
         let mut rng = Rng::new(seed);

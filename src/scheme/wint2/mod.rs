@@ -1,4 +1,4 @@
-//! CCQ WINT2: the 2-bit expert format of ERNIE 4.5 (see `wint2-format.md`).
+//! CCQ WINT2: the 2-bit expert format of ERNIE 4.5 (see `docs/wint2-format.md`).
 //!
 //! Stored tensors for a logical `[K, N]` matrix (K % 128 == 0):
 //!
@@ -30,16 +30,6 @@ pub const K_MULTIPLE: usize = 128;
 
 /// Component names, in the order [`Wint2::encode`] writes them.
 pub const COMPONENTS: [&str; 5] = ["quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp"];
-
-/// How the decoder rounds the scale product (`wint2-format.md`, steps 6-7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Rounding {
-    /// `bf16(q * bf16(ls * super))`: FastDeploy's fused GEMM, what inference computes.
-    #[default]
-    Fused,
-    /// `bf16(ls * super * q)`: FastDeploy's standalone `winx_unzip` op.
-    Single,
-}
 
 /// The encoder's speed/quality knob. The benchmark table reports each level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -78,11 +68,10 @@ impl Effort {
     }
 }
 
-/// The WINT2 scheme: decoder rounding variant plus encoder effort.
+/// The WINT2 scheme. It decodes with FastDeploy's fused GEMM arithmetic ([`decode::weight`]),
+/// which the encoder optimises for; the only setting is the encoder's effort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Wint2 {
-    /// Rounding the decoder applies (and the encoder optimises for).
-    pub rounding: Rounding,
     /// Encoder speed/quality trade-off.
     pub effort: Effort,
 }
@@ -188,8 +177,8 @@ impl Scheme for Wint2 {
         self.check_shape(k, n)?;
         check_encode_input(w, k, n, importance)?;
         let columns = match importance {
-            Importance::Hessian(h) => feedback::encode_columns_with_feedback(w, k, n, h, self.rounding, self.effort),
-            other => encode::encode_columns_at(w, k, n, other.diagonal(), self.rounding, self.effort),
+            Importance::Hessian(h) => feedback::encode_columns_with_feedback(w, k, n, h, self.effort),
+            other => encode::encode_columns_at(w, k, n, other.diagonal(), self.effort),
         };
         Ok(Self::pack(k, n, &columns))
     }
@@ -214,7 +203,7 @@ impl Scheme for Wint2 {
             code_scale: finite_f32s(parts[3])?,
             code_zp: finite_f32s(parts[4])?,
         };
-        Ok(decode::decode_matrix(&params, self.rounding))
+        Ok(decode::decode_matrix(&params))
     }
 
     fn bits_per_weight(&self, k: usize, n: usize) -> f64 {
@@ -252,7 +241,7 @@ mod tests {
         let (k, n) = (256, 64);
         let w = gaussian(k, n, 1);
         for effort in Effort::ALL {
-            let s = Wint2 { effort, ..Wint2::default() };
+            let s = Wint2 { effort };
             let d = s.decode(&s.encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()).unwrap();
             // Optimal scalar 2-bit is 0.1175; the fitted maps reach about 0.105.
             assert!(nmse(&w, &d) < 0.11, "{effort:?}: {}", nmse(&w, &d));
@@ -349,7 +338,7 @@ mod tests {
                 let (sup, cs, zp) = column_params(&packed, col);
                 let cb = Codebook::new(cs, zp);
                 for p in 0..k / 4 {
-                    let vals = decode::value_table(ls[(4 * p / GROUP_ROWS) * n + col], sup, s.rounding);
+                    let vals = decode::value_table(ls[(4 * p / GROUP_ROWS) * n + col], sup);
                     let x: [f32; 4] = std::array::from_fn(|j| w[(4 * p + j) * n + col]);
                     let hv: [f32; 4] = std::array::from_fn(|j| h[4 * p + j]);
                     let got: f32 = (0..4).map(|j| hv[j] * (x[j] - d[(4 * p + j) * n + col]).powi(2)).sum();

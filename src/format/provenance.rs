@@ -4,17 +4,16 @@
 //! whatever the layout. It records the source's naming and config, the options that chose the
 //! schemes, and for every output tensor its scheme, logical `[k, n]` shape, whether the
 //! sources were stored `[out, in]`, and the source tensors whose columns it holds, in order.
-//! With it, [`super::QuantizedCheckpoint`] can give every tensor back its source names, shape,
+//! With it, [`crate::quantized::QuantizedCheckpoint`] can give every tensor back its source names, shape,
 //! dtype and orientation (see `FORMAT.md`, section "Provenance"). Loaders that do not know the
 //! file (FastDeploy) ignore it.
 
-use crate::checkpoint::Checkpoint;
-use crate::convert::{ConvertOptions, OutputLayout, Plan, PlannedTensor};
+use super::OutputLayout;
 use crate::error::{Error, Result};
 use crate::layout::Naming;
 use crate::{Dtype, SchemeKind};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 
 /// File name of the provenance record in a quantized checkpoint directory.
@@ -26,6 +25,7 @@ pub const PROVENANCE_VERSION: u32 = 1;
 
 /// The parsed `ccq-provenance.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// Always [`PROVENANCE_FORMAT`].
     pub format: String,
@@ -34,11 +34,12 @@ pub struct Provenance {
     /// Version of the ccq that wrote the checkpoint.
     pub ccq_version: String,
     /// Output layout: `"fastdeploy"` or `"native"`.
-    pub layout: String,
+    pub layout: OutputLayout,
     /// The source checkpoint.
     pub source: ProvenanceSource,
     /// The options that chose the schemes: `effort` plus what the caller recorded
-    /// (`ccq quantize`: `preset`, `w4_end_layer`, `set`, `policy`, `fallback`).
+    /// (`ccq quantize`: `preset`, `w4_end_layer`, `set`, `policy`, `fallback`), and how the
+    /// encoders were calibrated (`feedback`). A record of the run, not read back.
     pub options: Value,
     /// Every output tensor, in write order.
     pub tensors: Vec<ProvenanceTensor>,
@@ -46,21 +47,23 @@ pub struct Provenance {
 
 /// What the record says about the source checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProvenanceSource {
     /// `"pytorch"` (`[out, in]` linear weights) or `"paddle"` (`[in, out]`).
-    pub naming: String,
+    pub naming: Naming,
     /// The source's `config.json`, as it was (`null` when it had none).
     pub config: Option<Value>,
 }
 
 /// One output tensor of the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProvenanceTensor {
     /// The name the checkpoint knows it by: the stored tensor's name when unquantized, the
     /// prefix of its component tensors (`NAME.quant_weight`, ...) when packed.
     pub name: String,
     /// The scheme (`"wint2"`, `"wint4"`, `"wint8"`), or `null` when stored unquantized.
-    pub scheme: Option<String>,
+    pub scheme: Option<SchemeKind>,
     /// Logical rows (inputs); for a tensor that is not a matrix, its element count.
     pub k: usize,
     /// Logical columns (outputs); 1 for a tensor that is not a matrix.
@@ -74,38 +77,23 @@ pub struct ProvenanceTensor {
 
 /// One source tensor of an output tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProvenanceSourceTensor {
     /// The tensor's name in the source checkpoint.
     pub name: String,
     /// How many columns of the logical matrix it occupies.
     pub width: usize,
     /// Its dtype in the source, as safetensors names it.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Its shape in the source.
     pub shape: Vec<usize>,
 }
 
 impl Provenance {
-    /// The record for a conversion of `ckpt` by `plan`.
-    pub fn from_plan(ckpt: &Checkpoint, plan: &Plan, options: &ConvertOptions) -> Provenance {
-        let mut recorded = json!({"effort": options.effort.name()});
-        if let (Some(map), Some(extra)) = (recorded.as_object_mut(), options.provenance_options.as_object()) {
-            map.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        Provenance {
-            format: PROVENANCE_FORMAT.to_string(),
-            version: PROVENANCE_VERSION,
-            ccq_version: env!("CARGO_PKG_VERSION").to_string(),
-            layout: plan.layout.name().to_string(),
-            source: ProvenanceSource { naming: plan.naming.name().to_string(), config: ckpt.config().cloned() },
-            options: recorded,
-            tensors: plan.tensors.iter().map(|t| tensor_record(ckpt, t)).collect(),
-        }
-    }
-
-    /// The record as JSON.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).expect("provenance serializes")
+    /// Writes the record to `path` (through a temporary name).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let value = serde_json::to_value(self).map_err(|e| Error::Json { file: path.to_path_buf(), problem: e.to_string() })?;
+        crate::checkpoint::output::write_json(path, &value)
     }
 
     /// Reads and validates `path`; every problem is an [`Error::Json`] naming the file.
@@ -124,31 +112,17 @@ impl Provenance {
                 p.format, p.version
             )));
         }
-        if p.layout_kind().is_none() {
-            return Err(bad(format!("unknown layout '{}'", p.layout)));
-        }
-        if p.naming().is_none() {
-            return Err(bad(format!("unknown source naming '{}'", p.source.naming)));
-        }
         let mut seen = std::collections::HashSet::new();
         for t in &p.tensors {
             let problem = |what: String| bad(format!("tensor '{}': {what}", t.name));
             if !seen.insert(t.name.as_str()) {
                 return Err(problem("listed twice".into()));
             }
-            if let Some(s) = &t.scheme {
-                if SchemeKind::from_name(s).is_none() {
-                    return Err(problem(format!("unknown scheme '{s}'")));
-                }
-            }
             if t.sources.is_empty() {
                 return Err(problem("no sources".into()));
             }
             let mut width = 0usize;
             for s in &t.sources {
-                if Dtype::from_name(&s.dtype).is_none() {
-                    return Err(problem(format!("source '{}' has unknown dtype '{}'", s.name, s.dtype)));
-                }
                 let numel = s.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                 let expected = t.k.checked_mul(s.width);
                 if numel.is_none() || numel != expected {
@@ -165,48 +139,4 @@ impl Provenance {
         }
         Ok(p)
     }
-
-    /// The layout as a typed value (`None` if unknown; [`Provenance::parse`] rejects that).
-    pub fn layout_kind(&self) -> Option<OutputLayout> {
-        match self.layout.as_str() {
-            "fastdeploy" => Some(OutputLayout::FastDeploy),
-            "native" => Some(OutputLayout::Native),
-            _ => None,
-        }
-    }
-
-    /// The source naming as a typed value (`None` if unknown; [`Provenance::parse`] rejects that).
-    pub fn naming(&self) -> Option<Naming> {
-        match self.source.naming.as_str() {
-            "pytorch" => Some(Naming::Pytorch),
-            "paddle" => Some(Naming::Paddle),
-            _ => None,
-        }
-    }
-}
-
-/// The record of one planned tensor.
-fn tensor_record(ckpt: &Checkpoint, t: &PlannedTensor) -> ProvenanceTensor {
-    let name = match t.choice {
-        // Packed: the components are `NAME.<component>`; record NAME.
-        Some(_) => t.outputs[0].name.rsplit_once('.').map_or(t.name.clone(), |(base, _)| base.to_string()),
-        None => t.outputs[0].name.clone(),
-    };
-    let sources = t
-        .sources
-        .iter()
-        .map(|s| {
-            let (dtype, shape) = match ckpt.get(s) {
-                Ok(e) => (e.dtype, e.shape.clone()),
-                Err(_) => (Dtype::BF16, Vec::new()),
-            };
-            let width = match shape.len() {
-                2 if t.transpose => shape[0],
-                2 => shape[1],
-                _ => 1,
-            };
-            ProvenanceSourceTensor { name: s.clone(), width, dtype: dtype.name().to_string(), shape }
-        })
-        .collect();
-    ProvenanceTensor { name, scheme: t.choice.map(|k| k.name().to_string()), k: t.k, n: t.n, transposed: t.transpose, sources }
 }
