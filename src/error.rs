@@ -158,6 +158,21 @@ pub enum Error {
         /// What is wrong with its components.
         source: SchemeError,
     },
+    /// A kernel refused a tensor's weights or activations.
+    #[error("tensor '{tensor}': {source}")]
+    Kernel {
+        /// The tensor's name.
+        tensor: String,
+        /// What the kernel refused.
+        source: crate::kernel::KernelError,
+    },
+    /// The planned mix of schemes is one FastDeploy's loader cannot read.
+    #[error("{source}; use --layout native, or --set REGEX=SCHEME to change the mix")]
+    FastDeployMix {
+        /// Why.
+        #[from]
+        source: crate::format::fastdeploy::UnloadableMix,
+    },
     /// A quantized tensor's description is missing or wrong: in the native layout, the
     /// `ccq.tensor.NAME` metadata of the shard holding it.
     #[error("{}: tensor '{tensor}': {problem}", file.display())]

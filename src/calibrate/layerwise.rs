@@ -425,7 +425,7 @@ fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effo
     let mut out = BTreeMap::new();
     for (t, packed) in encoded {
         let scheme = packed.kind.scheme(effort);
-        let w = scheme.decode(packed).map_err(|e| Error::BadTensor { file: None, tensor: t.name.clone(), problem: e.to_string() })?;
+        let w = scheme.decode(packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
         let mut offset = 0;
         for name in &t.sources {
             let shape = &ckpt.get(name)?.shape;
@@ -464,11 +464,8 @@ mod tests {
         assert_eq!(b, vec![(0..7, vec![3, 4]), (7..17, vec![10]), (17..19, vec![2])]);
     }
 
-    fn temp(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("ccq-layerwise-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp(name: &str) -> crate::test_support::Scratch {
+        crate::test_support::scratch(&format!("layerwise-{name}"), true)
     }
 
     const ENTRY: &str =

@@ -86,7 +86,8 @@ fn file_round_trips_and_a_mismatch_is_an_error() {
     let ckpt = tiny();
     let options = CalibOptions { hessian: Hessian::Full, weighting: Weighting::Gate, min_tokens: 4 };
     let stats = calibrate(&ckpt, &sequences(), options, 16, &mut |_| {}).unwrap();
-    let path = std::env::temp_dir().join(format!("ccq-calib-{}.safetensors", std::process::id()));
+    let dir = crate::test_support::scratch("calib", true);
+    let path = dir.join("stats.safetensors");
     stats.write(&path).unwrap();
     let back = Stats::read(&path).unwrap();
     assert_eq!(back.inputs, stats.inputs);
@@ -105,8 +106,7 @@ fn file_round_trips_and_a_mismatch_is_an_error() {
 
 #[test]
 fn malformed_statistics_files_are_errors_not_panics() {
-    let dir = std::env::temp_dir().join(format!("ccq-calib-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::test_support::scratch("calib-bad", true);
     let path = dir.join("stats.safetensors");
     for json in [
         r#"{"a.sum_sq":{"dtype":"F32","shape":[1],"data_offsets":[]}}"#,
@@ -177,8 +177,7 @@ fn the_description_is_written_in_the_documented_layout() {
 
 #[test]
 fn a_description_with_a_missing_or_unknown_field_is_refused() {
-    let dir = std::env::temp_dir().join(format!("ccq-calib-fields-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::test_support::scratch("calib-fields", true);
     let path = dir.join("stats.safetensors");
     stats_file(&path, DESCRIPTION);
     let stats = Stats::read(&path).unwrap();

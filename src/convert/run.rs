@@ -217,7 +217,7 @@ fn write_side_files(ckpt: &Checkpoint, plan: &Plan, work: &Path) -> Result<()> {
     }
     match plan.layout {
         OutputLayout::FastDeploy => {
-            let q = plan.fastdeploy_config().map_err(|e| Error::BadInput { problem: e.to_string() })?;
+            let q = plan.fastdeploy_config()?;
             crate::format::fastdeploy::write_config(ckpt.config(), &q, work)
         }
         OutputLayout::Native => match ckpt.config() {
@@ -435,7 +435,7 @@ pub fn encode_planned(
     damp: f32,
     factors: &mut FactorCache,
 ) -> Result<(crate::Packed, Option<FeedbackRecord>)> {
-    let bad = |e: crate::SchemeError| Error::BadTensor { file: None, tensor: t.name.clone(), problem: e.to_string() };
+    let bad = |source: crate::SchemeError| Error::Packed { tensor: t.name.clone(), source };
     let scheme = kind.scheme(effort);
     match importance {
         Some(TensorImportance::Hessian(xtx)) => {

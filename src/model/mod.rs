@@ -109,11 +109,8 @@ impl Linear for KernelLinear {
     }
 
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel()).map_err(|e| Error::BadTensor {
-            file: None,
-            tensor: self.name.clone(),
-            problem: e.to_string(),
-        })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
+            .map_err(|source| Error::Kernel { tensor: self.name.clone(), source })
     }
 }
 

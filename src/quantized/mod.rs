@@ -284,11 +284,8 @@ impl QuantizedCheckpoint {
     /// `[m, t.n]`.
     pub fn matmul(&self, t: &QuantizedTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let weights = self.weights(t)?;
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel()).map_err(|e| Error::BadTensor {
-            file: Some(self.ckpt.path().to_path_buf()),
-            tensor: t.name.clone(),
-            problem: e.to_string(),
-        })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel())
+            .map_err(|source| Error::Kernel { tensor: t.name.clone(), source })
     }
 
     /// Lets the kernel drop the pages of `t`'s stored tensors (see [`Checkpoint::release`]).
