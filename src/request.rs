@@ -76,6 +76,8 @@ pub struct QuantizeRequest {
     pub resume: bool,
     /// Testing aid: stop after writing this many shards ([`ConvertOptions::stop_after_shards`]).
     pub stop_after_shards: Option<usize>,
+    /// Copy tensors holding NaN or infinities ([`ConvertOptions::allow_non_finite`]).
+    pub allow_non_finite: bool,
 }
 
 impl QuantizeRequest {
@@ -126,6 +128,9 @@ impl QuantizeRequest {
                 o.hessian_budget
             );
         }
+        if self.allow_non_finite {
+            extra += "|allow-non-finite";
+        }
         extra
     }
 
@@ -151,6 +156,7 @@ impl QuantizeRequest {
             importance: self.calibration.as_ref().map(|c| c.importance.clone()),
             damp: self.damp,
             layerwise,
+            allow_non_finite: self.allow_non_finite,
         })
     }
 }
@@ -184,6 +190,7 @@ mod tests {
             force: false,
             resume: false,
             stop_after_shards: None,
+            allow_non_finite: false,
         }
     }
 

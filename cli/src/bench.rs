@@ -134,8 +134,8 @@ fn bench_inspect(args: &BenchArgs) -> anyhow::Result<()> {
     let timing = ccq::bench::inspect::time_inspect(&dir, 5);
     std::fs::remove_dir_all(&dir)?;
     let t = timing?;
-    println!("tensors | shards | data described | read headers (baseline) | inspect --json | ratio | per 10k tensors");
-    println!(
+    say!("tensors | shards | data described | read headers (baseline) | inspect --json | ratio | per 10k tensors");
+    say!(
         "{} | {} | {:.1} GB | {:.4} s | {:.4} s | {:.1}x | {:.4} s",
         t.tensors,
         t.shards,
@@ -164,10 +164,10 @@ fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let one = single.install(|| run(&data, &[1], 31, 0xC0DE))?;
     rows.extend(one.iter().cloned());
-    print!("{}", Table(&rows));
+    say_raw!("{}", Table(&rows));
     if let Some(w2) = one.iter().find(|r| r.format == "wint2") {
         let g = w2.weights_per_s() / 1e9;
-        println!(
+        say!(
             "wint2 M=1 one core: {g:.2} G weights/s = {:.2}x the 10 G target, {:.2}x llama.cpp IQ2_XXS (22 G), {:.2}x Q2_K (61 G)",
             g / 10.0,
             g / 22.0,
@@ -185,13 +185,13 @@ fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
     type Case<'a> = (&'a str, usize, usize, &'a [(usize, usize)]);
     let cases: [Case; 3] =
         [("tiny", 3, 4, &[(64, 8), (256, 8)]), ("21b-a3b", 2, 16, &[(64, 4), (256, 4)]), ("21b-a3b", 2, 64, &[(64, 4), (256, 4)])];
-    println!("shape | layers | experts | seq len | sequences | tokens | seconds | tokens/s | peak RSS so far (MiB)");
+    say!("shape | layers | experts | seq len | sequences | tokens | seconds | tokens/s | peak RSS so far (MiB)");
     for (preset, layers, experts, runs) in cases {
         let dir = std::env::temp_dir().join(format!("ccq-bench-calibrate-{}", std::process::id()));
         let model = prepare(&dir, preset, layers, experts)?;
         for &(seq_len, sequences) in runs {
             let t = time_calibration(&dir, preset, &model, seq_len, sequences)?;
-            println!(
+            say!(
                 "{} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {}",
                 t.preset,
                 t.layers,
@@ -212,13 +212,13 @@ fn bench_calibrate(_args: &BenchArgs) -> anyhow::Result<()> {
 /// `ccq bench generate`: prefill and decode on 1 and 2 threads per checkpoint.
 fn bench_generate(args: &BenchArgs) -> anyhow::Result<()> {
     use ccq::bench::generate::{prepare_synthetic, time_generate};
-    println!("checkpoint | threads | prefill tokens/s (64) | decode tokens/s (32) | weight MiB per token | read GB/s | limit tokens/s | decode / limit");
+    say!("checkpoint | threads | prefill tokens/s (64) | decode tokens/s (32) | weight MiB per token | read GB/s | limit tokens/s | decode / limit");
     let row = |name: &str, path: &std::path::Path| -> anyhow::Result<()> {
         let files = ccq::model::source::ModelFiles::open(path)?;
         let source = files.weights()?;
         for threads in [1, 2] {
             let t = time_generate(source.as_ref(), 64, 32, threads)?;
-            println!(
+            say!(
                 "{name} | {threads} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2}",
                 t.prefill_tokens_per_s,
                 t.decode_tokens_per_s,
@@ -232,7 +232,7 @@ fn bench_generate(args: &BenchArgs) -> anyhow::Result<()> {
     };
     for path in &args.models {
         if !path.exists() {
-            println!("{} | skipped: not found", path.display());
+            say!("{} | skipped: not found", path.display());
             continue;
         }
         row(&path.display().to_string(), path)?;
@@ -257,11 +257,11 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
         EffortLevels::One(e) => e.into(),
         EffortLevels::All => Effort::Default,
     };
-    println!("scheme | matrix [K, N] | diagonal s | factor s | feedback s | feedback / diagonal time | feedback weights/s | output error diagonal | output error feedback | peak RSS so far (MiB)");
+    say!("scheme | matrix [K, N] | diagonal s | factor s | feedback s | feedback / diagonal time | feedback weights/s | output error diagonal | output error feedback | peak RSS so far (MiB)");
     for kind in [ccq::SchemeKind::Wint2, ccq::SchemeKind::Wint4, ccq::SchemeKind::Wint8] {
         for (k, n) in [(2560, 1536), (1536, 2560)] {
             let t = time_feedback(kind.scheme(effort).as_ref(), k, n, 0xFEED)?;
-            println!(
+            say!(
                 "{} | [{k}, {n}] | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} M | {:.5} | {:.5} | {}",
                 t.scheme,
                 t.diagonal_seconds,
@@ -278,7 +278,7 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
     if args.layer_experts > 0 {
         let dir = std::env::temp_dir().join(format!("ccq-bench-feedback-{}", std::process::id()));
         let t = ccq::bench::feedback::time_layer(&dir, args.layer_experts, 4, 256)?;
-        println!(
+        say!(
             "21B-A3B-shaped checkpoint, a dense layer and one MoE layer of {} experts, {} calibration tokens, --calib-tokens conversion: {:.1} s, peak RSS {}",
             t.experts,
             t.tokens,
@@ -287,7 +287,7 @@ fn bench_feedback(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let bytes = layer_hessian_bytes(64, 2560, 1536);
-    println!(
+    say!(
         "one 21B-A3B MoE layer (64 experts): {:.2} GiB of f64 Hessian sums; with the default --hessian-budget of {:.0} GiB its experts run in about {} chunk(s)",
         bytes as f64 / (1u64 << 30) as f64,
         ccq::calibrate::layerwise::DEFAULT_HESSIAN_BUDGET as f64 / (1u64 << 30) as f64,
@@ -329,8 +329,8 @@ fn bench_wint2(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         footer = format!("(no real data at {}: skipped)\n", real_dir.display());
     }
-    print!("{}", Table(&rows));
-    print!("{footer}");
+    say_raw!("{}", Table(&rows));
+    say_raw!("{footer}");
     Ok(())
 }
 

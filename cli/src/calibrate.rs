@@ -73,10 +73,10 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     stats.meta["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
     stats.write(&args.output)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats.summary())?);
+        say!("{}", serde_json::to_string_pretty(&stats.summary())?);
     } else {
         let fell: usize = stats.fallbacks.values().map(Vec::len).sum();
-        println!(
+        say!(
             "wrote {}: statistics of {} linear inputs from {} tokens in {:.1} s ({:.0} tokens/s); {} expert(s) below {} tokens blended with their layer",
             args.output.display(),
             stats.inputs.len(),
@@ -88,7 +88,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
         );
         for (l, f) in &stats.fallbacks {
             if !f.is_empty() {
-                println!("  layer {l}: experts {f:?} fell back");
+                say!("  layer {l}: experts {f:?} fell back");
             }
         }
     }

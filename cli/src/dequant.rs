@@ -25,7 +25,7 @@ pub struct DequantArgs {
 pub fn run(args: &DequantArgs) -> Result<ExitCode> {
     let q = QuantizedCheckpoint::open(&args.quant)?;
     if q.provenance().is_none() {
-        eprintln!(
+        note!(
             "ccq: note: {} has no {}: tensors keep their stored names{}",
             args.quant.display(),
             ccq::format::provenance::PROVENANCE_FILE,
@@ -37,7 +37,7 @@ pub fn run(args: &DequantArgs) -> Result<ExitCode> {
     }
     let summary = write_dequantized(&q, &args.output, &DequantOptions { force: args.force })?;
     if !args.quiet {
-        eprintln!(
+        note!(
             "wrote {}: {} tensors ({} dequantized) in {} shard(s), {} bytes, {}",
             args.output.display(),
             summary.tensors,

@@ -48,22 +48,22 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     reporter.finish();
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let n: usize = sequences.iter().map(Vec::len).sum();
-        println!("A               {} ({})", args.original.display(), a_files.kind());
-        println!("B               {} ({})", args.quant.display(), b_files.kind());
-        println!(
+        say!("A               {} ({})", args.original.display(), a_files.kind());
+        say!("B               {} ({})", args.quant.display(), b_files.kind());
+        say!(
             "tokens          {} predicted positions in {} sequences; {seconds:.1} s, {:.0} tokens/s through both models",
             report.tokens,
             sequences.len(),
             n as f64 / seconds
         );
-        println!("ppl original    {:.4} (A)", report.ppl_original);
-        println!("ppl quantized   {:.4} (B)", report.ppl_quantized);
-        println!("KL mean         {:.6} nats (A || B)", report.kld_mean);
-        println!("KL p50/p90/p99  {:.6} / {:.6} / {:.6}", report.kld_p50, report.kld_p90, report.kld_p99);
-        println!("top-1 agreement {:.4}", report.top1_agreement);
+        say!("ppl original    {:.4} (A)", report.ppl_original);
+        say!("ppl quantized   {:.4} (B)", report.ppl_quantized);
+        say!("KL mean         {:.6} nats (A || B)", report.kld_mean);
+        say!("KL p50/p90/p99  {:.6} / {:.6} / {:.6}", report.kld_p50, report.kld_p90, report.kld_p99);
+        say!("top-1 agreement {:.4}", report.top1_agreement);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,31 @@
 //! Exit codes: 0 success; 1 a check failed (reserved for verification thresholds);
 //! 2 bad input or any other error, printed once as `ccq: error: ...` with its causes.
 
+/// `println!` that never panics: a closed stdout (`ccq ... | head`) drops the rest of the
+/// output, never the work (the command still finishes and writes its files).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`say!`]).
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr costs the message, never the work.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod calibrate;
 mod dequant;
@@ -89,6 +114,6 @@ fn report(err: &anyhow::Error) -> ExitCode {
             message.push_str(&format!("\n  caused by: {text}"));
         }
     }
-    eprintln!("{message}");
+    note!("{message}");
     ExitCode::from(2)
 }

@@ -117,6 +117,10 @@ pub struct QuantizeArgs {
     /// Testing aid: stop (as if interrupted) after writing this many shards.
     #[arg(long, hide = true)]
     stop_after_shards: Option<usize>,
+    /// Copy unquantized tensors holding NaN or infinities as they are (otherwise refused,
+    /// naming the tensor and element; quantized tensors are always refused).
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 /// Runs `ccq quantize`.
@@ -142,6 +146,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         force: args.force,
         resume: args.resume,
         stop_after_shards: args.stop_after_shards,
+        allow_non_finite: args.allow_non_finite,
     };
     let shard_size = parse_size(&args.shard_size)?;
     let plan = Plan::build(&ckpt, &model, &request.plan_options(shard_size)).map_err(|refusals| {
@@ -187,7 +192,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         });
     }
     if args.dry_run {
-        print!("{}", render_plan(&plan));
+        say_raw!("{}", render_plan(&plan));
         return Ok(ExitCode::SUCCESS);
     }
     let Some(output) = &args.output else { bail!("--output is required (or pass --dry-run)") };
@@ -199,7 +204,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let summary = convert::convert(&ckpt, &plan, output, &convert_options, &mut |p| reporter.update(p))?;
     reporter.finish();
     if !args.quiet {
-        eprintln!("{}", render_summary(&summary, output));
+        note!("{}", render_summary(&summary, output));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -311,7 +316,7 @@ impl Reporter {
             bar.set_message(format!("tensors {}/{}", p.tensors_done, p.tensors_total));
         } else if self.plain && (self.last.elapsed() >= Duration::from_secs(10) || p.tensors_done == p.tensors_total) {
             self.last = Instant::now();
-            eprintln!("ccq: {}/{} tensors, {}/{} bytes read", p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total);
+            note!("ccq: {}/{} tensors, {}/{} bytes read", p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total);
         }
     }
 

@@ -71,7 +71,7 @@ pub fn run(args: &SynthArgs) -> Result<ExitCode> {
     }
     let options = SynthOptions { naming, shards: args.shards, seed: args.seed, sparse: args.sparse, bf16_as_u16: args.u16 };
     let summary = write_checkpoint(&model, &options, &args.output)?;
-    eprintln!(
+    note!(
         "wrote {} tensors ({} bytes of data) in {} file(s) to {}",
         summary.tensors,
         summary.data_bytes,

@@ -1,7 +1,7 @@
 //! `ccq verify`: how far a quantized checkpoint is from its original, with thresholds.
 //!
-//! Exit codes: 0 every threshold met; 1 a threshold exceeded (the offenders are listed);
-//! 2 bad input (thresholds that do not parse are rejected before any work).
+//! Exit codes: 0 every threshold met; 1 a threshold exceeded (the offenders are listed), or
+//! nothing verified (no quantized tensor) without `--allow-empty`; 2 bad input (thresholds that do not parse are rejected before any work).
 
 use anyhow::{Context, Result};
 use ccq::quantized::QuantizedCheckpoint;
@@ -45,6 +45,10 @@ pub struct VerifyArgs {
     /// Read U16 tensors of the original as bf16 payload.
     #[arg(long)]
     u16_as_bf16: bool,
+    /// Pass (exit 0) when the quantized checkpoint holds no quantized tensor; otherwise
+    /// verifying nothing fails (exit 1).
+    #[arg(long)]
+    allow_empty: bool,
     /// No progress lines.
     #[arg(short, long)]
     quiet: bool,
@@ -68,7 +72,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     let verdict = verify(&original, &quantized, &options, &mut |done, total| {
         if !quiet && (last.elapsed().as_secs() >= 10 || done == total) {
             last = std::time::Instant::now();
-            eprintln!("ccq: verified {done}/{total} tensors");
+            note!("ccq: verified {done}/{total} tensors");
         }
     })?;
     if let Some(path) = &args.report {
@@ -76,6 +80,10 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     }
     let text = if args.json { serde_json::to_string_pretty(&verdict)? + "\n" } else { summary(&verdict) };
     std::io::stdout().lock().write_all(text.as_bytes())?;
+    if verdict.tensors.is_empty() && !args.allow_empty {
+        note!("ccq: nothing was verified: {} holds no quantized tensor (pass --allow-empty to accept that)", args.quantized.display());
+        return Ok(ExitCode::from(1));
+    }
     Ok(if verdict.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

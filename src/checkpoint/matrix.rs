@@ -24,10 +24,7 @@ impl Checkpoint {
             let width = source_width(&entry.shape, k, transpose)
                 .filter(|&w| offset + w <= n)
                 .ok_or_else(|| self.bad_matrix(name, k, n, "does not hold k rows of the columns left"))?;
-            let s = self.read_f32(name)?;
-            if let Some(i) = s.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { file: self.file_of(name), tensor: name.clone(), index: i, value: s[i] });
-            }
+            let s = self.read_f32_finite(name)?;
             if transpose {
                 transpose_into(&s, width, k, &mut w, n, offset);
             } else {

@@ -223,6 +223,35 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Checks, chunk by chunk, that a float tensor holds no NaN or infinity; the first one is
+    /// an [`Error::NonFinite`] naming file, tensor and element. Tensors of other dtypes (which
+    /// hold no such values) pass.
+    pub fn check_finite(&self, name: &str) -> Result<()> {
+        let entry = self.get(name)?;
+        if !matches!(entry.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) || self.conversion(entry).is_err() {
+            return Ok(());
+        }
+        self.for_each_f32_chunk(name, DEFAULT_CHUNK_ELEMS, |first, chunk| match chunk.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NonFinite {
+                file: self.shards[entry.shard].path.clone(),
+                tensor: name.to_string(),
+                index: first + i,
+                value: chunk[i],
+            }),
+            None => Ok(()),
+        })
+    }
+
+    /// Reads a whole tensor as f32 and checks it holds no NaN or infinity
+    /// ([`Checkpoint::check_finite`]).
+    pub fn read_f32_finite(&self, name: &str) -> Result<Vec<f32>> {
+        let values = self.read_f32(name)?;
+        match values.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NonFinite { file: self.file_of(name), tensor: name.to_string(), index: i, value: values[i] }),
+            None => Ok(values),
+        }
+    }
+
     /// Reads a whole tensor as f32 (row-major, as stored).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(self.get(name)?.numel());

@@ -88,6 +88,9 @@ pub struct ConvertOptions {
     pub damp: f32,
     /// Encodes tensors ahead of the shards (the calibrated, layer-by-layer conversion).
     pub layerwise: Option<std::sync::Arc<dyn LayerwiseEncoder>>,
+    /// Copy tensors holding NaN or infinities as they are instead of refusing them (tensors
+    /// that are quantized or converted are always refused: no encoder takes them).
+    pub allow_non_finite: bool,
 }
 
 impl Default for ConvertOptions {
@@ -104,6 +107,7 @@ impl Default for ConvertOptions {
             importance: None,
             damp: crate::scheme::importance::DEFAULT_DAMP,
             layerwise: None,
+            allow_non_finite: false,
         }
     }
 }
@@ -153,10 +157,7 @@ pub fn convert(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     let start = Instant::now();
-    refuse_to_overwrite_source(ckpt.path(), out)?;
-    if out.exists() && !options.force {
-        return Err(Error::OutputExists { path: out.to_path_buf() });
-    }
+    crate::checkpoint::output::check_output(out, ckpt.path(), options.force)?;
     let work = partial_dir(out);
     let fingerprint = fingerprint(ckpt, plan, &options.fingerprint_extra);
     let mut record = prepare_work_dir(&work, &fingerprint, options.resume)?;
@@ -250,17 +251,6 @@ fn feedback_summary(options: &ConvertOptions, records: &[FeedbackRecord]) -> Val
         "empty_hessians": empty,
         "calibration": options.layerwise.as_ref().map(|l| l.describe()),
     })
-}
-
-/// Refuses an output that is the source or holds it: `--force` would delete the input.
-fn refuse_to_overwrite_source(source: &Path, out: &Path) -> Result<()> {
-    let (Ok(source), Ok(out_abs)) = (source.canonicalize(), out.canonicalize()) else {
-        return Ok(()); // the output does not exist yet, so it holds nothing
-    };
-    if source.starts_with(&out_abs) {
-        return Err(Error::OutputHoldsInput { output: out.to_path_buf(), input: source });
-    }
-    Ok(())
 }
 
 /// `ccq-progress.json`: the shards an unfinished run completed, under the fingerprint of
@@ -462,6 +452,9 @@ fn write_tensor(
     let importance = options.importance.as_ref().and_then(|m| m.get(&t.name));
     let mut record = None;
     if t.is_raw_copy(layout) {
+        if !options.allow_non_finite {
+            ckpt.check_finite(&t.sources[0])?;
+        }
         writer.write(ckpt.raw_bytes(ckpt.get(&t.sources[0])?)?)?;
     } else {
         let w = ckpt.logical_matrix(&t.sources, t.k, t.n, t.transpose)?;

@@ -97,7 +97,17 @@ pub fn evaluate(
             row += seq.len();
         }
     }
-    Ok(acc.report())
+    let report = acc.report();
+    let figures = [report.ppl_original, report.ppl_quantized, report.kld_mean, report.kld_p99, report.top1_agreement];
+    if figures.iter().any(|f| !f.is_finite()) {
+        return Err(Error::BadInput {
+            problem: format!(
+                "the evaluation gave non-finite figures (ppl {} / {}, KL {}): an activation overflowed; check both checkpoints with ccq verify",
+                report.ppl_original, report.ppl_quantized, report.kld_mean
+            ),
+        });
+    }
+    Ok(report)
 }
 
 #[derive(Default)]

@@ -111,7 +111,7 @@ impl<S: Store> Source<S> {
 
     /// A 1-D f32 weight of `len` values (the first `len` when longer, e.g. the VL bias).
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let mut v = self.ckpt().read_f32(name)?;
+        let mut v = self.ckpt().read_f32_finite(name)?;
         if v.len() < len {
             return Err(Error::BadTensor {
                 file: Some(self.ckpt().file_of(name)),

@@ -64,13 +64,8 @@ struct Piece {
 
 /// Writes `q` dequantized into the directory `out` (see the module documentation).
 pub fn write_dequantized(q: &QuantizedCheckpoint, out: &Path, options: &DequantOptions) -> Result<DequantSummary> {
-    if out.exists() && !options.force {
-        return Err(Error::OutputExists { path: out.to_path_buf() });
-    }
     let input = q.checkpoint().path();
-    if same_path(out, input) {
-        return Err(Error::OutputHoldsInput { output: out.to_path_buf(), input: input.to_path_buf() });
-    }
+    crate::checkpoint::output::check_output(out, input, options.force)?;
     let restored_source = q.provenance().is_some();
     let shards = plan_pieces(q)?;
     let work = partial_dir(out);
@@ -98,13 +93,6 @@ pub fn write_dequantized(q: &QuantizedCheckpoint, out: &Path, options: &DequantO
     }
     move_into_place(&work, out)?;
     Ok(summary)
-}
-
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// The output tensors, grouped by the input shard holding their quantized tensor.

@@ -303,7 +303,6 @@ mod tests {
     use crate::calibrate::{calibrate, CalibOptions};
     use crate::convert::run::TensorImportance;
     use crate::convert::{self, ConvertOptions, OutputLayout, Plan, PlanOptions, Policy, Preset};
-    use serde_json::json;
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
@@ -328,17 +327,7 @@ mod tests {
             Plan::build(ckpt, &model, &PlanOptions { layout: OutputLayout::Native, policy: &policy, fallback: None, shard_size: u64::MAX })
                 .unwrap();
         let dir = crate::test_support::scratch(&format!("calib-q-{tag}"), true);
-        let opts = ConvertOptions {
-            effort: Default::default(),
-            force: true,
-            resume: false,
-            fingerprint_extra: tag.to_string(),
-            stop_after_shards: None,
-            provenance_options: json!({}),
-            importance,
-            damp: crate::scheme::importance::DEFAULT_DAMP,
-            layerwise: None,
-        };
+        let opts = ConvertOptions { force: true, fingerprint_extra: tag.to_string(), importance, ..ConvertOptions::default() };
         convert::convert(ckpt, &plan, &dir, &opts, &mut |_| {}).unwrap();
         (dir, plan)
     }

@@ -464,3 +464,45 @@ fn provenance_records_the_policy_options_as_given() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 14, defect 5: `-o existing_file --force` used to exit 2 after the work, leaving the
+/// file and `existing_file.ccq-old`; `-o . --force` wrote everything, then failed "Device or
+/// resource busy" and left a hidden `.ccq-partial`. Now `--force` replaces only an output
+/// directory, and refuses, before any work, a path that is or holds the current directory or
+/// the source.
+#[test]
+fn force_replaces_only_directories_and_never_the_cwd_or_the_source() {
+    let dir = temp_dir("force-paths");
+    std::fs::create_dir_all(dir.join("cwd/child")).unwrap();
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let run_in = |cwd: &std::path::Path, out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ccq"))
+            .args(["quantize", &src, "-o", out, "--force", "--quiet"])
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let file = dir.join("a-file");
+    std::fs::write(&file, "keep me").unwrap();
+    fails_with(&["quantize", &src, "-o", &file.display().to_string(), "--force", "--quiet"], "is not a directory");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    for (cwd, out) in [(dir.join("cwd"), "."), (dir.join("cwd/child"), ".."), (dir.join("cwd/child"), "../child")] {
+        let r = run_in(&cwd, out);
+        assert_eq!(r.status.code(), Some(2), "{out}: {}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("the output would replace the input"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.join("cwd")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["child"], "nothing partial left behind");
+    // An existing output directory is replaced as a whole, without leftovers.
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("stale.txt"), "old").unwrap();
+    stdout(&ccq(&["quantize", &src, "-o", &out.display().to_string(), "--force", "--quiet"]));
+    assert!(!out.join("stale.txt").exists() && out.join("config.json").exists());
+    let siblings: Vec<String> = std::fs::read_dir(&*dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(siblings.iter().all(|n| !n.contains("ccq-old") && !n.contains("ccq-partial")), "{siblings:?}");
+}

@@ -140,3 +140,17 @@ fn thresholds_take_the_registry_schemes() {
     }
     fails_with(&["verify", &src, "/nonexistent", "--max-output-err", "wint2=-1"], "--max-output-err wint2=-1: expected a number >= 0");
 }
+
+/// Issue 14, defect 10: a quantized checkpoint without any quantized tensor used to print an
+/// empty table and "all thresholds met" with exit 0.
+#[test]
+fn verifying_nothing_fails_unless_allowed() {
+    let dir = temp_dir("verify-empty");
+    let q = dir.join("q").display().to_string();
+    let src = repo("fixtures/ernie45-tiny-pt");
+    stdout(&ccq(&["quantize", &src, "-o", &q, "--layout", "native", "--set", ".=none", "--quiet"]));
+    let r = ccq(&["verify", &src, &q, "--quiet"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("nothing was verified"), "{}", String::from_utf8_lossy(&r.stderr));
+    stdout(&ccq(&["verify", &src, &q, "--quiet", "--allow-empty"]));
+}
