@@ -117,6 +117,11 @@ pub struct QuantizeArgs {
     /// Testing aid: stop (as if interrupted) after writing this many shards.
     #[arg(long, hide = true)]
     stop_after_shards: Option<usize>,
+    /// Convert a checkpoint that lacks tensors its config describes, or whose shapes disagree
+    /// with it (otherwise refused before any work, every problem listed), e.g. a partial
+    /// checkpoint on purpose. Only checked for the families the forward pass runs.
+    #[arg(long)]
+    allow_incomplete: bool,
     /// Copy unquantized tensors holding NaN or infinities as they are (otherwise refused,
     /// naming the tensor and element; quantized tensors are always refused).
     #[arg(long)]
@@ -127,6 +132,10 @@ pub struct QuantizeArgs {
 pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let ckpt = Checkpoint::open_with(&args.source, ReadOptions { u16_as_bf16: args.u16_as_bf16 })?;
     let model = ModelLayout::of(&ckpt)?;
+    if !args.allow_incomplete {
+        ccq::model::source::check_original_complete(&ckpt)
+            .map_err(|e| anyhow::anyhow!("{e}\n(pass --allow-incomplete to convert it anyway)"))?;
+    }
     let layout = match args.layout {
         Some(l) => OutputLayout::from(l),
         None if model.family == Family::Ernie45 => OutputLayout::FastDeploy,

@@ -74,6 +74,19 @@ fn is_paddle(ckpt: &Checkpoint) -> bool {
     ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."))
 }
 
+/// Checks, from headers, that an original checkpoint of a family the forward pass runs holds
+/// every tensor its config describes with the config's shapes (all problems listed at once,
+/// [`WeightSource::check_complete`]). Returns whether it was checked: `false` for a checkpoint
+/// without `config.json` or of another family, which ccq can still convert tensor by tensor.
+pub fn check_original_complete(ckpt: &Checkpoint) -> Result<bool> {
+    let Some(json) = ckpt.config() else { return Ok(false) };
+    if super::config::Architecture::of(json, &ckpt.path().join(crate::checkpoint::CONFIG_FILE)).is_err() {
+        return Ok(false);
+    }
+    OriginalWeights::new(ckpt)?.check_complete()?;
+    Ok(true)
+}
+
 impl<'a> OriginalWeights<'a> {
     /// Reads and checks the config of an original checkpoint.
     pub fn new(ckpt: &'a Checkpoint) -> Result<OriginalWeights<'a>> {

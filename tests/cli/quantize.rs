@@ -5,6 +5,7 @@
 use super::{ccq, fails_with, refused, repo, stdout, temp_dir, tensor_set};
 use ccq::scheme::{Scheme, Wint2, Wint4, Wint8};
 use ccq::{Checkpoint, Dtype};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -505,4 +506,49 @@ fn force_replaces_only_directories_and_never_the_cwd_or_the_source() {
     assert!(!out.join("stale.txt").exists() && out.join("config.json").exists());
     let siblings: Vec<String> = std::fs::read_dir(&*dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(siblings.iter().all(|n| !n.contains("ccq-old") && !n.contains("ccq-partial")), "{siblings:?}");
+}
+
+/// A copy of the PyTorch fixture with its index and config edited.
+fn edited_fixture(dir: &std::path::Path, edit_index: impl Fn(&mut Value), edit_config: impl Fn(&mut Value)) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in std::fs::read_dir(repo("fixtures/ernie45-tiny-pt")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    for (file, edit) in [("model.safetensors.index.json", &edit_index as &dyn Fn(&mut Value)), ("config.json", &edit_config)] {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(dir.join(file), v.to_string()).unwrap();
+    }
+    dir.display().to_string()
+}
+
+/// Issue 14, defect 2: quantize used to exit 0 and write a broken checkpoint when a tensor the
+/// model needs was missing or the config was nonsense; eval and calibrate refused the same files.
+#[test]
+fn incomplete_or_inconsistent_checkpoints_are_refused_before_any_work() {
+    let dir = temp_dir("incomplete");
+    let out = dir.join("q").display().to_string();
+    let no_embed = edited_fixture(
+        &dir.join("no-embed"),
+        |i| {
+            i["weight_map"].as_object_mut().unwrap().remove("model.embed_tokens.weight");
+        },
+        |_| {},
+    );
+    let err = refused(&["quantize", &no_embed, "-o", &out, "--quiet"]);
+    assert!(err.contains("model.embed_tokens.weight") && err.contains("--allow-incomplete"), "{err}");
+    assert!(!std::path::Path::new(&out).exists());
+    let no_expert = edited_fixture(
+        &dir.join("no-expert"),
+        |i| {
+            i["weight_map"].as_object_mut().unwrap().retain(|k, _| !k.contains("layers.2.mlp.experts.3."));
+        },
+        |_| {},
+    );
+    fails_with(&["quantize", &no_expert, "-o", &out, "--quiet"], "model.layers.2.mlp.experts.3.");
+    let nonsense = edited_fixture(&dir.join("nonsense"), |_| {}, |c| c["hidden_size"] = 3.into());
+    fails_with(&["quantize", &nonsense, "-o", &out, "--quiet"], "does not hold the model its config describes");
+    // A user who means it converts what is there.
+    stdout(&ccq(&["quantize", &no_expert, "-o", &out, "--quiet", "--allow-incomplete"]));
 }
