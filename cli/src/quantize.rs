@@ -168,7 +168,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
         anyhow::anyhow!("{} tensor(s) cannot be converted as planned ({hint}):\n{}", refusals.len(), list.join("\n"))
     })?;
     if layout == OutputLayout::FastDeploy {
-        plan.fastdeploy_config()?;
+        plan.fastdeploy_config().map_err(ccq::Error::from)?;
     }
     request.calibration = args.calib.as_deref().map(|path| StatsCalibration::read(path, &plan)).transpose()?;
     let calibrating = args.calib_tokens.is_some() || !args.calib_text.is_empty();

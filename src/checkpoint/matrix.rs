@@ -17,7 +17,12 @@ impl Checkpoint {
     /// Each source must hold `k` rows (inputs) and the widths must add up to `n`; a source
     /// that does not, or a NaN or infinite value, is an error naming the tensor and its file.
     pub fn logical_matrix(&self, sources: &[String], k: usize, n: usize, transpose: bool) -> Result<Vec<f32>> {
-        let mut w = vec![0.0f32; k.checked_mul(n).ok_or_else(|| self.bad_matrix(&sources[0], k, n, "is too large"))?];
+        let Some(first) = sources.first() else {
+            return Err(Error::BadInput {
+                problem: format!("a logical [{k}, {n}] matrix of {} needs at least one source tensor", self.path().display()),
+            });
+        };
+        let mut w = vec![0.0f32; k.checked_mul(n).ok_or_else(|| self.bad_matrix(first, k, n, "is too large"))?];
         let mut offset = 0;
         for name in sources {
             let entry = self.get(name)?;
@@ -35,7 +40,7 @@ impl Checkpoint {
             offset += width;
         }
         if offset != n {
-            return Err(self.bad_matrix(&sources[0], k, n, &format!("and the tensors fused with it hold {offset} columns")));
+            return Err(self.bad_matrix(first, k, n, &format!("and the tensors fused with it hold {offset} columns")));
         }
         Ok(w)
     }

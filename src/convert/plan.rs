@@ -180,9 +180,6 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
         if first.shape.len() != 2 {
             return Err(format!("{kind} needs a matrix, but this tensor is {} {:?}", first.dtype, first.shape));
         }
-        if options.layout == OutputLayout::FastDeploy && !fastdeploy::SCHEMES.contains(&kind) {
-            return Err(format!("FastDeploy does not load {kind}; use --layout native for it"));
-        }
         if let Err(e) = kind.decoder().check_shape(k, n) {
             match options.fallback {
                 Some(fallback) => {
@@ -195,6 +192,10 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
                 None => return Err(e.to_string()),
             }
         }
+    }
+    if let Some(kind) = choice.filter(|k| options.layout == OutputLayout::FastDeploy && !fastdeploy::SCHEMES.contains(k)) {
+        let how = if fell_back { " (the --fallback scheme)" } else { "" };
+        return Err(format!("FastDeploy does not load {kind}{how}; use --layout native for it"));
     }
     let outputs = match choice {
         Some(kind) => {

@@ -319,13 +319,20 @@ impl Policy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a policy file object")]
 struct PolicyFile {
-    /// A preset name ([`Preset::NAMES`]).
+    /// A preset name ([`Preset::NAMES`]); absent is allowed, `null` is not.
+    #[serde(default, deserialize_with = "present")]
     preset: Option<String>,
-    /// `fastdeploy-w4w2`'s last wint4 layer.
+    /// `fastdeploy-w4w2`'s last wint4 layer; absent is allowed, `null` is not.
+    #[serde(default, deserialize_with = "present")]
     w4_end_layer: Option<usize>,
     /// Overrides, in order.
     #[serde(default)]
     rules: Vec<PolicyFileRule>,
+}
+
+/// A key that, when present, must hold a `T` (`null` included in "not a `T`").
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// One rule of a policy file: both keys required, no other keys.
@@ -422,6 +429,14 @@ mod tests {
         assert!(err(r#"{"rules": "#).contains("EOF"));
         // A regex and a scheme stay apart: an `=` in the scheme is not taken as the separator.
         assert!(err(r#"{"rules": [{"match": "x", "scheme": "y=none"}]}"#).contains("unknown scheme 'y=none'"));
+    }
+
+    #[test]
+    fn null_keys_are_refused() {
+        for text in [r#"{"preset": null}"#, r#"{"w4_end_layer": null}"#] {
+            assert!(Policy::from_json(text, Preset::Wint8).is_err(), "{text}");
+        }
+        assert!(Policy::from_json(r#"{"rules": []}"#, Preset::Wint8).is_ok());
     }
 
     #[test]

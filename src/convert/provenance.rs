@@ -43,5 +43,5 @@ fn tensor_record(ckpt: &Checkpoint, plan: &Plan, t: &PlannedTensor) -> Result<Pr
         };
         sources.push(ProvenanceSourceTensor { name: s.clone(), width, dtype: e.dtype, shape: e.shape.clone() });
     }
-    Ok(ProvenanceTensor { name, scheme: t.choice, k: t.k, n: t.n, transposed: t.transpose, sources })
+    Ok(ProvenanceTensor { name, scheme: t.choice, k: t.k, n: t.n, transposed: t.transpose, params: t.choice.map(|k| k.params()), sources })
 }

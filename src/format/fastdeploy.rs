@@ -19,7 +19,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::layout::{is_linear, Naming, Part, Role, TensorRole};
+use crate::layout::{is_linear, Naming, Part, Role, TensorRole, PADDLE_PREFIX, PYTORCH_PREFIX, QKV_FUSED, UP_GATE_FUSED};
 use crate::{Dtype, SchemeError, SchemeKind, TensorEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,13 +29,14 @@ use std::path::Path;
 /// The suffix a packed tensor drops: `NAME.weight` is stored as `NAME.quant_weight`, ...
 const WEIGHT_SUFFIX: &str = ".weight";
 
-/// PyTorch projection names and the fused Paddle tensor they go into.
+/// PyTorch projection modules and the fused Paddle module they go into ([`QKV_FUSED`],
+/// [`UP_GATE_FUSED`]).
 const FUSIONS: [(&str, &str); 5] = [
-    ("self_attn.q_proj.", "self_attn.qkv_proj."),
-    ("self_attn.k_proj.", "self_attn.qkv_proj."),
-    ("self_attn.v_proj.", "self_attn.qkv_proj."),
-    ("gate_proj.", "up_gate_proj."),
-    ("up_proj.", "up_gate_proj."),
+    ("self_attn.q_proj", QKV_FUSED),
+    ("self_attn.k_proj", QKV_FUSED),
+    ("self_attn.v_proj", QKV_FUSED),
+    ("gate_proj", UP_GATE_FUSED),
+    ("up_proj", UP_GATE_FUSED),
 ];
 
 /// Components only WINT2 stores: their presence makes a packed tensor WINT2.
@@ -49,13 +50,16 @@ pub(super) fn output_name(name: &str, class: &TensorRole, rank: usize, naming: N
     if naming == Naming::Paddle {
         return (name.to_string(), false);
     }
-    let mut out = match name.strip_prefix("model.") {
-        Some(rest) => format!("ernie.{rest}"),
+    let mut out = match name.strip_prefix(PYTORCH_PREFIX) {
+        Some(rest) => format!("{PADDLE_PREFIX}{rest}"),
         None => name.to_string(),
     };
     for (from, to) in FUSIONS {
-        if let Some(pos) = out.rfind(from) {
-            out.replace_range(pos..pos + from.len(), to);
+        let from = format!("{from}.");
+        if let Some(pos) = out.rfind(&from) {
+            // `self_attn.q_proj.` -> `self_attn.qkv_proj.`: only the last component changes.
+            let leaf = pos + from.trim_end_matches('.').rfind('.').map_or(0, |d| d + 1);
+            out.replace_range(leaf..pos + from.len(), &format!("{to}."));
             break;
         }
     }
@@ -74,9 +78,9 @@ pub(super) fn weight_name(prefix: &str) -> String {
 
 /// The part a fused output tensor carries (`Qkv`, `UpGate`), else the source's.
 pub fn fused_part(part: Option<Part>, output_name: &str) -> Option<Part> {
-    if output_name.contains("qkv_proj") {
+    if output_name.contains(QKV_FUSED) {
         Some(Part::Qkv)
-    } else if output_name.contains("up_gate_proj") {
+    } else if output_name.contains(UP_GATE_FUSED) {
         Some(Part::UpGate)
     } else {
         part
@@ -119,8 +123,10 @@ pub enum UnloadableMix {
     MixedExperts,
 }
 
-/// `config.json`'s `quantization_config`, as ccq writes it and reads it back. Unknown keys
-/// are allowed (Baidu's own checkpoints carry more).
+/// `config.json`'s `quantization_config`, as ccq writes it and reads it back. Only
+/// `quantization` is required; unknown keys are allowed (Baidu's own checkpoints carry more),
+/// and of `moe_quant_config` a reader uses only `moe_w4_quant_config.quant_end_layer` of a
+/// `w4w2` mix, as FastDeploy's loader does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationConfig {
     /// `"wint2"` for a w4w2 mix, else the experts' scheme.
@@ -131,9 +137,9 @@ pub struct QuantizationConfig {
     /// The experts' scheme, or `"w4w2"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe_quant_type: Option<String>,
-    /// The layer ranges of a `w4w2` mix.
+    /// The layer ranges of a `w4w2` mix (a [`MoeQuantConfig`] when ccq writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moe_quant_config: Option<MoeQuantConfig>,
+    pub moe_quant_config: Option<Value>,
 }
 
 /// The two halves of a `w4w2` expert mix.
@@ -216,10 +222,11 @@ impl QuantizationConfig {
                 quantization: "wint2".into(),
                 dense_quant_type: Some(dense_name.into()),
                 moe_quant_type: Some("w4w2".into()),
-                moe_quant_config: Some(MoeQuantConfig {
+                moe_quant_config: serde_json::to_value(MoeQuantConfig {
                     moe_w4_quant_config: range("wint4", "per_channel", None, moe_start, last_w4),
                     moe_w2_quant_config: range("wint2", "pp_acc", Some(64), last_w4 + 1, moe_end),
-                }),
+                })
+                .ok(),
             });
         }
         let expert = match (w4_layers.is_empty(), other_expert.len()) {
@@ -238,7 +245,7 @@ impl QuantizationConfig {
 
     /// Reads the block of a checkpoint's `config.json`, if it has one.
     pub fn of(ckpt: &Checkpoint) -> Result<Option<QuantizationConfig>> {
-        let Some(value) = ckpt.config().and_then(|c| c.get("quantization_config")) else { return Ok(None) };
+        let Some(value) = ckpt.config().and_then(|c| c.get("quantization_config")).filter(|v| !v.is_null()) else { return Ok(None) };
         let file = ckpt.path().join(crate::checkpoint::CONFIG_FILE);
         serde_json::from_value(value.clone())
             .map(Some)
@@ -253,7 +260,7 @@ impl QuantizationConfig {
             Role::Attention | Role::DenseMlp | Role::SharedExpert => named(&self.dense_quant_type),
             r if r.is_routed_expert() => match self.moe_quant_type.as_deref() {
                 Some("w4w2") => {
-                    let end = self.moe_quant_config.as_ref()?.moe_w4_quant_config.quant_end_layer;
+                    let end = self.moe_quant_config.as_ref()?.pointer("/moe_w4_quant_config/quant_end_layer")?.as_i64()?;
                     Some(if class.layer? as i64 <= end { SchemeKind::Wint4 } else { SchemeKind::Wint2 })
                 }
                 Some(other) => SchemeKind::from_name(other),
@@ -340,6 +347,17 @@ mod tests {
         for (class, scheme) in &roles {
             assert_eq!(back.scheme_of(class), *scheme);
         }
+        // Baidu-style blocks with only what the loader needs, or keys ccq does not know.
+        let minimal: QuantizationConfig = serde_json::from_str(
+            r#"{"quantization": "wint2", "moe_quant_type": "w4w2",
+            "moe_quant_config": {"moe_w4_quant_config": {"quant_end_layer": 1}, "moe_w2_quant_config": {"quant_group_size": -1}},
+            "kv_cache_quant_type": "none"}"#,
+        )
+        .unwrap();
+        assert_eq!(minimal.scheme_of(&expert(1)), Some(SchemeKind::Wint4));
+        assert_eq!(minimal.scheme_of(&expert(2)), Some(SchemeKind::Wint2));
+        let other: QuantizationConfig = serde_json::from_str(r#"{"quantization": "wint4", "moe_quant_config": 7}"#).unwrap();
+        assert_eq!(other.scheme_of(&expert(2)), Some(SchemeKind::Wint4));
         let interleaved = [(expert(1), Some(SchemeKind::Wint2)), (expert(2), Some(SchemeKind::Wint4))];
         assert_eq!(QuantizationConfig::for_tensors(interleaved.iter().map(|(c, s)| (c, *s))), Err(UnloadableMix::Interleaved));
     }

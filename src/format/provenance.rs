@@ -62,7 +62,8 @@ pub struct ProvenanceTensor {
     /// The name the checkpoint knows it by: the stored tensor's name when unquantized, the
     /// prefix of its component tensors (`NAME.quant_weight`, ...) when packed.
     pub name: String,
-    /// The scheme (`"wint2"`, `"wint4"`, `"wint8"`), or `null` when stored unquantized.
+    /// The scheme (`"wint2"`, `"wint4"`, `"wint8"`, `"rtn2"`), or `null` when stored
+    /// unquantized.
     pub scheme: Option<SchemeKind>,
     /// Logical rows (inputs); for a tensor that is not a matrix, its element count.
     pub k: usize,
@@ -71,6 +72,11 @@ pub struct ProvenanceTensor {
     /// Whether the sources are stored `[out, in]` (PyTorch linear weights): the logical
     /// `[k, n]` columns of each source must be transposed to give back its `[width, k]`.
     pub transposed: bool,
+    /// The scheme's parameters ([`SchemeKind::params`]) for a packed tensor, checked on
+    /// reading against the scheme that decodes it; absent for unquantized tensors and in
+    /// records written before parameters were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
     /// The source tensors, in the order their columns are concatenated.
     pub sources: Vec<ProvenanceSourceTensor>,
 }
@@ -118,6 +124,14 @@ impl Provenance {
             if !seen.insert(t.name.as_str()) {
                 return Err(problem("listed twice".into()));
             }
+            if let (Some(kind), Some(params)) = (t.scheme, &t.params) {
+                if *params != kind.params() {
+                    return Err(problem(format!(
+                        "written with {kind} parameters {params}; this ccq decodes {kind} with {}",
+                        kind.params()
+                    )));
+                }
+            }
             if t.sources.is_empty() {
                 return Err(problem("no sources".into()));
             }
@@ -138,5 +152,30 @@ impl Provenance {
             }
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(params: &str) -> String {
+        format!(
+            r#"{{"format": "ccq-provenance", "version": 1, "ccq_version": "0.1.0", "layout": "native",
+               "source": {{"naming": "pytorch", "config": null}}, "options": {{}},
+               "tensors": [{{"name": "w", "scheme": "rtn2", "k": 64, "n": 2, "transposed": true{params},
+                             "sources": [{{"name": "w", "width": 2, "dtype": "BF16", "shape": [2, 64]}}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn parameters_are_checked_and_may_be_absent_in_older_records() {
+        let p = Path::new("ccq-provenance.json");
+        assert!(Provenance::parse(&record(r#", "params": {"group_size": 64}"#), p).is_ok());
+        assert!(Provenance::parse(&record(""), p).is_ok());
+        let err = Provenance::parse(&record(r#", "params": {"group_size": 32}"#), p).unwrap_err().to_string();
+        assert!(err.contains("written with rtn2 parameters"), "{err}");
+        let err = Provenance::parse(&record(r#", "param": {}"#), p).unwrap_err().to_string();
+        assert!(err.contains("unknown field `param`"), "{err}");
     }
 }

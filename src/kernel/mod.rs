@@ -2,7 +2,7 @@
 //!
 //! This module owns what a packed tensor *means* to a consumer: [`dequantize`] turns one
 //! into the logical `[K, N]` matrix, [`matmul`] multiplies activations by it without ever
-//! materialising that matrix. Every format ccq writes is covered (WINT2, wint4, wint8) plus
+//! materialising that matrix. Every format ccq writes is covered (WINT2, wint4, wint8, rtn2) plus
 //! unquantized dense bf16 / f32 weights, behind one entry type, [`Weights`].
 //!
 //! # Formulas
@@ -19,6 +19,8 @@
 //!   are bf16 numbers, so [`dequantize_bf16`] is exact;
 //! - wint8 / wint4: `q * weight_scale[n]` (exact in f32); [`dequantize_bf16`] rounds that f32
 //!   to the nearest bf16, ties to even (`half::bf16::from_f32`);
+//! - rtn2: `(c - 1.5) * weight_scale[k / 64][n]` (exact in f32, up to 10 significant bits);
+//!   [`dequantize_bf16`] rounds it likewise;
 //! - dense: the stored value (bf16 widened exactly to f32; f32 rounded to bf16 by
 //!   [`dequantize_bf16`], ties to even).
 //!

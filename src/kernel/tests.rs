@@ -8,9 +8,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::rng::Rng;
-use crate::scheme::{Component, Scheme, Wint2, Wint4, Wint8};
+use crate::scheme::{Component, Scheme, Wint2};
 
-/// An owned test matrix in one of the five formats.
+/// An owned test matrix in one of the formats.
 enum Owned {
     Packed(Packed),
     Dense(Dtype, Vec<u8>, usize, usize),
@@ -29,13 +29,14 @@ fn gaussian(k: usize, n: usize, seed: u64) -> Vec<f32> {
     Rng::new(seed).normals(k * n)
 }
 
-/// The five formats of a `[k, n]` Gaussian (shapes each scheme can hold are the caller's job).
+/// A `[k, n]` Gaussian in one of the formats: a registered scheme by name, or dense (shapes
+/// each scheme can hold are the caller's job).
 fn make(format: &str, k: usize, n: usize, seed: u64) -> Owned {
     let w = gaussian(k, n, seed);
+    if let Some(kind) = SchemeKind::from_name(format) {
+        return Owned::Packed(kind.decoder().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap());
+    }
     match format {
-        "wint2" => Owned::Packed(Wint2::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
-        "wint8" => Owned::Packed(Wint8::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
-        "wint4" => Owned::Packed(Wint4::default().encode(&w, k, n, crate::scheme::Importance::Uniform).unwrap()),
         "f32" => Owned::Dense(Dtype::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), k, n),
         "bf16" => Owned::Dense(Dtype::BF16, w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(), k, n),
         _ => unreachable!(),
@@ -86,11 +87,18 @@ fn assert_within(fast: &[f32], reference: &[f32], x: &[f32], m: usize, w: &[f32]
     Ok(())
 }
 
-const FORMATS: [&str; 5] = ["wint2", "wint8", "wint4", "bf16", "f32"];
+const FORMATS: [&str; 6] = ["wint2", "wint8", "wint4", "rtn2", "bf16", "f32"];
+
+#[test]
+fn every_registered_scheme_is_tested() {
+    for kind in SchemeKind::ALL {
+        assert!(FORMATS.contains(&kind.name()), "{kind} is missing from the kernel tests");
+    }
+}
 
 #[test]
 fn reference_is_decode_then_naive_matmul_exactly() {
-    for (format, k, n) in [("wint2", 128, 5), ("wint8", 64, 6), ("wint4", 128, 8), ("bf16", 70, 5), ("f32", 3, 7)] {
+    for (format, k, n) in [("wint2", 128, 5), ("wint8", 64, 6), ("wint4", 128, 8), ("rtn2", 64, 33), ("bf16", 70, 5), ("f32", 3, 7)] {
         let o = make(format, k, n, 11);
         let w = decoded(&o);
         assert_eq!(dequantize(&o.weights()).unwrap(), w, "{format}");
@@ -133,6 +141,9 @@ fn fast_matches_reference_for_many_shapes() {
         ("wint4", 64, 4),
         ("wint4", 128, 36),
         ("wint4", 192, 68),
+        ("rtn2", 64, 1),
+        ("rtn2", 128, 33),
+        ("rtn2", 192, 97),
         ("bf16", 1, 1),
         ("bf16", 70, 33),
         ("f32", 130, 65),
@@ -156,7 +167,7 @@ fn fast_matches_reference_for_many_shapes() {
             if matches!(format, "bf16" | "f32") && m < super::dense::GEMM_MIN_ROWS {
                 assert_eq!(f, r, "{format} m {m}: same order, bit-identical");
             }
-            if matches!(format, "wint2" | "bf16" | "f32") {
+            if matches!(format, "wint2" | "rtn2" | "bf16" | "f32") {
                 assert_eq!(portable, r, "{format} m {m}: portable path keeps the order, bit-identical");
             }
         }

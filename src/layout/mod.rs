@@ -152,6 +152,16 @@ pub enum Family {
     Unknown,
 }
 
+/// The name prefix of the PyTorch (Hugging Face) naming.
+pub const PYTORCH_PREFIX: &str = "model.";
+/// The name prefix of the Paddle (ERNIE) naming; a checkpoint with any tensor under it is
+/// Paddle-named.
+pub const PADDLE_PREFIX: &str = "ernie.";
+/// The Paddle naming's fused `[q | k | v]` attention projection.
+pub const QKV_FUSED: &str = "qkv_proj";
+/// The Paddle naming's fused `[gate | up]` MLP projection.
+pub const UP_GATE_FUSED: &str = "up_gate_proj";
+
 /// Whether a tensor is a linear layer's weight matrix: the only tensors ccq transposes
 /// between PyTorch's `[out, in]` and the logical `[in, out]`.
 pub fn is_linear(name: &str, class: &TensorRole, rank: usize) -> bool {
@@ -227,7 +237,7 @@ impl ModelLayout {
         let mut paddle = false;
         let mut name_family = Family::Unknown;
         for name in names {
-            paddle |= name.starts_with("ernie.");
+            paddle |= name.starts_with(PADDLE_PREFIX);
             if name.contains(".block_sparse_moe.") {
                 name_family = Family::Mixtral;
             } else if name.contains(".mlp.shared_expert.") && name_family == Family::Unknown {
@@ -248,7 +258,7 @@ impl ModelLayout {
 
     /// Classifies one tensor by its name.
     pub fn classify(&self, name: &str) -> TensorRole {
-        let body = name.strip_prefix("model.").or_else(|| name.strip_prefix("ernie.")).unwrap_or(name);
+        let body = name.strip_prefix(PYTORCH_PREFIX).or_else(|| name.strip_prefix(PADDLE_PREFIX)).unwrap_or(name);
         if body.starts_with("mtp_") || body.starts_with("mtp.") {
             let module = strip_param(body);
             let part = module.rsplit('.').next().and_then(projection_part);
@@ -341,10 +351,10 @@ fn projection_part(module: &str) -> Option<Part> {
         "k_proj" => Part::K,
         "v_proj" => Part::V,
         "o_proj" => Part::O,
-        "qkv_proj" => Part::Qkv,
+        QKV_FUSED => Part::Qkv,
         "gate_proj" | "w1" => Part::Gate,
         "up_proj" | "w3" => Part::Up,
-        "up_gate_proj" => Part::UpGate,
+        UP_GATE_FUSED => Part::UpGate,
         "down_proj" | "w2" => Part::Down,
         _ => return None,
     })

@@ -34,13 +34,13 @@ pub struct MlpLeaves {
     pub fused: &'static str,
 }
 
-const PROJ_LEAVES: MlpLeaves = MlpLeaves { gate: "gate_proj", up: "up_proj", down: "down_proj", fused: "up_gate_proj" };
-const MIXTRAL_LEAVES: MlpLeaves = MlpLeaves { gate: "w1", up: "w3", down: "w2", fused: "up_gate_proj" };
+const PROJ_LEAVES: MlpLeaves = MlpLeaves { gate: "gate_proj", up: "up_proj", down: "down_proj", fused: UP_GATE_FUSED };
+const MIXTRAL_LEAVES: MlpLeaves = MlpLeaves { gate: "w1", up: "w3", down: "w2", fused: UP_GATE_FUSED };
 
 /// The attention projections inside `self_attn`, separate and fused.
 pub const QKV_LEAVES: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
-/// The Paddle naming's fused `[q | k | v]` projection.
-pub const QKV_FUSED: &str = "qkv_proj";
+pub use crate::layout::QKV_FUSED;
+use crate::layout::{PADDLE_PREFIX, PYTORCH_PREFIX, UP_GATE_FUSED};
 
 /// One checkpoint's tensor names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl TensorNames {
     pub fn new(architecture: Architecture, paddle: bool) -> TensorNames {
         let mixtral = architecture == Architecture::Mixtral;
         TensorNames {
-            prefix: if paddle { "ernie." } else { "model." },
+            prefix: if paddle { PADDLE_PREFIX } else { PYTORCH_PREFIX },
             moe_block: if mixtral { "block_sparse_moe" } else { "mlp" },
             shared: if architecture == Architecture::Ernie45 { "shared_experts" } else { "shared_expert" },
             expert_leaves: if mixtral { MIXTRAL_LEAVES } else { PROJ_LEAVES },

@@ -71,7 +71,7 @@ fn config_of(ckpt: &Checkpoint) -> Result<ForwardConfig> {
 }
 
 fn is_paddle(ckpt: &Checkpoint) -> bool {
-    ckpt.tensors().iter().any(|t| t.name.starts_with("ernie."))
+    ckpt.tensors().iter().any(|t| t.name.starts_with(crate::layout::PADDLE_PREFIX))
 }
 
 /// Checks, from headers, that an original checkpoint of a family the forward pass runs holds

@@ -9,7 +9,8 @@
 //! | `quant_weight` | `U8`   | `[K/4, N]`  | byte `(i, n)`: the codes of rows `4i..4i+4`, row `4i+j` in bits `2j..2j+2` |
 //! | `weight_scale` | `BF16` | `[K/64, N]` | scale `s[g][n]` of rows `64g..64g+64` of column `n` |
 //!
-//! Decode, exact in f32 (a bf16 scale times a multiple of 1/2 of at most 1.5):
+//! Decode, exact in f32 (a bf16 scale, 8 significant bits, times a multiple of 1/2 of at most
+//! 1.5 needs at most 10 bits; only a scale above `f32::MAX / 1.5` would overflow):
 //!
 //! ```text
 //! What[k][n] = (c[k][n] - 1.5) * s[k / 64][n],   c in 0..=3
@@ -65,16 +66,21 @@ fn code_of(x: f32, s: f32) -> u8 {
     }
 }
 
-/// The best bf16 scale of one group of one column under the weights `h` (1 when `None`).
+/// The best bf16 scale of one group of one column under the weights `h` (1 when `None`);
+/// errors are summed in f64, so that no finite weight overflows them.
 fn group_scale(xs: &[f32], h: Option<&[f32]>) -> f32 {
     let max = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let mut best = (0.0f32, f32::INFINITY);
+    let mut best = (0.0f32, f64::INFINITY);
     for i in 0..CANDIDATES {
         let s = bf16::from_f32(max / 1.5 * (0.3 + 0.7 * i as f32 / (CANDIDATES - 1) as f32)).to_f32();
         if s <= 0.0 {
             continue;
         }
-        let e: f32 = xs.iter().enumerate().map(|(r, &v)| h.map_or(1.0, |h| h[r]) * (v - level(nearest(v, s)) * s).powi(2)).sum();
+        let e: f64 = xs
+            .iter()
+            .enumerate()
+            .map(|(r, &v)| f64::from(h.map_or(1.0, |h| h[r])) * (f64::from(v) - f64::from(level(nearest(v, s))) * f64::from(s)).powi(2))
+            .sum();
         if e < best.1 {
             best = (s, e);
         }
@@ -257,6 +263,12 @@ mod tests {
         assert_eq!(d, decode_by_hand(&p));
         let nmse = w.iter().zip(&d).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / w.iter().map(|a| a * a).sum::<f32>();
         assert!(nmse > 0.05 && nmse < 0.2, "{nmse}");
+        // Huge but finite weights get a scale (an f32 error sum would overflow to inf for every
+        // candidate and leave the group at zero).
+        let mut huge = vec![1e30f32; k * n];
+        huge[5] = -3e38;
+        let back = Rtn2.decode(&Rtn2.encode(&huge, k, n, Importance::Uniform).unwrap()).unwrap();
+        assert!(back[5] < -1e37 && back[n + 1] > 1e29 && back.iter().all(|v| v.is_finite()), "{} {}", back[5], back[n + 1]);
         let zero = Rtn2.encode(&vec![0.0; k * n], k, n, Importance::Uniform).unwrap();
         assert!(Rtn2.decode(&zero).unwrap().iter().all(|v| *v == 0.0));
         assert!(Rtn2.check_shape(100, 8).is_err());

@@ -33,7 +33,19 @@ fn rtn2_is_a_scheme_of_the_native_layout() {
     let stored = &t.sources.as_ref().unwrap()[0].name;
     let decoded: Vec<f32> = opened.dequantize(t).unwrap();
     let written = dqc.read_f32(stored).unwrap();
-    assert_eq!(written.len(), decoded.len());
+    // The source is PyTorch [out, in]: dequant writes the decoded [k, n] back transposed, as bf16.
+    assert!(t.transposed && written.len() == decoded.len());
+    for (i, &w) in written.iter().enumerate() {
+        let (row, col) = (i % t.k, i / t.k);
+        let want =
+            f32::from_bits((decoded[row * t.n + col].to_bits() + 0x7fff + ((decoded[row * t.n + col].to_bits() >> 16) & 1)) & 0xffff_0000);
+        assert_eq!(w, want, "element {i}");
+    }
+    let tokens = dir.join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2, 3, 4, 5, 6, 7, 8]]").unwrap();
+    let e: Value =
+        serde_json::from_str(&stdout(&ccq(&["eval", &src, &q, "--tokens", &tokens.display().to_string(), "--json", "--quiet"]))).unwrap();
+    assert!(e["kld_mean"].as_f64().unwrap() > 0.0 && e["kld_mean"].as_f64().unwrap() < 1.0, "{e}");
 
     let fd = dir.join("fd").display().to_string();
     fails_with(&["quantize", &src, "-o", &fd, "--set", r"experts\.1\.=rtn2"], "FastDeploy does not load rtn2; use --layout native");
