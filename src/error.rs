@@ -123,6 +123,23 @@ pub enum Error {
         /// The input it would replace.
         input: PathBuf,
     },
+    /// An unfinished run's work directory is in the way of a run without `--resume`.
+    #[error(
+        "{}: holds an unfinished run{}; pass --resume to continue it, or --force to discard it",
+        work.display(),
+        match (same_options, shards_done) {
+            (true, n) => format!(" with the same options, {n} finished shard(s) that --resume would reuse"),
+            (false, _) => " of other options (or of an older ccq)".to_string(),
+        }
+    )]
+    Unfinished {
+        /// The work directory (`OUT.ccq-partial`).
+        work: PathBuf,
+        /// Finished shards recorded there.
+        shards_done: usize,
+        /// Whether they were written with the options of this run.
+        same_options: bool,
+    },
     /// The output path exists and `--force` was not given.
     #[error("{}: output already exists; pass --force to replace it", path.display())]
     OutputExists {

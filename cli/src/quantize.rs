@@ -210,7 +210,7 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     }
     let convert_options = request.convert_options(&ckpt).context("calibration")?;
     let mut reporter = Reporter::new(args.quiet, plan.bytes_in());
-    let summary = convert::convert(&ckpt, &plan, output, &convert_options, &mut |p| reporter.update(p))?;
+    let summary = convert::convert(&ckpt, &plan, output, &convert_options, &mut |p| reporter.update(p)).map_err(|e| leftover(e, output))?;
     reporter.finish();
     if !args.quiet {
         note!("{}", render_summary(&summary, output));
@@ -334,4 +334,19 @@ impl Reporter {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A failed conversion's error, saying where its unfinished output stays (a stopped run's
+/// error says so itself): nothing partial is left without a word.
+fn leftover(e: ccq::Error, output: &Path) -> anyhow::Error {
+    let work = ccq::checkpoint::output::partial_dir(output);
+    if matches!(e, ccq::Error::Interrupted { .. } | ccq::Error::Unfinished { .. }) || !work.exists() {
+        return e.into();
+    }
+    let bytes: u64 = std::fs::read_dir(&work).into_iter().flatten().flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+    anyhow::anyhow!(
+        "{e}\nthe unfinished output stays in {} ({:.1} MB): fix the cause and rerun with --resume to reuse its finished shards (the same options), or delete it",
+        work.display(),
+        bytes as f64 / 1e6
+    )
 }

@@ -160,7 +160,7 @@ pub fn convert(
     crate::checkpoint::output::check_output(out, ckpt.path(), options.force)?;
     let work = partial_dir(out);
     let fingerprint = fingerprint(ckpt, plan, &options.fingerprint_extra);
-    let mut record = prepare_work_dir(&work, &fingerprint, options.resume)?;
+    let mut record = prepare_work_dir(&work, &fingerprint, options.resume, options.force)?;
     let mut state = Progress { tensors_done: 0, tensors_total: plan.tensors.len(), bytes_done: 0, bytes_total: plan.bytes_in() };
     let (pre_encoded, mut feedback) = match &options.layerwise {
         Some(encoder) => encoder.encode(ckpt, plan, options.effort, &work.join(PRE_ENCODED_DIR))?,
@@ -300,12 +300,18 @@ impl ResumeRecord {
 /// The work directory, ready: with `resume`, the record of an earlier run of the same
 /// fingerprint and the shards it lists are kept; otherwise (or when the record is absent,
 /// unreadable or of another fingerprint) the directory is emptied and a fresh record written.
-fn prepare_work_dir(work: &Path, fingerprint: &str, resume: bool) -> Result<ResumeRecord> {
-    if resume {
-        let earlier = std::fs::read_to_string(work.join(PROGRESS_FILE)).ok().and_then(|t| serde_json::from_str::<ResumeRecord>(&t).ok());
-        if let Some(record) = earlier.filter(|r| r.fingerprint == fingerprint) {
-            return Ok(record);
+/// Without `resume` or `force`, an existing work directory is an [`Error::Unfinished`] saying
+/// how many finished shards `--resume` would reuse.
+fn prepare_work_dir(work: &Path, fingerprint: &str, resume: bool, force: bool) -> Result<ResumeRecord> {
+    let earlier = std::fs::read_to_string(work.join(PROGRESS_FILE)).ok().and_then(|t| serde_json::from_str::<ResumeRecord>(&t).ok());
+    let shards_done = earlier.as_ref().map_or(0, |r| r.shards.len());
+    match earlier.filter(|r| r.fingerprint == fingerprint) {
+        Some(record) if resume => return Ok(record),
+        // Never discard an interrupted run's work silently.
+        same if work.exists() && !resume && !force => {
+            return Err(Error::Unfinished { work: work.to_path_buf(), shards_done, same_options: same.is_some() })
         }
+        _ => {}
     }
     if work.exists() {
         std::fs::remove_dir_all(work).map_err(|e| Error::io(work, e))?;

@@ -73,10 +73,20 @@ pub fn write_dequantized(q: &QuantizedCheckpoint, out: &Path, options: &DequantO
         std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     }
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    let summary = DequantSummary { tensors: 0, dequantized: 0, shards: shards.len(), bytes: 0, restored_source };
+    let written = write_all(q, &shards, &work, summary).and_then(|summary| move_into_place(&work, out).map(|_| summary));
+    if written.is_err() {
+        // Unlike a conversion, a dequantization does not resume: leave nothing behind.
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    written
+}
+
+/// Writes every shard, the index, the config and the side files into `work`.
+fn write_all(q: &QuantizedCheckpoint, shards: &[(String, Vec<Piece>)], work: &Path, mut summary: DequantSummary) -> Result<DequantSummary> {
     let single = shards.len() == 1;
     let mut weight_map = serde_json::Map::new();
-    let mut summary = DequantSummary { tensors: 0, dequantized: 0, shards: shards.len(), bytes: 0, restored_source };
-    for (file_name, pieces) in &shards {
+    for (file_name, pieces) in shards {
         let file_name = if single { SINGLE_FILE.to_string() } else { file_name.clone() };
         write_shard(q, pieces, &work.join(&file_name), &mut summary)?;
         for p in pieces {
@@ -87,11 +97,11 @@ pub fn write_dequantized(q: &QuantizedCheckpoint, out: &Path, options: &DequantO
         let index = json!({"metadata": {"total_size": summary.bytes}, "weight_map": weight_map});
         write_json(&work.join(INDEX_FILE), &index)?;
     }
-    write_config(q, &work)?;
+    write_config(q, work)?;
+    let input = q.checkpoint().path();
     if input.is_dir() {
-        copy_side_files(input, &work)?;
+        copy_side_files(input, work)?;
     }
-    move_into_place(&work, out)?;
     Ok(summary)
 }
 

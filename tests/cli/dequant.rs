@@ -343,3 +343,23 @@ fn native_metadata_missing_or_garbled_is_a_typed_error() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 14, defect 8: a dequantization that fails while writing (here a NaN super scale, found
+/// at decode time) used to leave a partial directory it could never resume; now nothing stays.
+#[test]
+fn failed_dequant_leaves_nothing_behind() {
+    let dir = temp_dir("dq-leftover");
+    let path = fastdeploy_checkpoint(&dir.join("nan"), &good_fastdeploy());
+    let ckpt = ccq::Checkpoint::open(&path).unwrap();
+    let e = ckpt.get("ernie.layers.0.mlp.down_proj.super_scales").unwrap();
+    let file = ckpt.shards()[e.shard].path.clone();
+    let (start, end) = (e.byte_range.0 as usize, e.byte_range.1 as usize);
+    drop(ckpt);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[start..end].fill(0xff);
+    std::fs::write(&file, bytes).unwrap();
+    let out = dir.join("out");
+    let stderr = refused(&["dequant", &path, "-o", &out.display().to_string()]);
+    assert!(stderr.contains("super_scales") && stderr.contains("NaN"), "{stderr}");
+    assert!(!out.exists() && !ccq::checkpoint::output::partial_dir(&out).exists());
+}

@@ -29,9 +29,15 @@ fn nan_in_a_carried_tensor_is_refused_by_quantize_and_eval() {
     let norm = "model.layers.1.post_attention_layernorm.weight";
     with_nan(&bad, norm);
     let (bad_s, out) = (bad.display().to_string(), dir.join("q").display().to_string());
-    fails_with(&["quantize", &bad_s, "-o", &out, "--layout", "native", "--quiet"], &format!("tensor '{norm}': element 3 is NaN"));
+    let err = super::refused(&["quantize", &bad_s, "-o", &out, "--layout", "native", "--quiet"]);
+    assert!(err.contains(&format!("tensor '{norm}': element 3 is NaN")) && err.contains("the unfinished output stays in"), "{err}");
     assert!(!Path::new(&out).exists());
-    stdout(&ccq(&["quantize", &bad_s, "-o", &out, "--layout", "native", "--quiet", "--allow-non-finite"]));
+    // Other options than the failed run's: its work directory is discarded only on request.
+    fails_with(
+        &["quantize", &bad_s, "-o", &out, "--layout", "native", "--quiet", "--allow-non-finite"],
+        "pass --resume to continue it, or --force",
+    );
+    stdout(&ccq(&["quantize", &bad_s, "-o", &out, "--layout", "native", "--quiet", "--allow-non-finite", "--force"]));
     let fd = dir.join("fd").display().to_string();
     fails_with(&["quantize", &bad_s, "-o", &fd, "--quiet"], "element 3 is NaN");
     let tokens = dir.join("tokens.json");

@@ -552,3 +552,19 @@ fn incomplete_or_inconsistent_checkpoints_are_refused_before_any_work() {
     // A user who means it converts what is there.
     stdout(&ccq(&["quantize", &no_expert, "-o", &out, "--quiet", "--allow-incomplete"]));
 }
+
+/// Issue 14, defect 8: a plain rerun after an interruption used to discard `OUT.ccq-partial`
+/// silently; now it says how many finished shards `--resume` would reuse, and keeps them.
+#[test]
+fn plain_rerun_after_an_interruption_keeps_the_finished_shards() {
+    let dir = temp_dir("rerun");
+    let out = dir.join("q").display().to_string();
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let args = ["quantize", &src, "-o", &out, "--quiet", "--shard-size", "100KB"];
+    let stopped = ccq(&[&args[..], &["--stop-after-shards", "2"]].concat());
+    assert_eq!(stopped.status.code(), Some(2));
+    fails_with(&args, "2 finished shard(s) that --resume would reuse; pass --resume to continue it, or --force to discard it");
+    let resumed = stdout(&ccq(&[&args[..], &["--resume"]].concat()));
+    let _ = resumed;
+    assert!(std::path::Path::new(&out).join("config.json").exists());
+}
