@@ -105,6 +105,10 @@ pub const TILE_K: usize = 64;
 pub enum Weights<'a> {
     /// A packed matrix written by a [`Scheme`](crate::scheme::Scheme) (WINT2 is read with the fused rounding).
     Packed(&'a Packed),
+    /// A packed matrix read with FastDeploy's weight-only arithmetic: each wint8 / wint4 weight
+    /// is `bf16(q * s)` rather than the exact f32 product (the other schemes as
+    /// [`Weights::Packed`]: WINT2's values are bf16 numbers already).
+    PackedBf16(&'a Packed),
     /// Unquantized weights, logical `[k, n]` row-major, little-endian.
     Dense {
         /// [`Dtype::BF16`] or [`Dtype::F32`].
@@ -122,7 +126,7 @@ impl Weights<'_> {
     /// Logical `(k, n)`.
     pub fn shape(&self) -> (usize, usize) {
         match *self {
-            Weights::Packed(p) => (p.k, p.n),
+            Weights::Packed(p) | Weights::PackedBf16(p) => (p.k, p.n),
             Weights::Dense { k, n, .. } => (k, n),
         }
     }
@@ -273,7 +277,8 @@ pub(crate) trait KernelView: TileSource {
 /// scheme kind meets its kernel.
 fn view<'a>(w: &Weights<'a>) -> Result<Box<dyn KernelView + 'a>, SchemeError> {
     match *w {
-        Weights::Packed(p) => {
+        Weights::Packed(p) | Weights::PackedBf16(p) => {
+            let bf16_product = matches!(w, Weights::PackedBf16(_));
             let scheme = p.kind.decoder();
             scheme.check_shape(p.k, p.n)?;
             let mut parts = Vec::new();
@@ -282,8 +287,8 @@ fn view<'a>(w: &Weights<'a>) -> Result<Box<dyn KernelView + 'a>, SchemeError> {
             }
             Ok(match p.kind {
                 SchemeKind::Wint2 => Box::new(wint2::Wint2View::new(p.k, p.n, &parts)?),
-                SchemeKind::Wint8 => Box::new(per_channel::PerChannelView::<8>::new(p.k, p.n, &parts)?),
-                SchemeKind::Wint4 => Box::new(per_channel::PerChannelView::<4>::new(p.k, p.n, &parts)?),
+                SchemeKind::Wint8 => Box::new(per_channel::PerChannelView::<8>::new(p.k, p.n, &parts, bf16_product)?),
+                SchemeKind::Wint4 => Box::new(per_channel::PerChannelView::<4>::new(p.k, p.n, &parts, bf16_product)?),
                 SchemeKind::Rtn2 => Box::new(rtn2::Rtn2View::new(p.k, p.n, &parts)?),
             })
         }

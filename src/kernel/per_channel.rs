@@ -45,13 +45,29 @@ pub(crate) struct PerChannelView<'a, const BITS: usize> {
     n: usize,
     quant_weight: &'a [u8],
     weight_scale: Vec<f32>,
+    /// Round each `q * s` to bf16 (FastDeploy's weight-only GEMM) instead of keeping the exact
+    /// f32 product.
+    bf16_product: bool,
 }
 
 impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
     /// `parts` are `quant_weight` and `weight_scale`, already checked for dtype, shape and
     /// length.
-    pub(crate) fn new(k: usize, n: usize, parts: &[&'a Component]) -> Result<Self, SchemeError> {
-        Ok(PerChannelView { k, n, quant_weight: &parts[0].bytes, weight_scale: finite_bf16s(parts[1])? })
+    pub(crate) fn new(k: usize, n: usize, parts: &[&'a Component], bf16_product: bool) -> Result<Self, SchemeError> {
+        Ok(PerChannelView { k, n, quant_weight: &parts[0].bytes, weight_scale: finite_bf16s(parts[1])?, bf16_product })
+    }
+
+    /// `q * s`, exact in f32, or rounded to the nearest bf16 (ties to even; the product is
+    /// finite) when the view reads FastDeploy's arithmetic.
+    #[inline(always)]
+    fn product(&self, q: i32, s: f32) -> f32 {
+        let v = q as f32 * s;
+        if self.bf16_product {
+            let b = v.to_bits();
+            f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+        } else {
+            v
+        }
     }
 
     /// The signed code of element (`row`, `col`) by the layout's closed-form address.
@@ -65,9 +81,10 @@ impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
         }
     }
 
-    /// `W[row][col] = q * weight_scale[col]`.
+    /// `W[row][col] = q * weight_scale[col]` (rounded to bf16 when the view reads FastDeploy's
+    /// arithmetic).
     pub(crate) fn value(&self, row: usize, col: usize) -> f32 {
-        self.code(row, col) as f32 * self.weight_scale[col]
+        self.product(self.code(row, col), self.weight_scale[col])
     }
 
     /// `x` (`[m, K]`) with each 64-row tile's columns put in stored order.
@@ -120,14 +137,14 @@ impl<const BITS: usize> TileSource for PerChannelView<'_, BITS> {
                 let base = (col / 2) * 2 * k + t * 128 + (col % 2) * 64;
                 let bytes = &self.quant_weight[base..base + 64];
                 for (row, &b) in tile.iter_mut().zip(bytes) {
-                    row[c] = (i32::from(b) - 128) as f32 * s;
+                    row[c] = self.product(i32::from(b) - 128, s);
                 }
             } else {
                 let base = (col / 4) * 2 * k + t * 128 + (col % 4) * 32;
                 let bytes = &self.quant_weight[base..base + 32];
                 for (rows, &b) in tile.chunks_exact_mut(2).zip(bytes) {
-                    rows[0][c] = (i32::from(b & 15) - 8) as f32 * s;
-                    rows[1][c] = (i32::from(b >> 4) - 8) as f32 * s;
+                    rows[0][c] = self.product(i32::from(b & 15) - 8, s);
+                    rows[1][c] = self.product(i32::from(b >> 4) - 8, s);
                 }
             }
         }

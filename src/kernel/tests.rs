@@ -459,3 +459,24 @@ fn wint2_m1_kernels_match_reference() {
         }
     }
 }
+
+/// FastDeploy's arithmetic: every wint8 / wint4 weight is the bf16 rounding of the exact
+/// product, in the reference, the dequantization and the fast path alike.
+#[test]
+fn bf16_product_rounds_each_weight() {
+    for (format, k, n) in [("wint8", 128, 34), ("wint4", 192, 36)] {
+        let Owned::Packed(p) = make(format, k, n, 21) else { unreachable!() };
+        let exact = dequantize(&Weights::Packed(&p)).unwrap();
+        let deployed = dequantize(&Weights::PackedBf16(&p)).unwrap();
+        let rounded: Vec<f32> = exact.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
+        assert_eq!(deployed, rounded, "{format}");
+        assert_ne!(deployed, exact, "{format}: some product needs more than bf16's 8 bits");
+        for m in [1, 5] {
+            let x = gaussian(m, k, 22);
+            let r = matmul_reference(Input::F32(&x), m, &Weights::PackedBf16(&p)).unwrap();
+            assert_eq!(r, naive(&x, m, &rounded, k, n), "{format} m {m}");
+            let f = matmul(Input::F32(&x), m, &Weights::PackedBf16(&p)).unwrap();
+            assert_within(&f, &r, &x, m, &rounded, k, n).unwrap();
+        }
+    }
+}

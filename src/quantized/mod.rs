@@ -126,6 +126,9 @@ pub struct SourceTensor {
 pub enum OwnedWeights {
     /// A packed matrix, its components as stored.
     Packed(Packed),
+    /// A packed wint8 / wint4 matrix of a FastDeploy checkpoint, read with FastDeploy's
+    /// arithmetic, `bf16(q * s)` ([`crate::kernel::Weights::PackedBf16`]).
+    PackedBf16(Packed),
     /// An unquantized matrix.
     Dense(DenseMatrix),
 }
@@ -134,7 +137,7 @@ impl OwnedWeights {
     /// Bytes a matmul reads: every packed component, or the dense elements.
     pub fn bytes(&self) -> usize {
         match self {
-            OwnedWeights::Packed(p) => p.components.iter().map(|c| c.bytes.len()).sum(),
+            OwnedWeights::Packed(p) | OwnedWeights::PackedBf16(p) => p.components.iter().map(|c| c.bytes.len()).sum(),
             OwnedWeights::Dense(d) => d.bytes.len(),
         }
     }
@@ -143,6 +146,7 @@ impl OwnedWeights {
     pub fn as_kernel(&self) -> crate::kernel::Weights<'_> {
         match self {
             OwnedWeights::Packed(p) => crate::kernel::Weights::Packed(p),
+            OwnedWeights::PackedBf16(p) => crate::kernel::Weights::PackedBf16(p),
             OwnedWeights::Dense(d) => crate::kernel::Weights::Dense { dtype: d.dtype, bytes: &d.bytes, k: d.k, n: d.n },
         }
     }
@@ -244,14 +248,26 @@ impl QuantizedCheckpoint {
         Ok(packed)
     }
 
+    /// Whether `t` is read with FastDeploy's arithmetic, `bf16(q * s)`: the wint8 / wint4
+    /// tensors of a FastDeploy checkpoint, measured and run as FastDeploy runs them.
+    fn bf16_product(&self, t: &QuantizedTensor) -> bool {
+        self.layout == OutputLayout::FastDeploy && matches!(t.scheme, Some(SchemeKind::Wint8 | SchemeKind::Wint4))
+    }
+
     /// The logical `[k, n]` matrix as row-major f32: a packed tensor through its scheme's
-    /// decode, an unquantized one converted from its stored dtype (and transposed when it is
-    /// stored `[n, k]`).
+    /// decode (for the wint8 / wint4 tensors of a FastDeploy checkpoint, each value rounded to
+    /// bf16 as FastDeploy's arithmetic does, like [`QuantizedCheckpoint::weights`]), an
+    /// unquantized one converted from its stored dtype (and transposed when it is stored
+    /// `[n, k]`).
     pub fn dequantize(&self, t: &QuantizedTensor) -> Result<Vec<f32>> {
         match t.scheme {
             Some(kind) => {
                 let packed = self.packed(t)?;
-                kind.decoder().decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })
+                let values = kind.decoder().decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+                Ok(match self.bf16_product(t) {
+                    true => values.into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect(),
+                    false => values,
+                })
             }
             None => {
                 let values = self.ckpt.read_f32(&t.stored[0])?;
@@ -264,10 +280,12 @@ impl QuantizedCheckpoint {
     }
 
     /// What a matmul kernel multiplies by: the packed components, or the unquantized matrix
-    /// in logical `[k, n]` order (BF16, F16 or F32, otherwise [`Error::NotConvertible`]).
+    /// in logical `[k, n]` order (BF16, F16 or F32, otherwise [`Error::NotConvertible`]). The
+    /// wint8 / wint4 tensors of a FastDeploy checkpoint come as [`OwnedWeights::PackedBf16`],
+    /// so that `verify`, `eval` and the loader measure the arithmetic FastDeploy runs.
     pub fn weights(&self, t: &QuantizedTensor) -> Result<OwnedWeights> {
         if t.scheme.is_some() {
-            return self.packed(t).map(OwnedWeights::Packed);
+            return self.packed(t).map(if self.bf16_product(t) { OwnedWeights::PackedBf16 } else { OwnedWeights::Packed });
         }
         let entry = self.ckpt.get(&t.stored[0])?;
         self.ckpt.conversion(entry)?;
