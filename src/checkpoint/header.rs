@@ -90,6 +90,13 @@ pub enum HeaderError {
     /// The header is JSON but not an object.
     #[error("header is not a JSON object")]
     NotAnObject,
+    /// A key appears twice in the header object (the reference `safetensors` library refuses a
+    /// second `__metadata__`; a second entry of one tensor would hide the first).
+    #[error("header lists '{key}' twice")]
+    DuplicateKey {
+        /// The repeated key.
+        key: String,
+    },
     /// `__metadata__` is not an object of strings.
     #[error("__metadata__ must be an object whose values are strings")]
     InvalidMetadata,
@@ -177,14 +184,22 @@ pub fn parse_header(prefix_and_header: &[u8], file_len: u64) -> Result<Header, H
     let json = prefix_and_header.get(PREFIX_LEN as usize..end).ok_or(HeaderError::HeaderPastEnd { header_len, file_len })?;
     let text = std::str::from_utf8(json).map_err(|_| HeaderError::NotUtf8)?;
     let value: Value = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
-    let Value::Object(map) = value else {
+    if !value.is_object() {
         return Err(HeaderError::NotAnObject);
-    };
+    }
+    let Entries(map) = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((key, _)) = map.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(HeaderError::DuplicateKey { key: key.clone() });
+    }
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(map.len());
     for (name, entry) in map {
         if name == "__metadata__" {
-            metadata = parse_metadata(entry)?;
+            // `null` is no metadata, as the reference library reads it.
+            if !entry.is_null() {
+                metadata = parse_metadata(entry)?;
+            }
         } else {
             tensors.push(parse_entry(name, &entry)?);
         }
@@ -192,6 +207,30 @@ pub fn parse_header(prefix_and_header: &[u8], file_len: u64) -> Result<Header, H
     let data_len = file_len - PREFIX_LEN - header_len;
     check_spans(&mut tensors, data_len)?;
     Ok(Header { header_len, metadata, tensors })
+}
+
+/// The header object's entries in file order, duplicates kept (a `serde_json::Value` object
+/// would keep only the last of a repeated key).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Reads and bounds-checks the 8-byte length prefix; returns the header length.
@@ -311,6 +350,23 @@ mod tests {
         let json = r#"{"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0,5],"data_offsets":[4,4]}}"#;
         let h = parse(&file(json, 4)).unwrap();
         assert_eq!(h.tensors.len(), 2);
+    }
+
+    /// Issue 14, defect 9: a duplicated `__metadata__` used to be accepted and a `null` one
+    /// refused, the opposite of the reference `safetensors` library.
+    #[test]
+    fn duplicate_keys_are_refused_and_null_metadata_is_none() {
+        let t = r#""a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        let twice = format!(r#"{{"__metadata__":{{"x":"1"}},"__metadata__":{{"x":"2"}},{t}}}"#);
+        assert_eq!(parse(&file(&twice, 4)), Err(HeaderError::DuplicateKey { key: "__metadata__".into() }));
+        let tensor_twice = format!(r#"{{{t},{t}}}"#);
+        assert_eq!(parse(&file(&tensor_twice, 4)), Err(HeaderError::DuplicateKey { key: "a".into() }));
+        let null = format!(r#"{{"__metadata__":null,{t}}}"#);
+        assert!(parse(&file(&null, 4)).unwrap().metadata.is_empty());
+        for bytes in [file(&twice, 4), file(&null, 4)] {
+            let reference = safetensors::SafeTensors::deserialize(&bytes).is_ok();
+            assert_eq!(parse(&bytes).is_ok(), reference, "{}", String::from_utf8_lossy(&bytes));
+        }
     }
 
     #[test]

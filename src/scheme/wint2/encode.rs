@@ -53,7 +53,7 @@
 use rayon::prelude::*;
 
 use super::codebook::Codebook;
-use super::decode::{bf16_rne, value_table};
+use super::decode::{bf16_rne, code as code_of, value_table, weight, windows};
 use super::maps::{CodeMap, MAPS};
 use super::{ColumnCode, Effort, Wint2, GROUP_ROWS};
 use crate::scheme::{check_encode_input, Importance, Packed, Scheme, SchemeError};
@@ -143,9 +143,88 @@ struct Fit {
     error: f64,
 }
 
-/// Encodes one column `x` (length K) under importance `h`: the best fit over the planned
-/// code maps.
+/// Columns (and importances) whose largest magnitude lies outside `[2^-SAFE_EXP, 2^SAFE_EXP]`
+/// are fitted at a power-of-two scale (see [`encode_column`]).
+const SAFE_EXP: i32 = 32;
+
+/// The binary exponent `e` of `max` (`2^e <= max < 2^(e+1)`) when `max` is positive, finite and
+/// outside `[2^-SAFE_EXP, 2^SAFE_EXP]`; 0 otherwise (no rescaling).
+pub(crate) fn rescale_exponent(max: f64) -> i32 {
+    if !(max > 0.0 && max.is_finite()) {
+        return 0;
+    }
+    // Every f32 (subnormals included) is a normal f64, so the exponent field is exact.
+    let e = ((max.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    if e.abs() <= SAFE_EXP {
+        0
+    } else {
+        e
+    }
+}
+
+/// `v * 2^-e` for every value (exact unless a result is subnormal).
+fn scaled(v: &[f32], e: i32) -> Vec<f32> {
+    let f = 2f64.powi(-e);
+    v.iter().map(|&a| (a as f64 * f) as f32).collect()
+}
+
+/// Encodes one column `x` (length K) under importance `h`, never worse than all zeros.
+///
+/// The fit scores bytes in f32 (`h (x - c)^2`), which overflows for `|x|` around 1e19 and
+/// loses everything to underflow for tiny columns: every candidate then scores the same
+/// (infinite or zero) and the first byte wins, whatever it decodes to. Decoding is
+/// homogeneous in the super scale for powers of two (bf16 has f32's exponent range), so such
+/// a column (or importance) is fitted at `x 2^-e` (`h 2^-f`), where its values are near 1,
+/// and its super scale multiplied back by `2^e`. Ordinary columns are fitted as they are.
+///
+/// Whatever the fit, the column's decoded error `sum_k h_k (x_k - What_k)^2` (f64) is
+/// compared with that of the all-zero reconstruction, `sum_k h_k x_k^2`; a column that is
+/// worse, or whose decoded values are not finite, is stored as zeros ([`zero_column`]).
 fn encode_column(x: &[f32], h: &[f32], plan: Plan, maps: &[CodeMap]) -> ColumnCode {
+    let ex = rescale_exponent(x.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs())));
+    let eh = rescale_exponent(h.iter().fold(0.0f64, |m, &v| m.max(v as f64)));
+    let code = if ex == 0 && eh == 0 {
+        fit_column(x, h, plan, maps)
+    } else {
+        let (xs, hs) = (scaled(x, ex), scaled(h, eh));
+        let mut code = fit_column(&xs, &hs, plan, maps);
+        code.super_scale = half::bf16::from_f64(code.super_scale.to_f64() * 2f64.powi(ex));
+        code
+    };
+    if never_worse_than_zero(&code, x, h) {
+        code
+    } else {
+        zero_column(x.len())
+    }
+}
+
+/// Whether `code` decodes `x` finitely and with `sum_k h_k (x_k - What_k)^2` (f64) at most
+/// the all-zero reconstruction's `sum_k h_k x_k^2`.
+fn never_worse_than_zero(code: &ColumnCode, x: &[f32], h: &[f32]) -> bool {
+    let sup = code.super_scale.to_f32();
+    if !sup.is_finite() {
+        return false;
+    }
+    let (mut err, mut zero) = (0.0f64, 0.0f64);
+    for (p, &b) in code.quant_weight.iter().enumerate() {
+        let ls = code.local_scales[4 * p / GROUP_ROWS];
+        let d = code_of(b, code.code_scale, code.code_zp);
+        for (j, q) in windows(d).into_iter().enumerate() {
+            let r = 4 * p + j;
+            let v = weight(q, ls, sup);
+            if !v.is_finite() {
+                return false;
+            }
+            let (xr, hr) = (x[r] as f64, h[r] as f64);
+            err += hr * (xr - v as f64).powi(2);
+            zero += hr * xr * xr;
+        }
+    }
+    err <= zero
+}
+
+/// The best fit of column `x` under importance `h` over the planned code maps.
+fn fit_column(x: &[f32], h: &[f32], plan: Plan, maps: &[CodeMap]) -> ColumnCode {
     let rms = group_rms(x, h);
     let neg: Vec<f32> = if plan.mirror { x.iter().map(|v| -v).collect() } else { Vec::new() };
     // Candidate i: mirrored when i % signs is 1; map (i / signs) / zps with its code_zp
@@ -182,8 +261,9 @@ fn encode_column(x: &[f32], h: &[f32], plan: Plan, maps: &[CodeMap]) -> ColumnCo
     best.map(|f| f.code).unwrap_or_else(|| zero_column(x.len()))
 }
 
-/// A column that decodes to zeros (every scale zero).
-fn zero_column(k: usize) -> ColumnCode {
+/// A column that decodes to zeros (every scale zero). Its code map is an ordinary one (finite,
+/// inside the kernels' exact range), and a zero super scale is valid for every kernel.
+pub(crate) fn zero_column(k: usize) -> ColumnCode {
     ColumnCode {
         quant_weight: vec![0; k / 4],
         local_scales: vec![0; k / GROUP_ROWS],
@@ -379,6 +459,27 @@ mod tests {
         assert!(h < 0.1045, "high {h}");
         assert!(x < h, "high {h} max {x}");
         eprintln!("default {d:.4} medium {m:.4} high {h:.4} max {x:.4}");
+    }
+
+    #[test]
+    fn zero_guard_rejects_a_fit_worse_than_zeros() {
+        let k = 128;
+        let x = Rng::new(8).normals(k);
+        let h = vec![1.0f32; k];
+        let good = encode_column(&x, &h, Plan::of(Effort::Default), &MAPS[..1]);
+        assert!(never_worse_than_zero(&good, &x, &h));
+        // The same bytes at a super scale 2^20 times too large decode far worse than zeros.
+        let bad = ColumnCode { super_scale: half::bf16::from_f32(good.super_scale.to_f32() * 1048576.0), ..good.clone() };
+        assert!(!never_worse_than_zero(&bad, &x, &h));
+        // All zeros is exactly as good as itself, decodes to zeros and suits the kernels.
+        let zero = zero_column(k);
+        assert!(never_worse_than_zero(&zero, &x, &h));
+        let d = Wint2::default().decode(&Wint2::pack(k, 1, &[zero])).unwrap();
+        assert!(d.iter().all(|&v| v == 0.0));
+        assert_eq!(rescale_exponent(1.0), 0);
+        assert_eq!(rescale_exponent(1e20), 66);
+        assert_eq!(rescale_exponent(1e-30), -100);
+        assert_eq!(rescale_exponent(f32::from_bits(1) as f64), -149);
     }
 
     #[test]

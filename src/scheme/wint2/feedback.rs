@@ -16,10 +16,14 @@
 //! 4. **Never worse.** Per column, the output error `e^T Hd e` of the feedback bytes is
 //!    compared with that of the diagonal encoder's own bytes (same scales), and the lower one
 //!    is kept, so feedback can only lower `tr(E^T Hd E)`.
+//! 5. **Never worse than zeros.** A column whose kept error `e^T Hd e` exceeds that of the
+//!    all-zero reconstruction, `w^T Hd w`, is stored as zeros. Both are measured on the column
+//!    scaled by a power of two when its values are huge or tiny, so that f32 does not
+//!    overflow (see `encode_column`).
 
 use super::codebook::{Codebook, Table};
 use super::decode::value_table;
-use super::encode::encode_columns_at;
+use super::encode::{encode_columns_at, rescale_exponent, zero_column};
 use super::{ColumnCode, Effort, Wint2, GROUP_ROWS};
 use crate::scheme::feedback::{code_matrix, BlockCoder};
 use crate::scheme::importance::Hessian;
@@ -94,9 +98,11 @@ pub(crate) fn encode_columns_with_feedback(w: &[f32], k: usize, n: usize, hessia
         })
         .collect();
     let scheme = Wint2 { effort };
+    // Per column, the power of two its errors are measured at (0 for ordinary columns).
+    let exps: Vec<i32> = (0..n).map(|col| rescale_exponent((0..k).fold(0.0f64, |m, r| m.max((w[r * n + col] as f64).abs())))).collect();
     let errors = |cols: &[ColumnCode]| -> Vec<f64> {
         let decoded = scheme.decode(&Wint2::pack(k, n, cols)).expect("the encoder's own components decode");
-        hessian.output_errors(w, &decoded, n)
+        scaled_output_errors(hessian, w, Some(&decoded), n, &exps)
     };
     let (plain_err, fed_err) = (errors(&columns), errors(&fed));
     for (col, f) in fed.into_iter().enumerate() {
@@ -104,7 +110,33 @@ pub(crate) fn encode_columns_with_feedback(w: &[f32], k: usize, n: usize, hessia
             columns[col] = f;
         }
     }
+    // Never worse than zeros: the all-zero column's output error is `w_c^T Hd w_c`.
+    let (chosen, zero) = (errors(&columns), scaled_output_errors(hessian, w, None, n, &exps));
+    for (col, c) in columns.iter_mut().enumerate() {
+        let no_worse = chosen[col] <= zero[col];
+        if !no_worse {
+            *c = zero_column(k);
+        }
+    }
     columns
+}
+
+/// Per column `c`: [`Hessian::output_errors`] of `w_hat` (zeros when `None`), measured on the
+/// error scaled by `2^-exps[c]` (so that `Hd e` stays inside f32 for huge columns) and scaled
+/// back in f64. A column with exponent 0 gets exactly `Hessian::output_errors`.
+fn scaled_output_errors(hessian: &Hessian, w: &[f32], w_hat: Option<&[f32]>, n: usize, exps: &[i32]) -> Vec<f64> {
+    let e: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let b = w_hat.map_or(0.0, |d| d[i]);
+            match exps[i % n] {
+                0 => a - b,
+                ex => ((a as f64 - b as f64) * 2f64.powi(-ex)) as f32,
+            }
+        })
+        .collect();
+    hessian.column_errors(&e, n).into_iter().zip(exps).map(|(v, &ex)| if ex == 0 { v } else { v * 2f64.powi(2 * ex) }).collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //! [`maps`] the code maps the encoder starts from. This file owns the layout: packing the
 //! per-column results into the components above and reading them back.
 
+#[cfg(test)]
+mod adversarial;
 pub mod codebook;
 pub mod decode;
 pub mod encode;
