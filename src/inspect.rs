@@ -55,6 +55,46 @@ pub struct TensorRow {
     pub part: Option<Part>,
 }
 
+/// What a quantized checkpoint (either layout ccq writes, or Baidu's) holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuantizedSummary {
+    /// `fastdeploy` or `native`.
+    pub layout: crate::format::OutputLayout,
+    /// Packed tensors.
+    pub packed_tensors: usize,
+    /// Parameters of the model: every packed tensor's logical `k * n` plus the elements of the
+    /// unquantized tensors.
+    pub logical_params: u64,
+    /// Logical weights per scheme (`none` for unquantized tensors).
+    pub params_by_scheme: BTreeMap<String, u64>,
+    /// Stored bits per logical weight over the whole checkpoint.
+    pub bits_per_weight: f64,
+}
+
+impl QuantizedSummary {
+    /// The summary of a checkpoint that holds quantized tensors; `Ok(None)` for one that does
+    /// not. A checkpoint that looks quantized but does not open as one is an error.
+    pub fn of(ckpt: &Checkpoint) -> Result<Option<QuantizedSummary>> {
+        if !crate::quantized::holds_quantized(ckpt) {
+            return Ok(None);
+        }
+        let q = crate::quantized::QuantizedCheckpoint::open(ckpt.path())?;
+        let mut by_scheme = BTreeMap::new();
+        for t in q.tensors() {
+            *by_scheme.entry(t.scheme.map_or("none", crate::SchemeKind::name).to_string()).or_insert(0u64) += (t.k * t.n) as u64;
+        }
+        let logical: u64 = by_scheme.values().sum();
+        let bytes: u64 = ckpt.tensors().iter().map(|t| t.nbytes()).sum();
+        Ok(Some(QuantizedSummary {
+            layout: q.layout(),
+            packed_tensors: q.tensors().iter().filter(|t| t.is_quantized()).count(),
+            logical_params: logical,
+            params_by_scheme: by_scheme,
+            bits_per_weight: bytes as f64 * 8.0 / logical.max(1) as f64,
+        }))
+    }
+}
+
 /// The summary of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Inspection {
@@ -82,8 +122,11 @@ pub struct Inspection {
     pub tie_word_embeddings: bool,
     /// Whether multi-token-prediction tensors are present.
     pub has_mtp: bool,
-    /// Total number of elements.
+    /// Total number of stored elements (of a quantized checkpoint: packed bytes and scales
+    /// counted as stored, see [`Inspection::quantized`] for the logical weights).
     pub total_params: u64,
+    /// What a quantized checkpoint holds (`None` for an original or dequantized one).
+    pub quantized: Option<QuantizedSummary>,
     /// Total stored bytes of tensor data.
     pub total_bytes: u64,
     /// Totals per role.
@@ -121,6 +164,7 @@ impl Inspection {
             })
             .collect();
         let mut inspection = Inspection::from_rows(&layout, tensors, ckpt);
+        inspection.quantized = QuantizedSummary::of(ckpt)?;
         inspection.notes = notes(&inspection, &layout, ckpt);
         Ok(inspection)
     }
@@ -168,6 +212,7 @@ impl Inspection {
             tie_word_embeddings: cfg.tie_word_embeddings,
             has_mtp: by_role.contains_key(&Role::Mtp),
             total_params: ckpt.total_params(),
+            quantized: None,
             total_bytes: by_file.values().map(|t: &Totals| t.bytes).sum(),
             by_role,
             by_dtype,

@@ -50,7 +50,29 @@ fn human(s: &Inspection, path: &std::path::Path) -> String {
         let top_k = s.experts_per_token.map(|k| format!(" (top-{k})")).unwrap_or_default();
         let _ = writeln!(out, "experts     {} routed per MoE layer{top_k}, {} shared", s.num_experts, s.num_shared_experts);
     }
-    let _ = writeln!(out, "parameters  {} in {} tensors", thousands(s.total_params), s.tensors.len());
+    match &s.quantized {
+        Some(q) => {
+            let schemes: Vec<String> = q.params_by_scheme.iter().map(|(k, v)| format!("{k} {}", thousands(*v))).collect();
+            let _ = writeln!(
+                out,
+                "quantized   {} layout, {} packed tensors, {:.3} bits per weight",
+                q.layout.name(),
+                q.packed_tensors,
+                q.bits_per_weight
+            );
+            let _ = writeln!(
+                out,
+                "parameters  {} logical ({}); {} stored elements in {} tensors",
+                thousands(q.logical_params),
+                schemes.join(", "),
+                thousands(s.total_params),
+                s.tensors.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "parameters  {} in {} tensors", thousands(s.total_params), s.tensors.len());
+        }
+    }
     table(&mut out, "role", s.by_role.iter().map(|(r, t)| (r.name().to_string(), *t)));
     table(&mut out, "dtype", s.by_dtype.iter().map(|(d, t)| (d.clone(), *t)));
     if !s.notes.is_empty() {

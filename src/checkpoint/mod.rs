@@ -109,16 +109,22 @@ impl Checkpoint {
         Checkpoint::open_with(path, ReadOptions::default())
     }
 
-    /// Opens a checkpoint directory or a single `.safetensors` file.
+    /// Opens a checkpoint directory or a single `.safetensors` file (with the `config.json`
+    /// beside it, when there is one).
     pub fn open_with(path: impl AsRef<Path>, options: ReadOptions) -> Result<Checkpoint> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             open_directory(path, options)
         } else {
+            // A single file's model is described by the config.json beside it, if there is one.
+            let config = match path.parent() {
+                Some(dir) => read_config(&dir.join(CONFIG_FILE))?,
+                None => None,
+            };
             let shard = open_shard(path)?;
             let tensors = shard.1;
-            build(path, None, vec![shard.0], vec![tensors], None, options)
+            build(path, config, vec![shard.0], vec![tensors], None, options)
         }
     }
 

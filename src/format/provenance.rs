@@ -145,6 +145,17 @@ impl Provenance {
                         s.name, s.shape, t.k, s.width
                     )));
                 }
+                // A matrix source is [width, k] when transposed, [k, width] otherwise: a flipped
+                // `transposed` would dequantize to the transpose.
+                if let [a, b] = s.shape[..] {
+                    let expected = if t.transposed { [s.width, t.k] } else { [t.k, s.width] };
+                    if [a, b] != expected {
+                        return Err(problem(format!(
+                            "source '{}' has shape {:?}, but \"transposed\": {} makes it {:?}",
+                            s.name, s.shape, t.transposed, expected
+                        )));
+                    }
+                }
                 width = width.saturating_add(s.width);
             }
             if width != t.n {

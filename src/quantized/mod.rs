@@ -550,6 +550,13 @@ fn apply_provenance(tensors: &mut [QuantizedTensor], p: &Provenance, file: &Path
                 t.n
             )));
         }
+        // The native layout's own description says it too: both must agree.
+        if layout == OutputLayout::Native && t.scheme.is_some() && t.transposed != r.transposed {
+            return Err(bad(format!(
+                "records '{}' as transposed: {}, but its shard's {}{} description says {}",
+                t.name, r.transposed, METADATA_PREFIX, t.name, t.transposed
+            )));
+        }
         t.transposed = r.transposed;
         t.sources = Some(
             r.sources

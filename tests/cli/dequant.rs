@@ -363,3 +363,22 @@ fn failed_dequant_leaves_nothing_behind() {
     assert!(stderr.contains("super_scales") && stderr.contains("NaN"), "{stderr}");
     assert!(!out.exists() && !ccq::checkpoint::output::partial_dir(&out).exists());
 }
+
+/// Issue 14, defect 9: flipping `transposed` in `ccq-provenance.json` used to make `dequant`
+/// write transposed matrices with exit 0; the record is now checked against the sources'
+/// shapes and the native layout's own descriptions.
+#[test]
+fn a_flipped_transposed_in_the_provenance_is_refused() {
+    let dir = temp_dir("dq-flipped");
+    let src = repo("fixtures/ernie45-tiny-pt");
+    for layout in ["fastdeploy", "native"] {
+        let q = dir.join(layout);
+        let qs = q.display().to_string();
+        stdout(&ccq(&["quantize", &src, "-o", &qs, "--layout", layout, "--quiet"]));
+        let file = q.join(ccq::format::provenance::PROVENANCE_FILE);
+        let text = std::fs::read_to_string(&file).unwrap().replace("\"transposed\": true", "\"transposed\": false");
+        std::fs::write(&file, text).unwrap();
+        let err = refused(&["dequant", &qs, "-o", &dir.join(format!("{layout}-out")).display().to_string()]);
+        assert!(err.contains("transposed"), "{layout}: {err}");
+    }
+}

@@ -173,3 +173,20 @@ fn bad_input_exits_2_with_one_clear_message() {
     fails_with(&["inspect", &dir.join("nowhere").display().to_string()], "nowhere");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 14, defect 9: `inspect` on a quantized checkpoint did not say so and counted packed
+/// elements as parameters (536,456 of the stored tensors instead of 771,976 logical); on a
+/// single file it ignored the `config.json` beside it.
+#[test]
+fn inspect_says_quantized_and_counts_logical_parameters() {
+    let dir = temp_dir("inspect-quantized");
+    let q = dir.join("q").display().to_string();
+    stdout(&ccq(&["quantize", &repo("fixtures/ernie45-tiny-pt"), "-o", &q, "--quiet"]));
+    let v = inspect_json(&q);
+    assert_eq!(v["quantized"]["layout"], "fastdeploy");
+    assert_eq!(v["quantized"]["logical_params"], 771_976);
+    assert!(stdout(&ccq(&["inspect", &q])).contains("quantized   fastdeploy layout"));
+    assert!(inspect_json(&repo("fixtures/ernie45-tiny-pt"))["quantized"].is_null());
+    let single = inspect_json(&repo("fixtures/ernie45-tiny-paddle/model.safetensors"));
+    assert_eq!(single["model_type"], "ernie4_5_moe");
+}
