@@ -117,6 +117,10 @@ pub struct QuantizeArgs {
     /// Testing aid: stop (as if interrupted) after writing this many shards.
     #[arg(long, hide = true)]
     stop_after_shards: Option<usize>,
+    /// Refuse (exit 2), instead of warning, when the plan quantizes nothing or less than asked:
+    /// rules that match nothing, fallbacks to unquantized, no WINT2 left by --w4-end-layer.
+    #[arg(long)]
+    strict: bool,
     /// Convert a checkpoint that lacks tensors its config describes, or whose shapes disagree
     /// with it (otherwise refused before any work, every problem listed), e.g. a partial
     /// checkpoint on purpose. Only checked for the families the forward pass runs.
@@ -169,6 +173,13 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     })?;
     if layout == OutputLayout::FastDeploy {
         plan.fastdeploy_config().map_err(ccq::Error::from)?;
+    }
+    let shortfalls = plan.shortfalls(&request.policy);
+    if args.strict && !shortfalls.is_empty() {
+        bail!("--strict: the plan quantizes less than asked:\n  {}", shortfalls.join("\n  "));
+    }
+    for s in &shortfalls {
+        note!("ccq: warning: {s}");
     }
     request.calibration = args.calib.as_deref().map(|path| StatsCalibration::read(path, &plan)).transpose()?;
     let calibrating = args.calib_tokens.is_some() || !args.calib_text.is_empty();

@@ -142,6 +142,39 @@ impl Plan {
         QuantizationConfig::for_tensors(self.tensors.iter().map(|t| (&t.class, t.choice)))
     }
 
+    /// Where the plan quantizes nothing, or less than `policy` asked for, each said with its
+    /// numbers: no tensor quantized at all; rules that match no tensor; tensors that fell back
+    /// to unquantized; a `fastdeploy-w4w2` whose `w4_end_layer` leaves no expert layer WINT2.
+    /// `ccq quantize` prints these as warnings and refuses them with `--strict`.
+    pub fn shortfalls(&self, policy: &Policy) -> Vec<String> {
+        let mut found = Vec::new();
+        let quantized = self.tensors.iter().filter(|t| t.choice.is_some()).count();
+        if quantized == 0 {
+            found.push(format!("no tensor is quantized: all {} tensors stay as they are", self.tensors.len()));
+        }
+        for rule in &policy.rules {
+            let hits = |t: &PlannedTensor| rule.pattern.is_match(&t.name) || t.sources.iter().any(|s| rule.pattern.is_match(s));
+            if !self.tensors.iter().any(hits) {
+                found.push(format!("the rule '{rule}' matches no tensor"));
+            }
+        }
+        let unquantized_fallbacks = self.tensors.iter().filter(|t| t.fell_back && t.choice.is_none()).count();
+        if unquantized_fallbacks > 0 {
+            found.push(format!("{unquantized_fallbacks} tensor(s) the policy quantizes fell back to none and stay unquantized"));
+        }
+        if let super::policy::Preset::FastdeployW4W2 { w4_end_layer } = policy.preset {
+            let expert_layers: Vec<usize> =
+                self.tensors.iter().filter(|t| t.class.role.is_routed_expert()).filter_map(|t| t.class.layer).collect();
+            let wint2 = self.tensors.iter().any(|t| t.class.role.is_routed_expert() && t.choice == Some(crate::SchemeKind::Wint2));
+            if let (Some(last), false) = (expert_layers.iter().max(), wint2) {
+                found.push(format!(
+                    "fastdeploy-w4w2 with --w4-end-layer {w4_end_layer} makes every expert wint4 (the last MoE layer is {last}): no WINT2 at all"
+                ));
+            }
+        }
+        found
+    }
+
     /// The shard file name of shard `i`.
     pub fn shard_name(&self, i: usize) -> String {
         crate::checkpoint::shard_file_name(i, self.shards.len())

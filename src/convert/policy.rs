@@ -10,7 +10,9 @@
 //! | `wint8`           | wint8                                | wint8                                            | unquantized     |
 //!
 //! "Everything else" is the router and its bias, embeddings, norms, lm_head and the
-//! multi-token-prediction block. An override's regex is matched against the output tensor's
+//! multi-token-prediction block. A 2-D `*.weight` tensor whose role ccq does not recognise (the
+//! linear layers of an encoder such as MiniLM, of a family ccq does not know) is taken as a
+//! dense linear: it gets the preset's dense scheme. An override's regex is matched against the output tensor's
 //! name and against each source tensor's name; the last rule that matches wins.
 //!
 //! A policy file (`ccq quantize --policy FILE`) is a JSON object
@@ -254,6 +256,9 @@ impl Policy {
         let matches = |r: &&Rule| r.pattern.is_match(output_name) || source_names.iter().any(|s| r.pattern.is_match(s));
         match self.rules.iter().rev().find(matches) {
             Some(rule) => rule.choice,
+            None if matrix && class.role == Role::Other && output_name.ends_with(".weight") => {
+                self.preset.choose(&TensorRole { role: Role::DenseMlp, ..*class })
+            }
             None if matrix => self.preset.choose(class),
             None => None,
         }

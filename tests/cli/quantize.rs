@@ -568,3 +568,41 @@ fn plain_rerun_after_an_interruption_keeps_the_finished_shards() {
     let _ = resumed;
     assert!(std::path::Path::new(&out).join("config.json").exists());
 }
+
+/// Issue 14, defect 6: requests that end up quantizing nothing, or less than asked, used to
+/// exit 0 silently; presets skipped linear layers ccq does not classify (an encoder's).
+#[test]
+fn shortfalls_are_said_and_refused_with_strict() {
+    let dir = temp_dir("shortfalls");
+    let src = repo("fixtures/ernie45-tiny-pt");
+    let out = |name: &str| dir.join(name).display().to_string();
+    let warned = |args: &[&str]| {
+        let r = ccq(args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let stderr = warned(&["quantize", &src, "-o", &out("a"), "--quiet", "--set", "no_such_tensor=wint4"]);
+    assert!(stderr.contains("warning: the rule 'no_such_tensor=wint4' matches no tensor"), "{stderr}");
+    // The fixture has 3 layers: the default --w4-end-layer 6 leaves no WINT2.
+    assert!(stderr.contains("--w4-end-layer 6 makes every expert wint4"), "{stderr}");
+    fails_with(&["quantize", &src, "-o", &out("b"), "--quiet", "--strict"], "--strict: the plan quantizes less than asked");
+    assert!(!std::path::Path::new(&out("b")).exists());
+    let stderr = warned(&["quantize", &src, "-o", &out("c"), "--quiet", "--layout", "native", "--set", ".=none"]);
+    assert!(stderr.contains("no tensor is quantized"), "{stderr}");
+    stdout(&ccq(&["quantize", &src, "-o", &out("d"), "--quiet", "--w4-end-layer", "1", "--strict"]));
+
+    // An encoder ccq does not know: its 2-D `*.weight` linears are quantized by the preset.
+    let enc = dir.join("encoder");
+    std::fs::create_dir_all(&enc).unwrap();
+    std::fs::write(enc.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let specs = [
+        ccq::checkpoint::write::TensorSpec::new("encoder.layer.0.attention.self.query.weight", Dtype::BF16, vec![64, 64]),
+        ccq::checkpoint::write::TensorSpec::new("encoder.layer.0.attention.self.query.bias", Dtype::BF16, vec![64]),
+    ];
+    let mut w = ccq::checkpoint::write::SafetensorsWriter::create(enc.join("model.safetensors"), &specs, &Default::default()).unwrap();
+    w.write(&[0x3c; 64 * 64 * 2 + 64 * 2]).unwrap();
+    w.finish().unwrap();
+    stdout(&ccq(&["quantize", &enc.display().to_string(), "-o", &out("enc"), "--preset", "wint4", "--quiet", "--strict"]));
+    let q = ccq::quantized::QuantizedCheckpoint::open(out("enc")).unwrap();
+    assert_eq!(q.get("encoder.layer.0.attention.self.query.weight").unwrap().scheme, Some(ccq::SchemeKind::Wint4));
+}
