@@ -164,10 +164,15 @@ pub fn run(args: &QuantizeArgs) -> Result<ExitCode> {
     let shard_size = parse_size(&args.shard_size)?;
     let plan = Plan::build(&ckpt, &model, &request.plan_options(shard_size)).map_err(|refusals| {
         let list: Vec<String> = refusals.iter().map(|r| format!("  {}: {}", r.tensor, r.reason)).collect();
+        if let [only] = &refusals[..] {
+            if only.tensor == ckpt.path().display().to_string() {
+                return anyhow::anyhow!("{}: {}", only.tensor, only.reason);
+            }
+        }
         let hint = if refusals.iter().any(|r| r.reason.contains("U16")) {
             "pass --u16-as-bf16 if the U16 tensors hold bf16 payload"
         } else {
-            "use --fallback SCHEME or --set REGEX=SCHEME to change them"
+            "--fallback SCHEME or --set REGEX=SCHEME with a scheme that takes them"
         };
         anyhow::anyhow!("{} tensor(s) cannot be converted as planned ({hint}):\n{}", refusals.len(), list.join("\n"))
     })?;

@@ -222,9 +222,34 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
                     choice = fallback;
                     fell_back = true;
                 }
-                None => return Err(e.to_string()),
+                None => {
+                    let fits: Vec<&str> = std::iter::once("none")
+                        .chain(
+                            crate::SchemeKind::ALL
+                                .into_iter()
+                                .filter(|s| s.decoder().check_shape(k, n).is_ok())
+                                .map(crate::SchemeKind::name),
+                        )
+                        .collect();
+                    return Err(format!(
+                        "{e} (stored {} {:?}{}); schemes that take it: {}",
+                        first.dtype,
+                        first.shape,
+                        if group.transpose { ", [out, in]" } else { "" },
+                        fits.join(", ")
+                    ));
+                }
             }
         }
+    }
+    let loads_packed =
+        matches!(group.class.role, crate::layout::Role::Attention | crate::layout::Role::DenseMlp | crate::layout::Role::SharedExpert)
+            || group.class.role.is_routed_expert();
+    if let Some(kind) = choice.filter(|_| options.layout == OutputLayout::FastDeploy && !loads_packed) {
+        return Err(format!(
+            "FastDeploy loads this tensor ({:?}) unquantized, not {kind}; use --layout native to quantize it",
+            group.class.role
+        ));
     }
     if let Some(kind) = choice.filter(|k| options.layout == OutputLayout::FastDeploy && !fastdeploy::SCHEMES.contains(k)) {
         let how = if fell_back { " (the --fallback scheme)" } else { "" };

@@ -606,3 +606,17 @@ fn shortfalls_are_said_and_refused_with_strict() {
     let q = ccq::quantized::QuantizedCheckpoint::open(out("enc")).unwrap();
     assert_eq!(q.get("encoder.layer.0.attention.self.query.weight").unwrap().scheme, Some(ccq::SchemeKind::Wint4));
 }
+
+/// Issue 14, defect 7: the FastDeploy layout on a non-ERNIE model was reported as "1
+/// tensor(s) cannot be converted"; a packed router went into a FastDeploy checkpoint that
+/// FastDeploy loads as f32.
+#[test]
+fn refusals_say_what_is_wrong_and_what_works() {
+    let dir = temp_dir("refusals");
+    let out = dir.join("q").display().to_string();
+    let err = refused(&["quantize", &repo("fixtures/qwen2-moe-tiny"), "-o", &out, "--layout", "fastdeploy"]);
+    assert!(err.contains("the fastdeploy layout is for ERNIE 4.5 checkpoints; use --layout native") && !err.contains("tensor(s)"), "{err}");
+    let src = repo("fixtures/ernie45-tiny-pt");
+    fails_with(&["quantize", &src, "-o", &out, "--set", r"mlp\.gate\.weight=wint2"], "FastDeploy loads this tensor (Router) unquantized");
+    stdout(&ccq(&["quantize", &src, "-o", &out, "--layout", "native", "--set", r"mlp\.gate\.weight=wint2", "--quiet"]));
+}
