@@ -42,6 +42,9 @@ pub enum Architecture {
     Qwen3,
 }
 
+/// The most decoder layers the forward pass takes.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 /// The `model_type`s the forward pass runs, for error messages.
 pub const SUPPORTED_MODEL_TYPES: &str = "ernie4_5_moe, ernie4_5, qwen2_moe, qwen3_moe, mixtral, llama, mistral, qwen2, qwen3";
 
@@ -236,6 +239,13 @@ impl ForwardConfig {
             return Err(keys.bad(format!("head_dim {head_dim} is too large")));
         }
         let layers = keys.positive("num_hidden_layers", cfg.num_hidden_layers)?;
+        // Every per-layer loop (checks, config comparison) runs before a tensor is read: a
+        // corrupt count must not make them run for ever. Real models have at most a few hundred.
+        if layers > MAX_LAYERS {
+            return Err(Error::BadInput {
+                problem: format!("{}: num_hidden_layers is {layers}; ccq runs models of at most {MAX_LAYERS} layers", file.display()),
+            });
+        }
         let (experts, top_k) = match &moe {
             None => (0, 0),
             Some(m) => {
