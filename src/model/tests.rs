@@ -372,3 +372,13 @@ fn greedy_decoding_matches_numpy() {
         assert_eq!(tokens, want, "{family}");
     }
 }
+
+/// Found by the fuzz campaign: `num_hidden_layers` = 2^64 - 1 made `eval`'s config
+/// comparison loop for ever before any tensor was read.
+#[test]
+fn absurd_layer_counts_are_refused_at_once() {
+    let dir = with_config("ernie45-tiny-pt", "layers", |c| c["num_hidden_layers"] = json!(u64::MAX));
+    let ckpt = Checkpoint::open(&*dir).unwrap();
+    let err = OriginalWeights::new(&ckpt).err().expect("refused").to_string();
+    assert!(err.contains("ccq runs models of at most 65536 layers"), "{err}");
+}
