@@ -237,24 +237,28 @@ impl Checkpoint {
         if !matches!(entry.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) || self.conversion(entry).is_err() {
             return Ok(());
         }
-        self.for_each_f32_chunk(name, DEFAULT_CHUNK_ELEMS, |first, chunk| match chunk.iter().position(|v| !v.is_finite()) {
-            Some(i) => Err(Error::NonFinite {
-                file: self.shards[entry.shard].path.clone(),
-                tensor: name.to_string(),
-                index: first + i,
-                value: chunk[i],
-            }),
-            None => Ok(()),
-        })
+        self.for_each_f32_chunk(name, DEFAULT_CHUNK_ELEMS, |first, chunk| self.finite(entry, first, chunk))
     }
 
     /// Reads a whole tensor as f32 and checks it holds no NaN or infinity
     /// ([`Checkpoint::check_finite`]).
     pub fn read_f32_finite(&self, name: &str) -> Result<Vec<f32>> {
         let values = self.read_f32(name)?;
+        self.finite(self.get(name)?, 0, &values)?;
+        Ok(values)
+    }
+
+    /// Nothing when `values` (elements `first..` of `entry`) are all finite, else an
+    /// [`Error::NonFinite`] naming the first that is not.
+    fn finite(&self, entry: &TensorEntry, first: usize, values: &[f32]) -> Result<()> {
         match values.iter().position(|v| !v.is_finite()) {
-            Some(i) => Err(Error::NonFinite { file: self.file_of(name), tensor: name.to_string(), index: i, value: values[i] }),
-            None => Ok(values),
+            Some(i) => Err(Error::NonFinite {
+                file: self.shards[entry.shard].path.clone(),
+                tensor: entry.name.clone(),
+                index: first + i,
+                value: values[i],
+            }),
+            None => Ok(()),
         }
     }
 

@@ -29,14 +29,14 @@ use std::path::Path;
 /// The suffix a packed tensor drops: `NAME.weight` is stored as `NAME.quant_weight`, ...
 const WEIGHT_SUFFIX: &str = ".weight";
 
-/// PyTorch projection modules and the fused Paddle module they go into ([`QKV_FUSED`],
-/// [`UP_GATE_FUSED`]).
-const FUSIONS: [(&str, &str); 5] = [
-    ("self_attn.q_proj", QKV_FUSED),
-    ("self_attn.k_proj", QKV_FUSED),
-    ("self_attn.v_proj", QKV_FUSED),
-    ("gate_proj", UP_GATE_FUSED),
-    ("up_proj", UP_GATE_FUSED),
+/// PyTorch projection modules and the fused Paddle module they go into: `(parent, leaf, fused
+/// leaf)`, `{parent}{leaf}.` becoming `{parent}{fused}.`.
+const FUSIONS: [(&str, &str, &str); 5] = [
+    ("self_attn.", "q_proj", QKV_FUSED),
+    ("self_attn.", "k_proj", QKV_FUSED),
+    ("self_attn.", "v_proj", QKV_FUSED),
+    ("", "gate_proj", UP_GATE_FUSED),
+    ("", "up_proj", UP_GATE_FUSED),
 ];
 
 /// Components only WINT2 stores: their presence makes a packed tensor WINT2.
@@ -54,12 +54,10 @@ pub(super) fn output_name(name: &str, class: &TensorRole, rank: usize, naming: N
         Some(rest) => format!("{PADDLE_PREFIX}{rest}"),
         None => name.to_string(),
     };
-    for (from, to) in FUSIONS {
-        let from = format!("{from}.");
+    for (parent, leaf, fused) in FUSIONS {
+        let from = format!("{parent}{leaf}.");
         if let Some(pos) = out.rfind(&from) {
-            // `self_attn.q_proj.` -> `self_attn.qkv_proj.`: only the last component changes.
-            let leaf = pos + from.trim_end_matches('.').rfind('.').map_or(0, |d| d + 1);
-            out.replace_range(leaf..pos + from.len(), &format!("{to}."));
+            out.replace_range(pos..pos + from.len(), &format!("{parent}{fused}."));
             break;
         }
     }

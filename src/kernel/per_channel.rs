@@ -63,8 +63,7 @@ impl<'a, const BITS: usize> PerChannelView<'a, BITS> {
     fn product(&self, q: i32, s: f32) -> f32 {
         let v = q as f32 * s;
         if self.bf16_product {
-            let b = v.to_bits();
-            f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+            super::wint2::bf16_round(v)
         } else {
             v
         }

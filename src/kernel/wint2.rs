@@ -63,9 +63,10 @@ impl<'a> Wint2View<'a> {
     }
 }
 
-/// Round to nearest bf16, ties to even, on the bits (see the module documentation).
+/// Round to nearest bf16, ties to even, on the bits (see the module documentation); for
+/// finite values equal to [`crate::scheme::wint2::decode::bf16_rne`], and it vectorises.
 #[inline(always)]
-fn bf16_round(x: f32) -> f32 {
+pub(super) fn bf16_round(x: f32) -> f32 {
     let b = x.to_bits();
     f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
 }

@@ -265,7 +265,7 @@ impl QuantizedCheckpoint {
                 let packed = self.packed(t)?;
                 let values = kind.decoder().decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
                 Ok(match self.bf16_product(t) {
-                    true => values.into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect(),
+                    true => values.into_iter().map(crate::scheme::wint2::decode::bf16_rne).collect(),
                     false => values,
                 })
             }

@@ -1,7 +1,7 @@
 //! `ccq eval` end to end: the figures against a wint8 checkpoint and against one with nothing
 //! quantized (KL 0, agreement 1 exactly), both token file formats, and bad input.
 
-use super::{ccq, fails_with, repo, stdout, temp_dir};
+use super::{ccq, copy_fixture, fails_with, repo, stdout, temp_dir};
 use serde_json::Value;
 
 fn eval_json(original: &str, quant: &str, tokens: &str, extra: &[&str]) -> Value {
@@ -65,11 +65,7 @@ fn eval_wint8_and_unquantized() {
 
     // An original whose config lacks the MoE keys.
     let no_moe = dir.join("no-moe");
-    std::fs::create_dir_all(&no_moe).unwrap();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, no_moe.join(f.file_name().unwrap())).unwrap();
-    }
+    copy_fixture("ernie45-tiny-pt", &no_moe);
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(no_moe.join("config.json")).unwrap()).unwrap();
     config.as_object_mut().unwrap().retain(|k, _| !k.starts_with("moe_"));
     std::fs::write(no_moe.join("config.json"), config.to_string()).unwrap();

@@ -1,16 +1,12 @@
 //! `ccq generate` end to end on the tiny fixture with the byte tokenizer: deterministic greedy
 //! output, seeded sampling, the figures line, and bad input refused before the model loads.
 
-use super::{ccq, fails_with, repo, temp_dir};
+use super::{ccq, copy_fixture, fails_with, repo, temp_dir};
 use std::path::Path;
 
 fn with_tokenizer(dir: &Path, chat_template: Option<&str>) -> String {
     let out = dir.join("model");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in std::fs::read_dir(repo("fixtures/ernie45-tiny-pt")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, out.join(f.file_name().unwrap())).unwrap();
-    }
+    copy_fixture("ernie45-tiny-pt", &out);
     std::fs::copy(repo("fixtures/byte-tokenizer.json"), out.join("tokenizer.json")).unwrap();
     if let Some(t) = chat_template {
         std::fs::write(out.join("tokenizer_config.json"), serde_json::json!({ "chat_template": t }).to_string()).unwrap();

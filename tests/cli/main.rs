@@ -33,6 +33,16 @@ fn temp_dir(tag: &str) -> scratch::Scratch {
     scratch::scratch(&format!("cli-{tag}"), false)
 }
 
+/// Copies every file of the fixture checkpoint `fixture` (a folder name under `fixtures/`)
+/// into `to`, creating it.
+fn copy_fixture(fixture: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(repo(&format!("fixtures/{fixture}"))).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 fn stdout(out: &Output) -> String {
     assert!(out.status.success(), "ccq failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()

@@ -1,17 +1,13 @@
 //! Non-finite values (issue 14, defect 3): a NaN in a tensor that is carried through (a norm)
 //! used to pass `quantize`, and `eval` then printed `ppl NaN, KL NaN` with exit 0.
 
-use super::{ccq, fails_with, repo, stdout, temp_dir};
+use super::{ccq, copy_fixture, fails_with, repo, stdout, temp_dir};
 use std::path::Path;
 
 /// A copy of the PyTorch fixture in `dir` whose `tensor` has a NaN as its element 3.
 fn with_nan(dir: &Path, tensor: &str) {
-    std::fs::create_dir_all(dir).unwrap();
+    copy_fixture("ernie45-tiny-pt", dir);
     let src = Path::new(&repo("fixtures/ernie45-tiny-pt")).to_path_buf();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
     let ckpt = ccq::Checkpoint::open(&src).unwrap();
     let e = ckpt.get(tensor).unwrap();
     assert_eq!(e.dtype, ccq::Dtype::BF16);

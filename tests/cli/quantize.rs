@@ -510,11 +510,7 @@ fn force_replaces_only_directories_and_never_the_cwd_or_the_source() {
 
 /// A copy of the PyTorch fixture with its index and config edited.
 fn edited_fixture(dir: &std::path::Path, edit_index: impl Fn(&mut Value), edit_config: impl Fn(&mut Value)) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in std::fs::read_dir(repo("fixtures/ernie45-tiny-pt")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    super::copy_fixture("ernie45-tiny-pt", dir);
     for (file, edit) in [("model.safetensors.index.json", &edit_index as &dyn Fn(&mut Value)), ("config.json", &edit_config)] {
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         edit(&mut v);

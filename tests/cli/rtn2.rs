@@ -37,9 +37,7 @@ fn rtn2_is_a_scheme_of_the_native_layout() {
     assert!(t.transposed && written.len() == decoded.len());
     for (i, &w) in written.iter().enumerate() {
         let (row, col) = (i % t.k, i / t.k);
-        let want =
-            f32::from_bits((decoded[row * t.n + col].to_bits() + 0x7fff + ((decoded[row * t.n + col].to_bits() >> 16) & 1)) & 0xffff_0000);
-        assert_eq!(w, want, "element {i}");
+        assert_eq!(w, ccq::scheme::wint2::decode::bf16_rne(decoded[row * t.n + col]), "element {i}");
     }
     let tokens = dir.join("tokens.json");
     std::fs::write(&tokens, "[[1, 2, 3, 4, 5, 6, 7, 8]]").unwrap();

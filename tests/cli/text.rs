@@ -1,18 +1,14 @@
 //! Text input (`--text`, `--calib-text`), `eval` of any two checkpoints with its architecture
 //! check, and calibrated 2-bit conversion of every family the forward pass runs.
 
-use super::{ccq, fails_with, repo, stdout, temp_dir};
+use super::{ccq, copy_fixture, fails_with, repo, stdout, temp_dir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// A copy of a fixture checkpoint, with the byte tokenizer as its `tokenizer.json`.
 fn with_tokenizer(fixture: &str, dir: &Path) -> String {
     let out = dir.join(fixture);
-    std::fs::create_dir_all(&out).unwrap();
-    for f in std::fs::read_dir(repo(&format!("fixtures/{fixture}"))).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, out.join(f.file_name().unwrap())).unwrap();
-    }
+    copy_fixture(fixture, &out);
     std::fs::copy(repo("fixtures/byte-tokenizer.json"), out.join("tokenizer.json")).unwrap();
     out.display().to_string()
 }
