@@ -82,9 +82,7 @@ impl Description {
     /// Parses and checks the metadata text; the problem, naming the field, otherwise.
     fn parse(text: &str) -> std::result::Result<Description, String> {
         let what = format!("the '{METADATA_KEY}' metadata");
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))?;
-        let d: Description = serde_json::from_value(value.clone())
-            .map_err(|e| format!("{what} is not a calibration description: {}", Description::locate(&value, e)))?;
+        let d: Description = crate::json::parse(text).map_err(|e| format!("{what} is not a calibration description: {e}"))?;
         if d.format != DESCRIPTION_FORMAT {
             return Err(format!("{what} has \"format\" '{}', not '{DESCRIPTION_FORMAT}'", d.format));
         }
@@ -92,34 +90,6 @@ impl Description {
             return Err(format!("{what} has \"version\" {}; this ccq reads version {DESCRIPTION_VERSION}", d.version));
         }
         Ok(d)
-    }
-
-    /// `e` (the description `value` did not deserialize), prefixed with the field (and input)
-    /// whose value is at fault, where one is: serde names a missing or unknown field, but not
-    /// the field holding a value of the wrong type.
-    fn locate(value: &Value, e: serde_json::Error) -> String {
-        fn check<T: serde::de::DeserializeOwned>(v: &Value) -> Option<String> {
-            serde_json::from_value::<T>(v.clone()).err().map(|e| e.to_string())
-        }
-        let found = value.as_object().and_then(|fields| {
-            fields.iter().find_map(|(key, v)| {
-                let problem = match key.as_str() {
-                    "format" => check::<String>(v),
-                    "version" => check::<u64>(v),
-                    "inputs" => match v.as_object() {
-                        Some(inputs) => {
-                            inputs.iter().find_map(|(id, m)| check::<InputDescription>(m).map(|p| format!("input '{id}': {p}")))
-                        }
-                        None => check::<BTreeMap<String, InputDescription>>(v),
-                    },
-                    "weights" => check::<BTreeMap<String, String>>(v),
-                    "expert_tokens" | "fallbacks" => check::<BTreeMap<usize, Vec<usize>>>(v),
-                    _ => None,
-                }?;
-                Some(format!("\"{key}\": {problem}"))
-            })
-        });
-        found.unwrap_or_else(|| e.to_string())
     }
 }
 

@@ -168,16 +168,20 @@ pub enum Error {
     },
     /// A packed tensor's stored components are not what its scheme stores (missing, wrong
     /// dtype, shape or size, or values the decoder rejects).
-    #[error("tensor '{tensor}': {source}")]
+    #[error("{}: tensor '{tensor}': {source}", file.display())]
     Packed {
+        /// The file holding the tensor's components (or its source, when encoding).
+        file: PathBuf,
         /// The packed tensor's name (the prefix of its components).
         tensor: String,
         /// What is wrong with its components.
         source: SchemeError,
     },
     /// A kernel refused a tensor's weights or activations.
-    #[error("tensor '{tensor}': {source}")]
+    #[error("{}: tensor '{tensor}': {source}", file.display())]
     Kernel {
+        /// The file holding the tensor.
+        file: PathBuf,
         /// The tensor's name.
         tensor: String,
         /// What the kernel refused.

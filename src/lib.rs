@@ -1,6 +1,7 @@
 //! ccq: convolutional code quantization for Mixture-of-Experts checkpoints.
 //!
 //! The crate is laid out by concept:
+//! - [`json`]: the JSON files ccq reads, typed, with problems naming the field or position;
 //! - [`checkpoint`]: reading (and writing) safetensors checkpoints, streamed tensor by tensor;
 //! - [`layout`]: what each tensor of a model is (expert, router, attention, ...);
 //! - [`format`](mod@format): the output layouts (FastDeploy, native) and the provenance record, in both
@@ -35,6 +36,7 @@ pub mod dtype;
 pub mod error;
 pub mod format;
 pub mod inspect;
+pub mod json;
 pub mod kernel;
 pub mod layout;
 pub mod model;

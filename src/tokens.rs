@@ -175,7 +175,7 @@ pub fn parse_ids(bytes: &[u8], seq_len: Option<usize>, path: &Path) -> Result<Ve
             Ok(ids.chunks(n).map(<[u32]>::to_vec).collect())
         }
         None => {
-            let json: Value = serde_json::from_slice(bytes)
+            let json: Value = crate::json::parse_slice(bytes)
                 .map_err(|e| bad(format!("not a JSON array of token sequences ({e}); for raw little-endian u32 ids give --seq-len")))?;
             let seqs = json.as_array().ok_or_else(|| bad("must be a JSON array of sequences (arrays of token ids)".to_string()))?;
             seqs.iter()

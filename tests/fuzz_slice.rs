@@ -1,6 +1,7 @@
 //! A small deterministic slice of the fuzz campaign (`examples/fuzz.rs`, issue 14): no case
-//! may panic, and ccq may accept no safetensors header that the reference `safetensors`
-//! crate rejects, except the documented classes of `fuzz::EXPLAINED`.
+//! may panic, ccq may accept no safetensors header that the reference `safetensors` crate
+//! rejects, except the documented classes of `fuzz::EXPLAINED`, and every error message
+//! names a file and says in ccq's words what is wrong (`fuzz::audit_message`).
 
 #[path = "support/fuzz.rs"]
 mod fuzz;
@@ -19,6 +20,8 @@ fn fuzz_slice_has_no_panic_and_accepts_nothing_safetensors_rejects() {
     assert!(accepted.is_empty(), "ccq accepts headers safetensors rejects: {accepted:?}\n{table}");
     assert!(report.agree.0 > 0 && report.agree.1 > 0, "the slice exercises both accepted and rejected headers:\n{table}");
     assert!(report.over_budget.is_empty(), "cases over the time budget:\n{table}");
+    assert!(report.audited > 50, "the slice audits error messages:\n{table}");
+    assert!(report.vague.is_empty(), "error messages that name no file, or leak serde's wording (defect 7):\n{table}");
 }
 
 #[test]

@@ -140,7 +140,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?))
+    Ok(Some(ccq::json::parse(&text).with_context(|| path.display().to_string())?))
 }
 
 /// The tokens that end generation: `eos_token_id` of config.json (one or a list), the

@@ -323,7 +323,7 @@ impl LayerwiseEncoder for Layerwise {
                             ckpt.release(ckpt.get(name)?);
                         }
                         let kind = t.choice.ok_or_else(|| Error::BadTensor {
-                            file: None,
+                            file: Some(t.source_file.clone()),
                             tensor: t.name.clone(),
                             problem: "not quantized".to_string(),
                         })?;
@@ -403,8 +403,11 @@ fn read_layer<'a>(path: &Path, tensors: &[&'a PlannedTensor], effort: Effort) ->
     tensors
         .iter()
         .map(|t| {
-            let kind =
-                t.choice.ok_or_else(|| Error::BadTensor { file: None, tensor: t.name.clone(), problem: "not quantized".to_string() })?;
+            let kind = t.choice.ok_or_else(|| Error::BadTensor {
+                file: Some(t.source_file.clone()),
+                tensor: t.name.clone(),
+                problem: "not quantized".to_string(),
+            })?;
             let scheme = kind.scheme(effort);
             let components = scheme
                 .component_layout(t.k, t.n)
@@ -425,7 +428,7 @@ fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effo
     let mut out = BTreeMap::new();
     for (t, packed) in encoded {
         let scheme = packed.kind.scheme(effort);
-        let w = scheme.decode(packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+        let w = scheme.decode(packed).map_err(|source| Error::Packed { file: t.source_file.clone(), tensor: t.name.clone(), source })?;
         let mut offset = 0;
         for name in &t.sources {
             let shape = &ckpt.get(name)?.shape;
@@ -437,7 +440,13 @@ fn decoded_sources(ckpt: &Checkpoint, encoded: &[(&PlannedTensor, Packed)], effo
                         *b
                     }
                 }
-                s => return Err(Error::BadTensor { file: None, tensor: name.clone(), problem: format!("shape {s:?} is not a matrix") }),
+                s => {
+                    return Err(Error::BadTensor {
+                        file: Some(ckpt.file_of(name)),
+                        tensor: name.clone(),
+                        problem: format!("shape {s:?} is not a matrix"),
+                    })
+                }
             };
             let m: Vec<f32> = (0..t.k).flat_map(|r| w[r * t.n + offset..r * t.n + offset + width].iter().copied()).collect();
             out.insert(name.clone(), m);

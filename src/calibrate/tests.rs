@@ -204,8 +204,8 @@ fn a_description_with_a_missing_or_unknown_field_is_refused() {
         // Wrong values.
         (DESCRIPTION.replace(r#""ccq-calibration""#, r#""ccq-calib""#), "format"),
         (DESCRIPTION.replace(r#""version":1"#, r#""version":2"#), "version"),
-        (DESCRIPTION.replace(r#"{"1":[3,0]}"#, r#"{"one":[3,0]}"#), "\"expert_tokens\": invalid value"),
-        (DESCRIPTION.replace(r#""fell_back":true"#, r#""fell_back":"yes""#), "\"inputs\": input 'a': invalid type: string \"yes\""),
+        (DESCRIPTION.replace(r#"{"1":[3,0]}"#, r#"{"one":[3,0]}"#), "in field `expert_tokens`: invalid value"),
+        (DESCRIPTION.replace(r#""fell_back":true"#, r#""fell_back":"yes""#), "field `inputs.a.fell_back`: invalid type: string \"yes\""),
         ("not json".to_string(), "expected"),
     ] {
         assert_ne!(description, DESCRIPTION, "{field}");

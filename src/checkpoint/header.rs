@@ -85,8 +85,8 @@ pub enum HeaderError {
     #[error("header is not valid UTF-8")]
     NotUtf8,
     /// The header is not well-formed JSON.
-    #[error("header is not valid JSON: {0}")]
-    InvalidJson(String),
+    #[error("header: {0}")]
+    InvalidJson(crate::json::JsonProblem),
     /// The header is JSON but not an object.
     #[error("header is not a JSON object")]
     NotAnObject,
@@ -183,11 +183,11 @@ pub fn parse_header(prefix_and_header: &[u8], file_len: u64) -> Result<Header, H
     let end = (PREFIX_LEN + header_len) as usize;
     let json = prefix_and_header.get(PREFIX_LEN as usize..end).ok_or(HeaderError::HeaderPastEnd { header_len, file_len })?;
     let text = std::str::from_utf8(json).map_err(|_| HeaderError::NotUtf8)?;
-    let value: Value = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
+    let value: Value = crate::json::parse(text).map_err(HeaderError::InvalidJson)?;
     if !value.is_object() {
         return Err(HeaderError::NotAnObject);
     }
-    let Entries(map) = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson(e.to_string()))?;
+    let Entries(map) = crate::json::parse(text).map_err(HeaderError::InvalidJson)?;
     let mut seen = std::collections::HashSet::new();
     if let Some((key, _)) = map.iter().find(|(k, _)| !seen.insert(k.as_str())) {
         return Err(HeaderError::DuplicateKey { key: key.clone() });

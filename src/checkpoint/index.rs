@@ -18,7 +18,7 @@ impl ShardIndex {
     /// Parses index JSON text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<ShardIndex> {
         let bad = |problem: String| Error::Json { file: path.to_path_buf(), problem };
-        let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let value: Value = crate::json::parse(text).map_err(|e| bad(e.to_string()))?;
         let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".to_string()))?;
         let mut weight_map = Vec::with_capacity(map.len());
         for (tensor, shard) in map {

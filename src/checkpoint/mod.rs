@@ -362,7 +362,7 @@ fn read_config(path: &Path) -> Result<Option<serde_json::Value>> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { file: path.to_path_buf(), problem: format!("not valid JSON: {e}") })?;
+        crate::json::parse(&text).map_err(|e| Error::Json { file: path.to_path_buf(), problem: e.to_string() })?;
     if !value.is_object() {
         return Err(Error::Json { file: path.to_path_buf(), problem: "not a JSON object".into() });
     }

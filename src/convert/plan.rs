@@ -43,6 +43,8 @@ pub struct PlannedTensor {
     pub bytes_in: u64,
     /// Stored dtype of the (first) source.
     pub source_dtype: Dtype,
+    /// The file holding the (first) source (named in errors).
+    pub source_file: std::path::PathBuf,
 }
 
 impl PlannedTensor {
@@ -278,6 +280,7 @@ fn plan_group(ckpt: &Checkpoint, group: &Group, options: &PlanOptions) -> Result
         outputs,
         bytes_in,
         source_dtype: first.dtype,
+        source_file: ckpt.file_of(&first.name),
     };
     if !planned.is_raw_copy(options.layout) {
         for e in &entries {

@@ -87,8 +87,8 @@ pub enum PolicyError {
     /// misspelt key, a missing rule key, a value of the wrong type).
     #[error("{source}; a policy file is {POLICY_FILE_SHAPE}, every key optional except a rule's two")]
     Json {
-        /// serde_json's description, with the line and column.
-        source: serde_json::Error,
+        /// Where the text is wrong (field path, or line and column).
+        source: crate::json::JsonProblem,
     },
     /// A policy file, or one of its rules, is JSON but not an object.
     #[error("{what} must be a JSON object {shape}")]
@@ -270,7 +270,7 @@ impl Policy {
     /// rules come before command-line ones. Errors do not name the file: [`Policy::read`] does.
     pub fn from_json(text: &str, default: Preset) -> Result<Policy, PolicyError> {
         // serde would also take a struct from a JSON array, by position: refuse that first.
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|source| PolicyError::Json { source })?;
+        let value: serde_json::Value = crate::json::parse(text).map_err(|source| PolicyError::Json { source })?;
         let Some(map) = value.as_object() else {
             return Err(PolicyError::NotAnObject { what: "a policy file", shape: POLICY_FILE_SHAPE });
         };
@@ -278,7 +278,7 @@ impl Policy {
             let problem = Box::new(PolicyError::NotAnObject { what: "a rule", shape: RULE_SHAPE });
             return Err(PolicyError::Rule { index, problem });
         }
-        let file: PolicyFile = serde_json::from_str(text).map_err(|source| PolicyError::Json { source })?;
+        let file: PolicyFile = crate::json::parse(text).map_err(|source| PolicyError::Json { source })?;
         let preset = match (&file.preset, default) {
             (Some(name), _) => {
                 let fallback_w4 = match default {

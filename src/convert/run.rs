@@ -431,7 +431,7 @@ pub fn encode_planned(
     damp: f32,
     factors: &mut FactorCache,
 ) -> Result<(crate::Packed, Option<FeedbackRecord>)> {
-    let bad = |source: crate::SchemeError| Error::Packed { tensor: t.name.clone(), source };
+    let bad = |source: crate::SchemeError| Error::Packed { file: t.source_file.clone(), tensor: t.name.clone(), source };
     let scheme = kind.scheme(effort);
     match importance {
         Some(TensorImportance::Hessian(xtx)) => {

@@ -245,7 +245,7 @@ impl QuantizationConfig {
     pub fn of(ckpt: &Checkpoint) -> Result<Option<QuantizationConfig>> {
         let Some(value) = ckpt.config().and_then(|c| c.get("quantization_config")).filter(|v| !v.is_null()) else { return Ok(None) };
         let file = ckpt.path().join(crate::checkpoint::CONFIG_FILE);
-        serde_json::from_value(value.clone())
+        crate::json::from_value(value.clone())
             .map(Some)
             .map_err(|e| Error::Json { file, problem: format!("quantization_config is not one FastDeploy reads: {e}") })
     }
@@ -281,9 +281,11 @@ pub fn packed_scheme(ckpt: &Checkpoint, names: &HashSet<&str>, prefix: &str, ent
         let k = rows.checked_mul(4).ok_or_else(|| bad(format!("quant_weight has shape {:?}", entry.shape)))?;
         return Ok((SchemeKind::Wint2, k, cols));
     }
-    let scale = ckpt
-        .get(&super::component_name(prefix, "weight_scale"))
-        .map_err(|_| Error::Packed { tensor: prefix.to_string(), source: SchemeError::MissingComponent { name: "weight_scale" } })?;
+    let scale = ckpt.get(&super::component_name(prefix, "weight_scale")).map_err(|_| Error::Packed {
+        file: ckpt.file_of(&entry.name),
+        tensor: prefix.to_string(),
+        source: SchemeError::MissingComponent { name: "weight_scale" },
+    })?;
     let n = match scale.shape.as_slice() {
         [n] => *n,
         s => return Err(bad(format!("weight_scale has shape {s:?}, expected one value per output column [N]"))),

@@ -47,7 +47,7 @@ impl NativeTensor {
     pub fn parse(file: &Path, name: &str, text: &str) -> Result<NativeTensor> {
         let bad = |problem: String| Error::QuantMetadata { file: file.to_path_buf(), tensor: name.to_string(), problem };
         let t: NativeTensor =
-            serde_json::from_str(text).map_err(|e| bad(format!("{METADATA_PREFIX}{name} is not a valid description: {e}")))?;
+            crate::json::parse(text).map_err(|e| bad(format!("{METADATA_PREFIX}{name} is not a valid description: {e}")))?;
         if t.k == 0 || t.n == 0 {
             return Err(bad(format!("the logical shape [{}, {}] is empty", t.k, t.n)));
         }

@@ -111,7 +111,7 @@ impl Provenance {
     /// Parses and validates record text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Provenance> {
         let bad = |problem: String| Error::Json { file: path.to_path_buf(), problem };
-        let p: Provenance = serde_json::from_str(text).map_err(|e| bad(format!("not a valid provenance record: {e}")))?;
+        let p: Provenance = crate::json::parse(text).map_err(|e| bad(format!("not a valid provenance record: {e}")))?;
         if p.format != PROVENANCE_FORMAT || p.version != PROVENANCE_VERSION {
             return Err(bad(format!(
                 "format '{}' version {}; this ccq reads '{PROVENANCE_FORMAT}' version {PROVENANCE_VERSION}",

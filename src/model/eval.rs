@@ -47,7 +47,12 @@ pub fn check_models(original: &dyn WeightSource, quantized: &dyn WeightSource) -
     let differences = original.config().differences(quantized.config());
     if !differences.is_empty() {
         return Err(Error::BadInput {
-            problem: format!("the two checkpoints are not the same model: {} (first vs second)", differences.join("; ")),
+            problem: format!(
+                "{} and {} are not the same model: {} (first vs second)",
+                original.path().display(),
+                quantized.path().display(),
+                differences.join("; ")
+            ),
         });
     }
     original.check_complete()?;

@@ -77,21 +77,22 @@ pub trait Linear: Send + Sync {
 
 /// Weights a kernel multiplies by ([`crate::kernel::matmul`]): packed, or dense f32/bf16.
 pub struct KernelLinear {
+    file: std::path::PathBuf,
     name: String,
     weights: crate::quantized::OwnedWeights,
 }
 
 impl KernelLinear {
-    /// A dense f32 logical `[k, n]` matrix.
-    pub fn dense_f32(name: impl Into<String>, w: &[f32], k: usize, n: usize) -> KernelLinear {
+    /// A dense f32 logical `[k, n]` matrix read from tensor `name` of `file`.
+    pub fn dense_f32(file: std::path::PathBuf, name: impl Into<String>, w: &[f32], k: usize, n: usize) -> KernelLinear {
         let bytes = w.iter().flat_map(|v| v.to_le_bytes()).collect();
         let dense = crate::quantized::DenseMatrix { dtype: crate::Dtype::F32, k, n, bytes };
-        KernelLinear { name: name.into(), weights: crate::quantized::OwnedWeights::Dense(dense) }
+        KernelLinear { file, name: name.into(), weights: crate::quantized::OwnedWeights::Dense(dense) }
     }
 
-    /// Weights as a quantized checkpoint hands them out.
-    pub fn new(name: impl Into<String>, weights: crate::quantized::OwnedWeights) -> KernelLinear {
-        KernelLinear { name: name.into(), weights }
+    /// Weights as a quantized checkpoint hands them out, from tensor `name` of `file`.
+    pub fn new(file: std::path::PathBuf, name: impl Into<String>, weights: crate::quantized::OwnedWeights) -> KernelLinear {
+        KernelLinear { file, name: name.into(), weights }
     }
 }
 
@@ -109,8 +110,11 @@ impl Linear for KernelLinear {
     }
 
     fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel())
-            .map_err(|source| Error::Kernel { tensor: self.name.clone(), source })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &self.weights.as_kernel()).map_err(|source| Error::Kernel {
+            file: self.file.clone(),
+            tensor: self.name.clone(),
+            source,
+        })
     }
 }
 
@@ -255,6 +259,8 @@ pub struct LayerWeights {
 
 /// Where a model's weights come from, one layer at a time.
 pub trait WeightSource: Sync {
+    /// The checkpoint the weights come from (named in errors).
+    fn path(&self) -> &std::path::Path;
     /// The checked config.
     fn config(&self) -> &ForwardConfig;
     /// The checkpoint's tensor names.

@@ -214,9 +214,17 @@ struct Inventory<'a, S> {
 }
 
 impl<S: Store> Inventory<'_, S> {
-    fn vector(&mut self, name: String) {
-        if self.source.ckpt().get(&name).is_err() {
-            self.problems.push(format!("{name} is missing"));
+    fn vector(&mut self, name: String, len: usize) {
+        self.exact(name, &[len], "a vector");
+    }
+
+    /// A tensor read as stored, which must have exactly `shape` (`what` names the config's
+    /// fields that give it).
+    fn exact(&mut self, name: String, shape: &[usize], what: &str) {
+        match self.source.ckpt().get(&name) {
+            Err(_) => self.problems.push(format!("{name} is missing")),
+            Ok(e) if e.shape != shape => self.problems.push(format!("{name}: stored {:?}, the config needs {shape:?} ({what})", e.shape)),
+            Ok(_) => {}
         }
     }
 
@@ -262,14 +270,14 @@ impl<S: Store> Inventory<'_, S> {
     fn layer(&mut self, i: usize) {
         let (c, names) = (&self.source.cfg, &self.source.names);
         let (base, attn) = (names.layer(i), names.attention(i));
-        self.vector(format!("{base}.input_layernorm.weight"));
-        self.vector(format!("{base}.post_attention_layernorm.weight"));
+        self.vector(format!("{base}.input_layernorm.weight"), c.hidden);
+        self.vector(format!("{base}.post_attention_layernorm.weight"), c.hidden);
         let (qw, kvw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         self.projections(&attn, QKV_FUSED, &QKV_LEAVES, &[qw, kvw, kvw], c.hidden);
         self.linear(format!("{attn}.o_proj"), qw, c.hidden);
         if c.architecture.qk_norm() {
-            self.vector(format!("{attn}.q_norm.weight"));
-            self.vector(format!("{attn}.k_norm.weight"));
+            self.vector(format!("{attn}.q_norm.weight"), c.head_dim);
+            self.vector(format!("{attn}.k_norm.weight"), c.head_dim);
         }
         if !c.is_moe_layer(i) {
             return self.swiglu(i, Block::DenseMlp, c.intermediate);
@@ -292,8 +300,9 @@ impl<S: Store> Source<S> {
     /// (headers only); all problems listed at once.
     fn check_complete(&self) -> Result<()> {
         let mut inv = Inventory { source: self, problems: Vec::new() };
-        inv.vector(self.names.embed());
-        inv.vector(self.names.final_norm());
+        let (vocab, hidden) = (self.cfg.vocab, self.cfg.hidden);
+        inv.exact(self.names.embed(), &[vocab, hidden], "vocab_size, hidden_size");
+        inv.vector(self.names.final_norm(), hidden);
         if !self.cfg.tie_word_embeddings {
             inv.linear("lm_head".to_string(), self.cfg.hidden, self.cfg.vocab);
         }
@@ -306,6 +315,10 @@ impl<S: Store> Source<S> {
 }
 
 impl<S: Store> WeightSource for Source<S> {
+    fn path(&self) -> &std::path::Path {
+        self.ckpt().path()
+    }
+
     fn check_complete(&self) -> Result<()> {
         Source::check_complete(self)
     }
@@ -378,7 +391,8 @@ impl<S: Store> WeightSource for Source<S> {
             }
             // E is stored [vocab, hidden]; the head's logical [hidden, vocab] is its transpose.
             let w = self.ckpt().logical_matrix(&[self.names.embed()], h, vocab, true)?;
-            return Ok(Box::new(KernelLinear::dense_f32(self.names.embed(), &w, h, vocab)));
+            let embed = self.names.embed();
+            return Ok(Box::new(KernelLinear::dense_f32(self.ckpt().file_of(&embed), embed, &w, h, vocab)));
         }
         self.store.linear("lm_head", h, vocab)
     }
@@ -403,7 +417,7 @@ impl Store for OriginalStore<'_> {
                     problem: format!("replacement holds {} values, not [{k}, {n}]", w.len()),
                 });
             }
-            return Ok(Box::new(KernelLinear::dense_f32(name, w, k, n)));
+            return Ok(Box::new(KernelLinear::dense_f32(self.ckpt.path().to_path_buf(), name, w, k, n)));
         }
         let entry = self.ckpt.get(&name)?;
         // PyTorch stores [out, in], Paddle [in, out]; an lm_head of either may be either.
@@ -420,7 +434,7 @@ impl Store for OriginalStore<'_> {
         };
         let w = self.ckpt.logical_matrix(std::slice::from_ref(&name), k, n, transpose)?;
         self.ckpt.release(entry);
-        Ok(Box::new(KernelLinear::dense_f32(name, &w, k, n)))
+        Ok(Box::new(KernelLinear::dense_f32(self.ckpt.file_of(&name), name, &w, k, n)))
     }
 }
 
@@ -455,7 +469,7 @@ impl Store for QuantStore<'_> {
         }
         let weights = self.q.weights(t)?;
         self.q.release(t);
-        Ok(Box::new(KernelLinear::new(t.name.clone(), weights)))
+        Ok(Box::new(KernelLinear::new(self.q.file_of(t), t.name.clone(), weights)))
     }
 }
 
@@ -508,6 +522,9 @@ impl ModelFiles {
 macro_rules! forward_to_source {
     ($($wrapper:ident),*) => {$(
         impl WeightSource for $wrapper<'_> {
+            fn path(&self) -> &std::path::Path {
+                self.0.path()
+            }
             fn config(&self) -> &ForwardConfig {
                 self.0.config()
             }

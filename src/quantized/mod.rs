@@ -243,7 +243,7 @@ impl QuantizedCheckpoint {
         }
         let packed = Packed { kind, k: t.k, n: t.n, components };
         for (name, dtype, shape) in &layout {
-            packed.expect_component(name, *dtype, shape).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+            packed.expect_component(name, *dtype, shape).map_err(|source| self.packed_error(t, source))?;
         }
         Ok(packed)
     }
@@ -263,7 +263,7 @@ impl QuantizedCheckpoint {
         match t.scheme {
             Some(kind) => {
                 let packed = self.packed(t)?;
-                let values = kind.decoder().decode(&packed).map_err(|source| Error::Packed { tensor: t.name.clone(), source })?;
+                let values = kind.decoder().decode(&packed).map_err(|source| self.packed_error(t, source))?;
                 Ok(match self.bf16_product(t) {
                     true => values.into_iter().map(crate::scheme::wint2::decode::bf16_rne).collect(),
                     false => values,
@@ -302,8 +302,25 @@ impl QuantizedCheckpoint {
     /// `[m, t.n]`.
     pub fn matmul(&self, t: &QuantizedTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let weights = self.weights(t)?;
-        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel())
-            .map_err(|source| Error::Kernel { tensor: t.name.clone(), source })
+        crate::kernel::matmul(crate::kernel::Input::F32(x), m, &weights.as_kernel()).map_err(|source| self.kernel_error(t, source))
+    }
+
+    /// The file holding `t`: the shard of its first stored component (packed) or of itself.
+    pub fn file_of(&self, t: &QuantizedTensor) -> PathBuf {
+        match t.scheme {
+            Some(kind) => packed_file(&self.ckpt, &t.name, kind),
+            None => self.ckpt.file_of(&t.name),
+        }
+    }
+
+    /// An [`Error::Packed`] for `t`, naming its file.
+    pub fn packed_error(&self, t: &QuantizedTensor, source: SchemeError) -> Error {
+        Error::Packed { file: self.file_of(t), tensor: t.name.clone(), source }
+    }
+
+    /// An [`Error::Kernel`] for `t`, naming its file.
+    pub fn kernel_error(&self, t: &QuantizedTensor, source: crate::kernel::KernelError) -> Error {
+        Error::Kernel { file: self.file_of(t), tensor: t.name.clone(), source }
     }
 
     /// Lets the kernel drop the pages of `t`'s stored tensors (see [`Checkpoint::release`]).
@@ -383,10 +400,18 @@ struct Found {
     transposed: bool,
 }
 
+/// The shard holding the first of `prefix`'s components that is present (the checkpoint
+/// when none is).
+fn packed_file(ckpt: &Checkpoint, prefix: &str, kind: SchemeKind) -> PathBuf {
+    let layout = kind.decoder().component_layout(1, 1);
+    let present = layout.iter().map(|(c, _, _)| component_name(prefix, c)).find(|name| ckpt.get(name).is_ok());
+    present.map(|name| ckpt.file_of(&name)).unwrap_or_else(|| ckpt.path().to_path_buf())
+}
+
 /// Checks that `found`'s components are all present with the dtype and shape its scheme
 /// stores, and returns their names in the scheme's order.
 fn check_components(ckpt: &Checkpoint, found: &Found) -> Result<Vec<String>> {
-    let packed_error = |source| Error::Packed { tensor: found.name.clone(), source };
+    let packed_error = |source| Error::Packed { file: packed_file(ckpt, &found.name, found.kind), tensor: found.name.clone(), source };
     let scheme = found.kind.decoder();
     scheme.check_shape(found.k, found.n).map_err(packed_error)?;
     let mut names = Vec::new();

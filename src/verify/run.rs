@@ -185,7 +185,7 @@ fn measure(
     let w = original.logical_matrix(&names, t.k, t.n, p.transposed)?;
     let owned = quant.weights(t)?;
     let packed = owned.as_kernel();
-    let kernel_error = |source: kernel::KernelError| Error::Kernel { tensor: t.name.clone(), source };
+    let kernel_error = |source: kernel::KernelError| quant.kernel_error(t, source);
     let w_hat = kernel::dequantize(&packed).map_err(kernel_error)?;
     // The Gaussian probe is only run when no calibration statistics weight the error.
     let outputs = match &options.calibration {

@@ -72,3 +72,30 @@ fn eval_wint8_and_unquantized() {
     fails_with(&["eval", &no_moe.display().to_string(), &none, "--tokens", &tokens], "config lacks \"moe_num_experts\"");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Issue 14, defect 7: when a checkpoint's config and its weights disagree, eval said the
+/// token file held an id outside the vocabulary (or named only the embedding's shape); it
+/// now names the checkpoint, the tensor, the stored shape and the config fields.
+#[test]
+fn defect_7_eval_reports_a_config_that_disagrees_with_the_weights() {
+    let dir = temp_dir("eval-config-weights");
+    let edited = dir.join("edited");
+    copy_fixture("ernie45-tiny-pt", &edited);
+    let config_file = edited.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    config["vocab_size"] = 128.into();
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let tokens = dir.join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2, 3, 100]]").unwrap();
+    let (edited, tokens) = (edited.display().to_string(), tokens.display().to_string());
+    fails_with(
+        &["eval", &edited, &edited, "--tokens", &tokens],
+        "edited: the checkpoint does not hold the model its config describes (1 problem(s)): \
+         model.embed_tokens.weight: stored [256, 128], the config needs [128, 128] (vocab_size, hidden_size)",
+    );
+    // Against the unedited original it is the configs that differ, and both are named.
+    fails_with(
+        &["eval", &repo("fixtures/ernie45-tiny-pt"), &edited, "--tokens", &tokens],
+        "edited are not the same model: vocab_size: 256 vs 128",
+    );
+}

@@ -70,7 +70,7 @@ fn eval_text_and_any_two_checkpoints() {
     // What differs between two models is named, before the tokens are read.
     fails_with(
         &["eval", &src, &repo("fixtures/qwen2-moe-tiny"), "--tokens", "no-such-file.json"],
-        "the two checkpoints are not the same model: family: Ernie45 vs Qwen2Moe; vocab_size: 256 vs 128",
+        "qwen2-moe-tiny are not the same model: family: Ernie45 vs Qwen2Moe; vocab_size: 256 vs 128",
     );
     // A checkpoint without a tokenizer, text too short for one sequence.
     fails_with(

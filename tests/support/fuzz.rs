@@ -780,6 +780,10 @@ pub struct Report {
     pub max_case: (Duration, u64, String),
     /// Cases over the per-case budget.
     pub over_budget: Vec<(u64, Duration, String)>,
+    /// Error messages that fail the audit of [`audit_message`]: class -> (count, first examples).
+    pub vague: BTreeMap<String, (u64, Vec<String>)>,
+    /// Error messages audited.
+    pub audited: u64,
 }
 
 /// The per-case time budget: a case running longer is reported as a possible hang.
@@ -840,6 +844,47 @@ pub fn variant(e: &Error) -> String {
     }
 }
 
+/// An error's message as the CLI prints it: the error and its chain of causes.
+pub fn full_message(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s += &format!("\n  caused by: {text}");
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// Drivers whose errors are not audited: the in-memory header parse has no file, and the
+/// harness's own plan summary is not a ccq message.
+const UNAUDITED: &[&str] = &["parse_header", "plan"];
+
+/// What is wrong with an error message a user would read, if anything: it names no file
+/// (every driver here reads files under the case directory or the fixtures); it is serde's
+/// raw wording, "... at line 1 column 44" (ccq says "at byte B" or "at line L, column C"); or
+/// it says a value has the wrong type or range without naming the field.
+pub fn audit_message(message: &str) -> Option<&'static str> {
+    let names_file = [".safetensors", ".json", "case-", "fixtures"].iter().any(|f| message.contains(f));
+    let serde_position = message.split(" at line ").skip(1).any(|rest| {
+        let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !line.is_empty() && rest[line.len()..].starts_with(" column ")
+    });
+    let value_problem = ["invalid type:", "invalid value:", "invalid length"].iter().any(|p| message.contains(p));
+    let unnamed_value = value_problem && !message.contains("field `") && !message.contains("the whole document");
+    if !names_file {
+        Some("name no file")
+    } else if serde_position {
+        Some("leak serde's position wording")
+    } else if unnamed_value {
+        Some("give a wrong value without its field")
+    } else {
+        None
+    }
+}
+
 /// The outcomes of one case.
 #[derive(Debug, Default)]
 struct CaseResult {
@@ -847,6 +892,8 @@ struct CaseResult {
     panic: Option<(String, String)>,
     difference: Option<String>,
     agree: Option<bool>,
+    audited: u64,
+    vague: Vec<(&'static str, String)>,
 }
 
 impl CaseResult {
@@ -855,6 +902,15 @@ impl CaseResult {
             Ok(_) => "ok".to_string(),
             Err(e) => variant(e),
         };
+        if let Err(e) = r {
+            if !UNAUDITED.contains(&driver) {
+                self.audited += 1;
+                let message = full_message(e);
+                if let Some(class) = audit_message(&message) {
+                    self.vague.push((class, format!("[{driver}] {outcome}: {message}")));
+                }
+            }
+        }
         self.outcomes.push((driver.to_string(), outcome));
         r.is_ok()
     }
@@ -1156,6 +1212,14 @@ pub fn run(corpus: &Corpus, options: &Options, progress: bool) -> Report {
                 if let Some((driver, msg)) = res.panic {
                     local.panics.push((i, String::new(), desc.clone(), driver, msg));
                 }
+                local.audited += res.audited;
+                for (class, message) in res.vague {
+                    let e = local.vague.entry(class.to_string()).or_default();
+                    e.0 += 1;
+                    if e.1.len() < 400 {
+                        e.1.push(format!("case {i}: {desc}\n      {message}"));
+                    }
+                }
                 if let Some(class) = res.difference {
                     let e = local.differences.entry(class).or_default();
                     e.0 += 1;
@@ -1213,6 +1277,16 @@ fn merge(into: &mut Report, from: Report) {
             }
         }
     }
+    into.audited += from.audited;
+    for (k, (n, ex)) in from.vague {
+        let e = into.vague.entry(k).or_default();
+        e.0 += n;
+        for x in ex {
+            if e.1.len() < 400 {
+                e.1.push(x);
+            }
+        }
+    }
     into.agree.0 += from.agree.0;
     into.agree.1 += from.agree.1;
     into.cases += from.cases;
@@ -1252,6 +1326,16 @@ impl Report {
             if let Some((_, why)) = EXPLAINED.iter().find(|(e, _)| k.contains(e)) {
                 s += &format!("    documented: {why}\n");
             }
+            for e in ex {
+                s += &format!("    {e}\n");
+            }
+        }
+        s += &format!("\nerror messages audited: {}\n", self.audited);
+        if self.vague.is_empty() {
+            s += "messages naming no file or leaking parser wording: none\n";
+        }
+        for (k, (n, ex)) in &self.vague {
+            s += &format!("messages that {k}: {n}\n");
             for e in ex {
                 s += &format!("    {e}\n");
             }
