@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{KernelView, Tile, TileSource, BLOCK_N, TILE_K};
+use super::{KernelPath, KernelView, Tile, TileSource, BLOCK_N, TILE_K};
 use crate::scheme::SchemeError;
 
 /// From this many rows of `x` on, f32 weights are multiplied by `matrixmultiply`'s GEMM
@@ -104,11 +104,20 @@ impl<const SIZE: usize> KernelView for DenseView<'_, SIZE> {
         DenseView::value(self, row, col)
     }
 
-    /// From [`GEMM_MIN_ROWS`] rows on (with `arch`), the GEMM; below, the tile driver.
-    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
-        match arch && m >= GEMM_MIN_ROWS {
+    /// From [`GEMM_MIN_ROWS`] rows on (any path but the portable one), the GEMM; below, the
+    /// tile driver.
+    fn matmul(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
+        match path > KernelPath::Portable && m >= GEMM_MIN_ROWS {
             true => self.gemm(x, m),
-            false => super::run_tiles(self, x, m, arch),
+            false => super::run_tiles(self, x, m, path),
+        }
+    }
+
+    fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
+        match (path, m >= GEMM_MIN_ROWS) {
+            (KernelPath::Portable, _) => "portable",
+            (_, true) => "matrixmultiply",
+            (_, false) => "portable-avx2",
         }
     }
 }

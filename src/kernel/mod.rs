@@ -94,6 +94,8 @@ use rayon::prelude::*;
 use crate::scheme::{Packed, SchemeError, SchemeKind};
 use crate::Dtype;
 
+pub use arch::{KernelPath, KERNEL_ENV};
+
 /// Output columns per block of the fast path: four 8-lane vectors of f32.
 pub const BLOCK_N: usize = 32;
 
@@ -231,21 +233,32 @@ pub fn matmul_reference(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f
 /// `y = x * W` (`[m, N]`, row-major), fast: tiles decoded from the packed bytes, rayon over
 /// column blocks, vectorised inner loops, instruction-set kernels picked at run time.
 /// Within [`tolerance`] of [`matmul_reference`]; independent of the thread count.
+/// It runs the widest kernels of [`KernelPath::default_cap`].
 pub fn matmul(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
-    matmul_path(x, m, w, true)
+    matmul_with(x, m, w, KernelPath::default_cap())
 }
 
 /// [`matmul`] with every instruction-set-specific kernel turned off: the portable fast path
 /// that CPUs without them run (bit-identical to [`matmul_reference`] for WINT2 and dense
 /// weights, within [`tolerance`] for wint8 / wint4). For tests and benchmarks.
 pub fn matmul_portable(x: Input<'_>, m: usize, w: &Weights<'_>) -> Result<Vec<f32>, KernelError> {
-    matmul_path(x, m, w, false)
+    matmul_with(x, m, w, KernelPath::Portable)
 }
 
-fn matmul_path(x: Input<'_>, m: usize, w: &Weights<'_>, arch: bool) -> Result<Vec<f32>, KernelError> {
+/// [`matmul`] running no kernel wider than `path` (narrowed to what the CPU has): for tests
+/// and benchmarks of each path on a machine with a wider one.
+pub fn matmul_with(x: Input<'_>, m: usize, w: &Weights<'_>, path: KernelPath) -> Result<Vec<f32>, KernelError> {
     let v = view(w)?;
     let x = activations(x, m, v.k())?;
-    Ok(v.matmul(&x, m, arch))
+    Ok(v.matmul(&x, m, path.clamped()))
+}
+
+/// The kernel a [`matmul_with`] call of `m` rows at `path` runs on most blocks, named as
+/// `ccq bench kernels` prints it: a [`KernelPath`] name for a hand-written kernel,
+/// `portable-avx2` for the portable code compiled with AVX2 + FMA, `matrixmultiply` for
+/// the GEMM.
+pub fn kernel_run(w: &Weights<'_>, m: usize, path: KernelPath) -> Result<&'static str, KernelError> {
+    Ok(view(w)?.kernel_run(m, path.clamped()))
 }
 
 /// Checks `x` and widens it to f32.
@@ -266,10 +279,19 @@ pub(crate) trait KernelView: TileSource {
     /// `W[row][col]`, decoded on its own: the reference decode.
     fn value(&self, row: usize, col: usize) -> f32;
 
-    /// The fast path's `x * W` for `x` in logical row order (`arch`: instruction-set kernels
-    /// allowed).
-    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
-        run_tiles(self, x, m, arch)
+    /// The fast path's `x * W` for `x` in logical row order, with no kernel wider than
+    /// `path` (already clamped to the CPU).
+    fn matmul(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
+        run_tiles(self, x, m, path)
+    }
+
+    /// The kernel [`KernelView::matmul`] runs on a full block (see [`kernel_run`]).
+    fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
+        let _ = m;
+        match path >= KernelPath::Avx2 {
+            true => "portable-avx2",
+            false => "portable",
+        }
     }
 }
 
@@ -327,7 +349,7 @@ pub(crate) trait TileSource: Sync {
     /// An instruction-set-specific kernel for columns `[n0, n0 + BLOCK_N)` and all `m` rows
     /// (`acc[i][c]`), if the format has one, this CPU runs it and the block qualifies; it may
     /// sum in another order (within [`tolerance`]).
-    fn block_arch(&self, _x: &[f32], _m: usize, _n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+    fn block_arch(&self, _x: &[f32], _m: usize, _n0: usize, _path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         None
     }
 
@@ -335,7 +357,7 @@ pub(crate) trait TileSource: Sync {
     /// (formats whose kernels share one pass over the rows between blocks), or `None`.
     /// Which blocks run together depends on the shape alone, so results stay independent of
     /// the thread count.
-    fn blocks_m1_arch(&self, _x: &[f32], _n0: usize, _count: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+    fn blocks_m1_arch(&self, _x: &[f32], _n0: usize, _count: usize, _path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         None
     }
 
@@ -347,25 +369,25 @@ pub(crate) trait TileSource: Sync {
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.
-fn run_tiles<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
+fn run_tiles<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
     let n = s.n();
     let nb = n.div_ceil(BLOCK_N);
     let run = s.m1_run();
-    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && arch && run > 1 {
+    let blocks: Vec<Vec<[f32; BLOCK_N]>> = if m == 1 && path > KernelPath::Portable && run > 1 {
         // Runs of blocks, for formats with a kernel that shares a pass between them.
         let runs: Vec<Vec<Vec<[f32; BLOCK_N]>>> = (0..nb.div_ceil(run))
             .into_par_iter()
             .map(|i| {
                 let (first, end) = (i * run, nb.min((i + 1) * run));
-                match s.blocks_m1_arch(x, first * BLOCK_N, end - first) {
+                match s.blocks_m1_arch(x, first * BLOCK_N, end - first, path) {
                     Some(run) => run.into_iter().map(|b| vec![b]).collect(),
-                    None => (first..end).map(|b| block(s, x, m, b * BLOCK_N, arch)).collect(),
+                    None => (first..end).map(|b| block(s, x, m, b * BLOCK_N, path)).collect(),
                 }
             })
             .collect();
         runs.into_iter().flatten().collect()
     } else {
-        (0..nb).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, arch)).collect()
+        (0..nb).into_par_iter().map(|b| block(s, x, m, b * BLOCK_N, path)).collect()
     };
     let mut y = vec![0f32; m * n];
     for (b, acc) in blocks.iter().enumerate() {
@@ -378,18 +400,20 @@ fn run_tiles<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, arch: bool) -> 
     y
 }
 
-/// One column block, with the best instruction set this CPU has (`arch`), else portable.
-fn block<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, n0: usize, arch: bool) -> Vec<[f32; BLOCK_N]> {
-    if !arch {
+/// One column block, with the widest kernel `path` (clamped to the CPU) allows, else
+/// portable.
+fn block<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, n0: usize, path: KernelPath) -> Vec<[f32; BLOCK_N]> {
+    if path == KernelPath::Portable {
         return block_impl(s, x, m, n0);
     }
-    if let Some(acc) = s.block_arch(x, m, n0) {
+    if let Some(acc) = s.block_arch(x, m, n0, path) {
         return acc;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features `block_avx2` is compiled with.
+        if path >= KernelPath::Avx2 {
+            // SAFETY: `path` is clamped to the CPU, which has the features `block_avx2` is
+            // compiled with.
             return unsafe { block_avx2(s, x, m, n0) };
         }
     }

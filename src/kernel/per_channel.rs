@@ -10,7 +10,7 @@
 //! and permutes `x` to match once per call (`xp[64t + p] = x[64t + row_of_pos[p]]`), so
 //! decoding is a straight walk over bytes: `tile[p][c] = f32(q) * weight_scale[n0 + c]`.
 
-use super::{KernelView, Tile, TileSource, BLOCK_N, TILE_K};
+use super::{KernelPath, KernelView, Tile, TileSource, BLOCK_N, TILE_K};
 use crate::scheme::wint4::nibble_address;
 use crate::scheme::wint8::byte_index;
 use crate::scheme::{finite_bf16s, Component, SchemeError};
@@ -105,8 +105,8 @@ impl<const BITS: usize> KernelView for PerChannelView<'_, BITS> {
     }
 
     /// The tile driver over the tiles in storage order, `x` permuted to match.
-    fn matmul(&self, x: &[f32], m: usize, arch: bool) -> Vec<f32> {
-        super::run_tiles(self, &self.permute_x(x, m), m, arch)
+    fn matmul(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
+        super::run_tiles(self, &self.permute_x(x, m), m, path)
     }
 }
 

@@ -158,18 +158,21 @@ fn fast_matches_reference_for_many_shapes() {
             }
             let x = gaussian(m, k, 7 + m as u64);
             let r = matmul_reference(Input::F32(&x), m, &o.weights()).unwrap();
-            let f = matmul(Input::F32(&x), m, &o.weights()).unwrap();
-            let portable = matmul_portable(Input::F32(&x), m, &o.weights()).unwrap();
-            for (path, y) in [("fast", &f), ("portable", &portable)] {
-                assert_within(y, &r, &x, m, &w, k, n).unwrap_or_else(|e| panic!("{format} {path} [{m}, {k}] x [{k}, {n}]: {e}"));
+            for path in KernelPath::available() {
+                let y = matmul_with(Input::F32(&x), m, &o.weights(), path).unwrap();
+                assert_within(&y, &r, &x, m, &w, k, n).unwrap_or_else(|e| panic!("{format} {path} [{m}, {k}] x [{k}, {n}]: {e}"));
+                // Dense weights from GEMM_MIN_ROWS rows on go through the GEMM: within tolerance only.
+                if matches!(format, "bf16" | "f32") && m < super::dense::GEMM_MIN_ROWS {
+                    assert_eq!(y, r, "{format} {path} m {m}: same order, bit-identical");
+                }
+                if path == KernelPath::Portable && matches!(format, "wint2" | "rtn2" | "bf16" | "f32") {
+                    assert_eq!(y, r, "{format} m {m}: portable path keeps the order, bit-identical");
+                }
             }
-            // Dense weights from GEMM_MIN_ROWS rows on go through the GEMM: within tolerance only.
-            if matches!(format, "bf16" | "f32") && m < super::dense::GEMM_MIN_ROWS {
-                assert_eq!(f, r, "{format} m {m}: same order, bit-identical");
-            }
-            if matches!(format, "wint2" | "rtn2" | "bf16" | "f32") {
-                assert_eq!(portable, r, "{format} m {m}: portable path keeps the order, bit-identical");
-            }
+            assert_eq!(
+                matmul_portable(Input::F32(&x), m, &o.weights()).unwrap(),
+                matmul_with(Input::F32(&x), m, &o.weights(), KernelPath::Portable).unwrap()
+            );
         }
     }
 }
@@ -189,7 +192,7 @@ fn wint2_arch_kernel_is_taken_for_encoder_output() {
     for c in 0..n {
         assert!(arch::x86::wint2_block_ok(cs[c], zp[c] + 0.5, sup[c]), "column {c}");
     }
-    if arch::has_wint2_avx512() {
+    if KernelPath::Avx512Bf16.supported() {
         let x = gaussian(1, k, 3);
         let f = matmul(Input::F32(&x), 1, &Weights::Packed(&p)).unwrap();
         let q = matmul_portable(Input::F32(&x), 1, &Weights::Packed(&p)).unwrap();
@@ -218,11 +221,15 @@ fn fast_path_is_independent_of_thread_count() {
     let x = gaussian(m, k, 9);
     for format in FORMATS {
         let o = make(format, k, n, 8);
-        let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| matmul(Input::F32(&x), m, &o.weights()).unwrap())
-        };
-        assert_eq!(run(1), run(3), "{format}");
+        for path in KernelPath::available() {
+            for m in [1, m] {
+                let run = |threads| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| matmul_with(Input::F32(&x[..m * k]), m, &o.weights(), path).unwrap())
+                };
+                assert_eq!(run(1), run(3), "{format} {path} m {m}");
+            }
+        }
     }
 }
 
@@ -436,12 +443,57 @@ fn wint2_fast_weights_are_exact() {
         for i in 0..k {
             eye[i * k + i] = 1.0;
         }
-        assert_eq!(matmul(Input::F32(&eye), k, &w).unwrap(), d, "[{k}, {n}] identity");
-        for row in 0..k {
-            let y = matmul(Input::F32(&eye[row * k..(row + 1) * k]), 1, &w).unwrap();
-            assert_eq!(y, d[row * n..(row + 1) * n], "[{k}, {n}] row {row}");
+        for path in KernelPath::available() {
+            assert_eq!(matmul_with(Input::F32(&eye), k, &w, path).unwrap(), d, "{path} [{k}, {n}] identity");
+            for row in 0..k {
+                let y = matmul_with(Input::F32(&eye[row * k..(row + 1) * k]), 1, &w, path).unwrap();
+                assert_eq!(y, d[row * n..(row + 1) * n], "{path} [{k}, {n}] row {row}");
+            }
         }
     }
+}
+
+/// Every path's weights are exactly [`dequantize`]'s, for every format (both readings of
+/// wint8 / wint4): `x` = rows of the identity, `m = k` (the tile and GEMM paths) and `m = 1`.
+#[test]
+fn every_path_multiplies_by_exactly_the_dequantized_weights() {
+    for &(format, k, n) in
+        &[("wint8", 128, 70), ("wint4", 192, 68), ("rtn2", 128, 40), ("bf16", 64, 33), ("f32", 64, 33), ("wint2", 128, 96)]
+    {
+        let o = make(format, k, n, 31);
+        let mut readings = vec![o.weights()];
+        if let Owned::Packed(p) = &o {
+            if matches!(p.kind, SchemeKind::Wint8 | SchemeKind::Wint4) {
+                readings.push(Weights::PackedBf16(p));
+            }
+        }
+        let mut eye = vec![0f32; k * k];
+        for i in 0..k {
+            eye[i * k + i] = 1.0;
+        }
+        for w in &readings {
+            let d = dequantize(w).unwrap();
+            for path in KernelPath::available() {
+                assert_eq!(matmul_with(Input::F32(&eye), k, w, path).unwrap(), d, "{format} {path} identity");
+                for row in [0, 1, k / 2, k - 1] {
+                    let y = matmul_with(Input::F32(&eye[row * k..(row + 1) * k]), 1, w, path).unwrap();
+                    assert_eq!(y, d[row * n..(row + 1) * n], "{format} {path} row {row}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_paths_parse_and_clamp() {
+    for p in KernelPath::ALL {
+        assert_eq!(KernelPath::parse(p.name()), Some(p));
+        assert!(p.clamped() <= KernelPath::detected());
+    }
+    assert_eq!(KernelPath::parse("avx3"), None);
+    assert!(KernelPath::Portable.supported());
+    assert_eq!(KernelPath::available().last().copied(), Some(KernelPath::detected()));
+    assert!(KernelPath::default_cap() <= KernelPath::detected());
 }
 
 /// The `m = 1` kernels agree with the reference within the tolerance on Gaussian
@@ -453,9 +505,11 @@ fn wint2_m1_kernels_match_reference() {
         let w = decoded(&o);
         for seed in 0..3 {
             let x = gaussian(1, k, seed);
-            let f = matmul(Input::F32(&x), 1, &o.weights()).unwrap();
             let r = matmul_reference(Input::F32(&x), 1, &o.weights()).unwrap();
-            assert_within(&f, &r, &x, 1, &w, k, n).unwrap_or_else(|e| panic!("[{k}, {n}] seed {seed}: {e}"));
+            for path in KernelPath::available() {
+                let f = matmul_with(Input::F32(&x), 1, &o.weights(), path).unwrap();
+                assert_within(&f, &r, &x, 1, &w, k, n).unwrap_or_else(|e| panic!("{path} [{k}, {n}] seed {seed}: {e}"));
+            }
         }
     }
 }
@@ -475,8 +529,10 @@ fn bf16_product_rounds_each_weight() {
             let x = gaussian(m, k, 22);
             let r = matmul_reference(Input::F32(&x), m, &Weights::PackedBf16(&p)).unwrap();
             assert_eq!(r, naive(&x, m, &rounded, k, n), "{format} m {m}");
-            let f = matmul(Input::F32(&x), m, &Weights::PackedBf16(&p)).unwrap();
-            assert_within(&f, &r, &x, m, &rounded, k, n).unwrap();
+            for path in KernelPath::available() {
+                let f = matmul_with(Input::F32(&x), m, &Weights::PackedBf16(&p), path).unwrap();
+                assert_within(&f, &r, &x, m, &rounded, k, n).unwrap_or_else(|e| panic!("{format} {path} m {m}: {e}"));
+            }
         }
     }
 }

@@ -15,7 +15,7 @@
 //! 16 (identical to `half::bf16::from_f32` for every non-NaN input, infinities and overflow
 //! to infinity included; a NaN product can only be `0 * inf`, whose quiet NaN it keeps).
 
-use super::{KernelView, Tile, TileSource, BLOCK_N};
+use super::{KernelPath, KernelView, Tile, TileSource, BLOCK_N};
 use crate::scheme::wint2::decode::{code, group_scale, local_scale, weight, window};
 use crate::scheme::wint2::GROUP_ROWS;
 use crate::scheme::{check_finite, finite_bf16s, Component, SchemeError};
@@ -75,6 +75,15 @@ impl KernelView for Wint2View<'_> {
     fn value(&self, row: usize, col: usize) -> f32 {
         Wint2View::value(self, row, col)
     }
+
+    fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
+        match path {
+            KernelPath::Avx512Vbmi if m == 1 => "avx512-vbmi",
+            KernelPath::Avx512Bf16 | KernelPath::Avx512Vbmi => "avx512-bf16",
+            KernelPath::Avx2 | KernelPath::Avx512 => "portable-avx2",
+            KernelPath::Portable => "portable",
+        }
+    }
 }
 
 impl TileSource for Wint2View<'_> {
@@ -128,19 +137,20 @@ impl TileSource for Wint2View<'_> {
     /// The AVX-512 kernel ([`arch::x86`](super::arch::x86)) for full blocks whose parameters
     /// keep it exact, when the CPU has AVX-512 F + BW + BF16 (any `m`: it decodes once per
     /// 8 rows of `x`, which still beats the tile path's unfused 8-lane sums at `m = 64`).
-    fn block_arch(&self, x: &[f32], m: usize, n0: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+    fn block_arch(&self, x: &[f32], m: usize, n0: usize, path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if m == 0 {
+            if m == 0 || path < KernelPath::Avx512Bf16 {
                 return None;
             }
             let b = self.arch_block(n0)?;
-            // SAFETY: `arch_block` checked the features and the block's invariants.
+            // SAFETY: the path (clamped to the CPU) has the features; `arch_block` checked the
+            // block's invariants.
             Some(unsafe { super::arch::x86::wint2_block_avx512(&b, x, m) })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, m, n0);
+            let _ = (x, m, n0, path);
             None
         }
     }
@@ -155,10 +165,10 @@ impl TileSource for Wint2View<'_> {
     /// 128, 64 columns) where the CPU has AVX-512 VBMI and the code maps are in its range,
     /// else the paired AVX-512 kernel, else one block at a time (partial blocks and
     /// parameters outside the kernels' range take the portable path).
-    fn blocks_m1_arch(&self, x: &[f32], n0: usize, count: usize) -> Option<Vec<[f32; BLOCK_N]>> {
+    fn blocks_m1_arch(&self, x: &[f32], n0: usize, count: usize, path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if !super::arch::has_wint2_avx512() {
+            if path < KernelPath::Avx512Bf16 {
                 return None;
             }
             let mut out = Vec::with_capacity(count);
@@ -167,16 +177,16 @@ impl TileSource for Wint2View<'_> {
                 // The longest run from `first` that the AVX-512 kernels take.
                 let run: Vec<_> = (first..count).map_while(|b| self.arch_block(n0 + b * BLOCK_N)).collect();
                 if run.is_empty() {
-                    out.extend(super::block(self, x, 1, n0 + first * BLOCK_N, true));
+                    out.extend(super::block(self, x, 1, n0 + first * BLOCK_N, path));
                 } else {
-                    self.run_m1_avx512(&run, x, &mut out);
+                    self.run_m1_avx512(&run, x, path, &mut out);
                 }
             }
             Some(out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, n0, count);
+            let _ = (x, n0, count, path);
             None
         }
     }
@@ -185,12 +195,12 @@ impl TileSource for Wint2View<'_> {
 #[cfg(target_arch = "x86_64")]
 impl Wint2View<'_> {
     /// `m = 1` over adjacent blocks that all passed [`Self::arch_block`], widest kernel first.
-    fn run_m1_avx512(&self, blocks: &[super::arch::x86::Wint2Block<'_>], x: &[f32], out: &mut Vec<[f32; BLOCK_N]>) {
+    fn run_m1_avx512(&self, blocks: &[super::arch::x86::Wint2Block<'_>], x: &[f32], path: KernelPath, out: &mut Vec<[f32; BLOCK_N]>) {
         use super::arch::x86;
-        let vbmi = super::arch::has_wint2_vbmi();
+        let vbmi = path >= KernelPath::Avx512Vbmi;
         let lookup = |run: &[x86::Wint2Block<'_>], len: usize| vbmi && run.len() >= len && run[..len].iter().all(|b| b.lookup_ok);
         let mut rest = blocks;
-        // SAFETY: `arch_block` checked the AVX-512 features and each block's invariants;
+        // SAFETY: the path (clamped to the CPU) has the AVX-512 features, `arch_block` checked each block's invariants;
         // the blocks are adjacent; VBMI and the lookup range are checked for the lookup kernel.
         unsafe {
             while !rest.is_empty() {
@@ -218,12 +228,12 @@ impl Wint2View<'_> {
 
 #[cfg(target_arch = "x86_64")]
 impl<'a> Wint2View<'a> {
-    /// Block `[n0, n0 + 32)` for the AVX-512 kernel, if the CPU has AVX-512 F + BW + BF16,
-    /// the block is full and its parameters keep the kernel exact.
+    /// Block `[n0, n0 + 32)` for the AVX-512 kernel (callers check the path: AVX-512 F + BW
+    /// + BF16), if the block is full and its parameters keep the kernel exact.
     fn arch_block(&self, n0: usize) -> Option<super::arch::x86::Wint2Block<'a>> {
         use super::arch::x86::{wint2_block_ok, wint2_lookup_ok, Wint2Block, WIDTH};
         const _: () = assert!(WIDTH == BLOCK_N);
-        if n0 + BLOCK_N > self.n || !super::arch::has_wint2_avx512() {
+        if n0 + BLOCK_N > self.n {
             return None;
         }
         let (code_scale, code_c) = self.code_maps(n0);

@@ -63,9 +63,9 @@ pub fn check_models(original: &dyn WeightSource, quantized: &dyn WeightSource) -
 /// least one position to score), before any weight is read.
 pub fn check(original: &dyn WeightSource, quantized: &dyn WeightSource, sequences: &[Vec<u32>]) -> Result<()> {
     check_models(original, quantized)?;
-    let (a, b) = (original.config(), quantized.config());
-    a.check_tokens(sequences)?;
-    b.check_tokens(sequences)?;
+    for model in [original, quantized] {
+        model.config().check_tokens(sequences).map_err(|e| Error::BadInput { problem: format!("for {}: {e}", model.path().display()) })?;
+    }
     if sequences.iter().all(|s| s.len() < 2) {
         return Err(Error::BadInput { problem: "every sequence has a single token: nothing to predict".to_string() });
     }
@@ -107,8 +107,12 @@ pub fn evaluate(
     if figures.iter().any(|f| !f.is_finite()) {
         return Err(Error::BadInput {
             problem: format!(
-                "the evaluation gave non-finite figures (ppl {} / {}, KL {}): an activation overflowed; check both checkpoints with ccq verify",
-                report.ppl_original, report.ppl_quantized, report.kld_mean
+                "evaluating {} against {} gave non-finite figures (ppl {} / {}, KL {}): an activation overflowed; check both checkpoints with ccq verify",
+                original.path().display(),
+                quantized.path().display(),
+                report.ppl_original,
+                report.ppl_quantized,
+                report.kld_mean
             ),
         });
     }
