@@ -108,6 +108,13 @@ pub struct BenchArgs {
     /// Print one row per real matrix instead of pooling them.
     #[arg(long)]
     pub per_matrix: bool,
+    /// kernels: run only this kernel path (default: every path this CPU has, one row per
+    /// distinct kernel). `CCQ_KERNEL=PATH` caps what every other command runs.
+    #[arg(long, value_parser = crate::values::kernel_path())]
+    pub kernel: Option<ccq::kernel::KernelPath>,
+    /// kernels: print every row as one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `ccq bench` and prints the table.
@@ -149,30 +156,40 @@ fn bench_inspect(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// `ccq bench kernels`: fast matmul of every format at K x N = 4096 x 4096 for M = 1, 8, 64
-/// on `--threads` threads, then M = 1 on one thread, with the WINT2 single-core figure
-/// against the targets.
+/// on `--threads` threads, then M = 1 on one thread, at every kernel path this CPU has (or
+/// `--kernel`'s), beside a memcpy of the same bytes and the sgemm reference of the same run.
 fn bench_kernels(args: &BenchArgs) -> anyhow::Result<()> {
-    use ccq::bench::kernels::{fixtures, run, Table};
+    use ccq::bench::kernels::{fixtures, run, sgemm_row, Table, SGEMM};
+    use ccq::kernel::KernelPath;
     const K: usize = 4096;
     const N: usize = 4096;
+    let paths = match args.kernel {
+        Some(p) if !p.supported() => {
+            let have: Vec<&str> = KernelPath::available().into_iter().map(KernelPath::name).collect();
+            anyhow::bail!("this CPU cannot run the {p} kernels; it runs {}", have.join(", "))
+        }
+        Some(p) => vec![p],
+        None => KernelPath::available(),
+    };
     // Encode a [4096, 512] slice per scheme and repeat it across the 4096 columns.
     let data = fixtures(K, N, 8, 0x5EED);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
-    let mut rows = pool.install(|| run(&data, &[1, 8, 64], 7, 0xC0DE))?;
-    // The one-core M = 1 rows carry the headline ratio: more calls, so that a burst of load
-    // on a shared machine moves the median less.
+    let mut rows = pool.install(|| run(&data, &[1, 8, 64], &paths, 7, 0xC0DE))?;
+    // The one-core M = 1 rows carry the headline figures: more calls, so that a burst of
+    // load on a shared machine moves the median less.
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let one = single.install(|| run(&data, &[1], 31, 0xC0DE))?;
+    let one = single.install(|| run(&data, &[1], &paths, 31, 0xC0DE))?;
     rows.extend(one.iter().cloned());
+    if args.json {
+        for r in &rows {
+            say!("{}", r.json(sgemm_row(&rows, r)));
+        }
+        return Ok(());
+    }
     say_raw!("{}", Table(&rows));
-    if let Some(w2) = one.iter().find(|r| r.format == "wint2") {
-        let g = w2.weights_per_s() / 1e9;
-        say!(
-            "wint2 M=1 one core: {g:.2} G weights/s = {:.2}x the 10 G target, {:.2}x llama.cpp IQ2_XXS (22 G), {:.2}x Q2_K (61 G)",
-            g / 10.0,
-            g / 22.0,
-            g / 61.0
-        );
+    say!("M = 1, one core, measured above (packed bytes' rate over the memcpy of the same bytes):");
+    for r in one.iter().filter(|r| r.format != SGEMM) {
+        say!("  {} {}: {:.2} G weights/s, {:.2}x memcpy", r.format, r.path, r.weights_per_s() / 1e9, r.gbs() / r.memcpy_gbs());
     }
     Ok(())
 }

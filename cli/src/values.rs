@@ -16,6 +16,13 @@ pub fn scheme_choice() -> impl TypedValueParser<Value = Choice> {
     PossibleValuesParser::new(choice_names()).map(|name| parse_choice(&name).expect("the parser accepts registry names only"))
 }
 
+/// Parses a kernel path name (`portable`, `avx2`, ... of [`ccq::kernel::KernelPath::ALL`]).
+pub fn kernel_path() -> impl TypedValueParser<Value = ccq::kernel::KernelPath> {
+    use ccq::kernel::KernelPath;
+    PossibleValuesParser::new(KernelPath::ALL.map(KernelPath::name))
+        .map(|name| KernelPath::parse(&name).expect("the parser accepts path names only"))
+}
+
 /// `ccq quantize --preset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PresetArg {

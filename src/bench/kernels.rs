@@ -1,14 +1,14 @@
-//! The kernel benchmark behind `ccq bench kernels`: fast matmul speed per format.
+//! The kernel benchmark behind `ccq bench kernels`: fast matmul speed per format and
+//! kernel path.
 //!
 //! For a `[K, N]` matrix in each format (WINT2, wint4, wint8, dense bf16, dense f32) and
-//! activations `[M, K]` (fixed seed), [`run`] times [`kernel::matmul`](crate::kernel::matmul)
-//! (median of repeated calls, after one warm-up) on the current rayon pool, and beside it,
-//! in the same run, a `memcpy` of as many bytes as the format's packed size. The dense f32
-//! rows are the f32 matmul baseline (the same tiled kernel on plain f32 weights).
-//!
-//! WINT2 gets a second row, `wint2-portable`: the same call with the instruction-set
-//! kernels turned off ([`crate::kernel::matmul_portable`]), the path CPUs
-//! without AVX-512 BF16 run and the old fast path, timed in the same run for a ratio.
+//! activations `[M, K]` (fixed seed), [`run`] times
+//! [`kernel::matmul_with`](crate::kernel::matmul_with) (median of repeated calls, after one
+//! warm-up) on the current rayon pool at every [`KernelPath`] asked for, one row per distinct
+//! kernel actually run ([`kernel_run`]), and beside it, in the same run, a `memcpy` of as many
+//! bytes as the format's packed size and the `sgemm` reference: the same shape through the
+//! GEMM crate at full precision on f32 weights ([`crate::kernel::sgemm`]), so every figure
+//! comes with ratios to the machine's own bandwidth and GEMM.
 //!
 //! Figures per row: `weights/s = K * N / t` (each call reads every weight once, whatever
 //! `M`), `GFLOP/s = 2 * M * K * N / t`, `GB/s = packed bytes / t` (all components).
@@ -20,24 +20,29 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::kernel::{matmul, matmul_portable, Input, KernelError, Weights};
+use crate::kernel::{kernel_run, matmul_with, sgemm, Input, KernelError, KernelPath, Weights};
 use crate::rng::Rng;
 use crate::scheme::{Component, Packed, Scheme, SchemeKind, Wint2, Wint4, Wint8};
 use crate::Dtype;
 
+/// The label of the sgemm reference rows.
+pub const SGEMM: &str = "sgemm";
+
 /// One timed configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelRow {
-    /// Format label: `wint2`, `wint2-portable`, `wint4`, `wint8`, `bf16`, `f32`.
+    /// Format label: `wint2`, `wint4`, `wint8`, `bf16`, `f32`, or [`SGEMM`].
     pub format: &'static str,
+    /// The kernel run (see [`kernel_run`]; `matrixmultiply` for the sgemm rows).
+    pub path: &'static str,
+    /// Threads of the pool the row was measured on.
+    pub threads: usize,
     /// Rows of `x`.
     pub m: usize,
     /// Rows of the weight matrix.
     pub k: usize,
     /// Columns of the weight matrix.
     pub n: usize,
-    /// Threads of the pool the row was measured on.
-    pub threads: usize,
     /// Median seconds per matmul call.
     pub seconds: f64,
     /// Bytes of all stored components.
@@ -58,6 +63,29 @@ impl KernelRow {
     /// Packed bytes per second / 1e9.
     pub fn gbs(&self) -> f64 {
         self.packed_bytes as f64 / self.seconds / 1e9
+    }
+    /// The memcpy's bytes per second / 1e9.
+    pub fn memcpy_gbs(&self) -> f64 {
+        self.packed_bytes as f64 / self.memcpy_seconds / 1e9
+    }
+    /// The row as one JSON object (`ccq bench kernels --json`), with the sgemm row of the same
+    /// `m` and threads, when given, as `gflops_vs_sgemm`.
+    pub fn json(&self, sgemm: Option<&KernelRow>) -> serde_json::Value {
+        serde_json::json!({
+            "format": self.format,
+            "path": self.path,
+            "threads": self.threads,
+            "m": self.m,
+            "k": self.k,
+            "n": self.n,
+            "seconds": self.seconds,
+            "g_weights_per_s": self.weights_per_s() / 1e9,
+            "gflops": self.gflops(),
+            "packed_bytes": self.packed_bytes,
+            "gb_per_s": self.gbs(),
+            "memcpy_gb_per_s": self.memcpy_gbs(),
+            "gflops_vs_sgemm": sgemm.map(|s| self.gflops() / s.gflops()),
+        })
     }
 }
 
@@ -140,20 +168,43 @@ pub fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Times the fast matmul of every fixture at every `m` on the current rayon pool.
-pub fn run(fixtures: &[(&'static str, BenchWeights)], ms: &[usize], reps: usize, seed: u64) -> Result<Vec<KernelRow>, KernelError> {
+/// Median seconds of a memcpy of `bytes` bytes.
+fn memcpy_seconds(bytes: usize, reps: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    median_seconds(reps, || {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    })
+}
+
+/// Times the fast matmul of every fixture at every `m` and every path of `paths` (clamped to
+/// the CPU; one row per distinct kernel run) on the current rayon pool, then the sgemm
+/// reference of each `m` at the fixtures' shape.
+pub fn run(
+    fixtures: &[(&'static str, BenchWeights)],
+    ms: &[usize],
+    paths: &[KernelPath],
+    reps: usize,
+    seed: u64,
+) -> Result<Vec<KernelRow>, KernelError> {
     let mut rows = Vec::new();
+    let threads = rayon::current_num_threads();
     for &m in ms {
         for (format, w) in fixtures {
-            let paths: &[(&'static str, bool)] =
-                if *format == "wint2" { &[("wint2", true), ("wint2-portable", false)] } else { &[(*format, true)] };
-            for &(label, arch) in paths {
-                let (k, n) = w.weights().shape();
-                let x = Rng::new(seed).normals(m * k);
+            let weights = w.weights();
+            let (k, n) = weights.shape();
+            let x = Rng::new(seed).normals(m * k);
+            let mut seen = Vec::new();
+            for &path in paths {
+                let name = kernel_run(&weights, m, path)?;
+                if seen.contains(&name) {
+                    continue;
+                }
+                seen.push(name);
                 let mut err = None;
                 let seconds = median_seconds(reps, || {
-                    let y = if arch { matmul(Input::F32(&x), m, &w.weights()) } else { matmul_portable(Input::F32(&x), m, &w.weights()) };
-                    if let Err(e) = y {
+                    if let Err(e) = matmul_with(Input::F32(&x), m, &weights, path) {
                         err = Some(e);
                     }
                 });
@@ -161,42 +212,70 @@ pub fn run(fixtures: &[(&'static str, BenchWeights)], ms: &[usize], reps: usize,
                     return Err(e);
                 }
                 let bytes = w.bytes();
-                let src = vec![1u8; bytes];
-                let mut dst = vec![0u8; bytes];
-                let memcpy_seconds = median_seconds(reps, || {
-                    dst.copy_from_slice(std::hint::black_box(&src));
-                    std::hint::black_box(&mut dst);
-                });
                 rows.push(KernelRow {
-                    format: label,
+                    format,
+                    path: name,
+                    threads,
                     m,
                     k,
                     n,
-                    threads: rayon::current_num_threads(),
                     seconds,
                     packed_bytes: bytes,
-                    memcpy_seconds,
+                    memcpy_seconds: memcpy_seconds(bytes, reps),
                 });
             }
+        }
+        if let Some((_, w)) = fixtures.first() {
+            let (k, n) = w.weights().shape();
+            let x = Rng::new(seed).normals(m * k);
+            let f32_weights = Rng::new(seed ^ 2).normals(k * n);
+            let mut err = None;
+            let seconds = median_seconds(reps, || match sgemm(&x, m, &f32_weights, k, n) {
+                Ok(y) => drop(std::hint::black_box(y)),
+                Err(e) => err = Some(e),
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let bytes = 4 * k * n;
+            rows.push(KernelRow {
+                format: SGEMM,
+                path: crate::kernel::SGEMM_CRATE,
+                threads,
+                m,
+                k,
+                n,
+                seconds,
+                packed_bytes: bytes,
+                memcpy_seconds: memcpy_seconds(bytes, reps),
+            });
         }
     }
     Ok(rows)
 }
 
-/// Prints rows as one table; `f32 x` is the time relative to the dense f32 row of the same
-/// `m` and thread count (the f32 matmul baseline).
+/// The sgemm reference row of `r`'s `m` and thread count.
+pub fn sgemm_row<'a>(rows: &'a [KernelRow], r: &KernelRow) -> Option<&'a KernelRow> {
+    rows.iter().find(|b| b.format == SGEMM && b.m == r.m && b.threads == r.threads)
+}
+
+/// Prints rows as one table, each with its GFLOP/s over the sgemm reference's of the same
+/// `m` and thread count, and its packed bytes' rate over the memcpy's.
 pub struct Table<'a>(pub &'a [KernelRow]);
 
 impl fmt::Display for Table<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "format | threads | M | K x N | ms/call | G weights/s | GFLOP/s | packed MB | GB/s packed | memcpy same bytes GB/s | time vs f32 matmul")?;
+        writeln!(
+            f,
+            "format | path | threads | M | K x N | ms/call | G weights/s | GFLOP/s | packed MB | GB/s packed | memcpy same bytes GB/s | GB/s vs memcpy | GFLOP/s vs sgemm"
+        )?;
         for r in self.0 {
-            let f32_row = self.0.iter().find(|b| b.format == "f32" && b.m == r.m && b.threads == r.threads);
-            let vs = f32_row.map(|b| format!("{:.2}x", r.seconds / b.seconds)).unwrap_or_else(|| "-".into());
+            let vs = sgemm_row(self.0, r).map(|b| format!("{:.2}x", r.gflops() / b.gflops())).unwrap_or_else(|| "-".into());
             writeln!(
                 f,
-                "{} | {} | {} | {}x{} | {:.3} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {}",
+                "{} | {} | {} | {} | {}x{} | {:.3} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2}x | {}",
                 r.format,
+                r.path,
                 r.threads,
                 r.m,
                 r.k,
@@ -206,7 +285,8 @@ impl fmt::Display for Table<'_> {
                 r.gflops(),
                 r.packed_bytes as f64 / 1e6,
                 r.gbs(),
-                r.packed_bytes as f64 / r.memcpy_seconds / 1e9,
+                r.memcpy_gbs(),
+                r.gbs() / r.memcpy_gbs(),
                 vs
             )?;
         }
@@ -234,11 +314,26 @@ mod tests {
     }
 
     #[test]
-    fn run_reports_every_format() {
+    fn run_reports_every_format_path_and_the_sgemm_reference() {
         let f = fixtures(128, 8, 1, 1);
-        let rows = run(&f, &[1, 2], 1, 2).unwrap();
-        assert_eq!(rows.len(), 12);
-        assert!(rows.iter().any(|r| r.format == "wint2-portable"));
-        assert!(Table(&rows).to_string().lines().count() == 13);
+        let rows = run(&f, &[1, 2], &[KernelPath::Portable], 1, 2).unwrap();
+        assert_eq!(rows.len(), 12, "5 formats and sgemm at 2 values of m");
+        assert!(rows.iter().filter(|r| r.format != SGEMM).all(|r| r.path == "portable"));
+        assert_eq!(rows.iter().filter(|r| r.format == SGEMM).count(), 2);
+        assert_eq!(Table(&rows).to_string().lines().count(), 13);
+        let all = run(&f, &[1], &KernelPath::available(), 1, 2).unwrap();
+        let wint2: Vec<&str> = all.iter().filter(|r| r.format == "wint2").map(|r| r.path).collect();
+        assert_eq!(
+            wint2.len(),
+            KernelPath::available()
+                .iter()
+                .map(|&p| kernel_run(&f[0].1.weights(), 1, p).unwrap())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+        let json = all[0].json(sgemm_row(&all, &all[0]));
+        for key in ["format", "path", "threads", "m", "k", "n", "g_weights_per_s", "memcpy_gb_per_s", "gflops_vs_sgemm"] {
+            assert!(!json[key].is_null(), "{key}: {json}");
+        }
     }
 }

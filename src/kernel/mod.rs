@@ -253,6 +253,28 @@ pub fn matmul_with(x: Input<'_>, m: usize, w: &Weights<'_>, path: KernelPath) ->
     Ok(v.matmul(&x, m, path.clamped()))
 }
 
+/// The GEMM crate behind dense weights from 16 rows of `x` on, and behind [`sgemm`].
+pub const SGEMM_CRATE: &str = "matrixmultiply";
+
+/// `y = x W` for plain f32 weights `w` (`[k, n]` row-major) through the GEMM crate at full
+/// precision, threaded as dense weights are: the benchmarks' sgemm reference.
+pub fn sgemm(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Result<Vec<f32>, KernelError> {
+    let expected = m.saturating_mul(k);
+    if x.len() != expected {
+        return Err(KernelError::InputLength { expected, found: x.len() });
+    }
+    let copy: Vec<u8>;
+    let bytes: &[u8] = if cfg!(target_endian = "little") {
+        // SAFETY: any initialised memory may be read as bytes; on a little-endian target the
+        // bytes of an f32 slice are its little-endian encoding.
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w)) }
+    } else {
+        copy = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        &copy
+    };
+    Ok(dense::DenseView::<4>::new(bytes, k, n)?.gemm(x, m))
+}
+
 /// The kernel a [`matmul_with`] call of `m` rows at `path` runs on most blocks, named as
 /// `ccq bench kernels` prints it: a [`KernelPath`] name for a hand-written kernel,
 /// `portable-avx2` for the portable code compiled with AVX2 + FMA, `matrixmultiply` for

@@ -104,10 +104,92 @@ impl<const BITS: usize> KernelView for PerChannelView<'_, BITS> {
         PerChannelView::value(self, row, col)
     }
 
-    /// The tile driver over the tiles in storage order, `x` permuted to match.
+    /// The tile driver over the tiles in storage order, `x` permuted to match; at `m = 1`
+    /// on AVX2 or wider, the layout's own dot-product kernels ([`PerChannelView::matmul_m1`]).
     fn matmul(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
-        super::run_tiles(self, &self.permute_x(x, m), m, path)
+        let xp = self.permute_x(x, m);
+        if m == 1 {
+            if let Some(y) = self.matmul_m1(&xp, path) {
+                return y;
+            }
+        }
+        super::run_tiles(self, &xp, m, path)
     }
+
+    fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
+        match (m, path) {
+            (_, KernelPath::Portable) => "portable",
+            (1, KernelPath::Avx2) => "avx2",
+            (1, _) => "avx512",
+            _ => "portable-avx2",
+        }
+    }
+}
+
+/// Columns per task of the `m = 1` kernels (a multiple of 4, so no int4 column group is cut).
+const M1_COLUMNS: usize = 64;
+
+impl<const BITS: usize> PerChannelView<'_, BITS> {
+    /// `y = x W` at `m = 1` by the x86 kernels (`arch/x86_per_channel.rs`): each column one
+    /// dot product straight through its bytes, rayon over fixed runs of [`M1_COLUMNS`]
+    /// columns; `None` where `path` has no such kernel. `xp` is `x` in stored order.
+    fn matmul_m1(&self, xp: &[f32], path: KernelPath) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::arch::x86_per_channel::{self as kernels, PerChannelM1};
+            use rayon::prelude::*;
+            if path < KernelPath::Avx2 {
+                return None;
+            }
+            let split;
+            let x = match BITS {
+                8 => xp,
+                _ => {
+                    split = split_nibble_positions(xp);
+                    &split
+                }
+            };
+            let w = PerChannelM1 { quant_weight: self.quant_weight, k: self.k, scales: &self.weight_scale, x };
+            type Kernel = unsafe fn(&PerChannelM1<'_>, usize, &mut [f32]);
+            let kernel: Kernel = match (BITS, path >= KernelPath::Avx512, self.bf16_product) {
+                (8, true, false) => kernels::int8_avx512::<false>,
+                (8, true, true) => kernels::int8_avx512::<true>,
+                (8, false, false) => kernels::int8_avx2::<false>,
+                (8, false, true) => kernels::int8_avx2::<true>,
+                (_, true, false) => kernels::int4_avx512::<false>,
+                (_, true, true) => kernels::int4_avx512::<true>,
+                (_, false, false) => kernels::int4_avx2::<false>,
+                (_, false, true) => kernels::int4_avx2::<true>,
+            };
+            let mut y = vec![0f32; self.n];
+            y.par_chunks_mut(M1_COLUMNS).enumerate().for_each(|(i, out)| {
+                // SAFETY: `path` is clamped to the CPU and is AVX2 + FMA or (for the 512-bit
+                // kernels) AVX-512 F + BW; the view is validated (`k % 64 == 0`, `n` a
+                // multiple of 2 or 4, so every run of columns holds whole pairs / groups), and
+                // `x` holds `k` values.
+                unsafe { kernel(&w, i * M1_COLUMNS, out) }
+            });
+            Some(y)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (xp, path);
+            None
+        }
+    }
+}
+
+/// `xp` (stored order) with each tile's 32 even positions first, then its 32 odd ones: the
+/// low and high nibbles of the int4 kernels' bytes.
+fn split_nibble_positions(xp: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; xp.len()];
+    for (o, t) in out.chunks_exact_mut(TILE_K).zip(xp.chunks_exact(TILE_K)) {
+        for i in 0..TILE_K / 2 {
+            o[i] = t[2 * i];
+            o[TILE_K / 2 + i] = t[2 * i + 1];
+        }
+    }
+    out
 }
 
 impl<const BITS: usize> TileSource for PerChannelView<'_, BITS> {

@@ -9,6 +9,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_per_channel;
 
 use std::sync::OnceLock;
 
