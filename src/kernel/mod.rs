@@ -263,6 +263,15 @@ pub fn sgemm(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Result<Vec<f
     if x.len() != expected {
         return Err(KernelError::InputLength { expected, found: x.len() });
     }
+    let expected = k.saturating_mul(n);
+    if w.len() != expected {
+        return Err(KernelError::Scheme(SchemeError::ComponentLength { name: "weight", expected, found: w.len() }));
+    }
+    Ok(sgemm_f32(x, m, w, k, n))
+}
+
+/// [`sgemm`] on checked lengths.
+fn sgemm_f32(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Vec<f32> {
     let copy: Vec<u8>;
     let bytes: &[u8] = if cfg!(target_endian = "little") {
         // SAFETY: any initialised memory may be read as bytes; on a little-endian target the
@@ -272,7 +281,10 @@ pub fn sgemm(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Result<Vec<f
         copy = w.iter().flat_map(|v| v.to_le_bytes()).collect();
         &copy
     };
-    Ok(dense::DenseView::<4>::new(bytes, k, n)?.gemm(x, m))
+    match dense::DenseView::<4>::new(bytes, k, n) {
+        Ok(view) => view.gemm(x, m),
+        Err(_) => unreachable!("callers check that w holds k * n values"),
+    }
 }
 
 /// The kernel a [`matmul_with`] call of `m` rows at `path` runs on most blocks, named as
@@ -304,15 +316,15 @@ pub(crate) trait KernelView: TileSource {
     /// The fast path's `x * W` for `x` in logical row order, with no kernel wider than
     /// `path` (already clamped to the CPU).
     fn matmul(&self, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
-        run_tiles(self, x, m, path)
+        tiles_or_gemm(self, x, m, path)
     }
 
     /// The kernel [`KernelView::matmul`] runs on a full block (see [`kernel_run`]).
     fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
-        let _ = m;
-        match path >= KernelPath::Avx2 {
-            true => "portable-avx2",
-            false => "portable",
+        match path {
+            KernelPath::Portable => "portable",
+            _ if m >= PACKED_GEMM_MIN_ROWS => "panels+matrixmultiply",
+            _ => "portable-avx2",
         }
     }
 }
@@ -388,6 +400,62 @@ pub(crate) trait TileSource: Sync {
     fn m1_run(&self) -> usize {
         1
     }
+}
+
+/// From this many rows of `x` on (any path but the portable one), packed weights are
+/// multiplied panel by panel through the GEMM ([`panel_gemm`]) rather than by the tile
+/// driver: decoding then costs one pass over the weights per call, and the GEMM's blocking
+/// reuses them across rows far better than per-row accumulation.
+pub(crate) const PACKED_GEMM_MIN_ROWS: usize = 32;
+
+/// Columns per panel of [`panel_gemm`] (a multiple of [`BLOCK_N`]).
+const PANEL_COLS: usize = 256;
+
+/// The tile driver, or from [`PACKED_GEMM_MIN_ROWS`] rows on the panel GEMM.
+fn tiles_or_gemm<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize, path: KernelPath) -> Vec<f32> {
+    match path > KernelPath::Portable && m >= PACKED_GEMM_MIN_ROWS {
+        true => panel_gemm(s, x, m),
+        false => run_tiles(s, x, m, path),
+    }
+}
+
+/// `y = x W` panel by panel: rayon over fixed panels of [`PANEL_COLS`] columns, each decoded
+/// tile by tile into an f32 `[K, PANEL_COLS]` matrix (rows in the format's stored order, as
+/// `x` is) and multiplied by the GEMM. Each output column belongs to one panel whose
+/// boundaries depend on the shape alone, so the result does not depend on the thread count;
+/// the weights are the tiles' (the format's, exactly), the sums the GEMM's (within
+/// [`tolerance`]).
+fn panel_gemm<S: TileSource + ?Sized>(s: &S, x: &[f32], m: usize) -> Vec<f32> {
+    let (k, n) = (s.k(), s.n());
+    let panels: Vec<Vec<f32>> = (0..n.div_ceil(PANEL_COLS))
+        .into_par_iter()
+        .map(|p| {
+            let c0 = p * PANEL_COLS;
+            let width = PANEL_COLS.min(n - c0);
+            let mut panel = vec![0f32; k * width];
+            let mut tile: Tile = [[0f32; BLOCK_N]; TILE_K];
+            for t in 0..k.div_ceil(TILE_K) {
+                let rows = TILE_K.min(k - t * TILE_K);
+                for b0 in (0..width).step_by(BLOCK_N) {
+                    s.decode_tile(t, c0 + b0, &mut tile);
+                    let w = BLOCK_N.min(width - b0);
+                    for (r, trow) in tile[..rows].iter().enumerate() {
+                        let at = (t * TILE_K + r) * width + b0;
+                        panel[at..at + w].copy_from_slice(&trow[..w]);
+                    }
+                }
+            }
+            sgemm_f32(x, m, &panel, k, width)
+        })
+        .collect();
+    let mut y = vec![0f32; m * n];
+    for (p, panel) in panels.iter().enumerate() {
+        let (c0, width) = (p * PANEL_COLS, PANEL_COLS.min(n - p * PANEL_COLS));
+        for i in 0..m {
+            y[i * n + c0..i * n + c0 + width].copy_from_slice(&panel[i * width..(i + 1) * width]);
+        }
+    }
+    y
 }
 
 /// The fast path's driver: one task per column block, results copied into `y` in order.

@@ -113,7 +113,7 @@ impl<const BITS: usize> KernelView for PerChannelView<'_, BITS> {
                 return y;
             }
         }
-        super::run_tiles(self, &xp, m, path)
+        super::tiles_or_gemm(self, &xp, m, path)
     }
 
     fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
@@ -121,6 +121,7 @@ impl<const BITS: usize> KernelView for PerChannelView<'_, BITS> {
             (_, KernelPath::Portable) => "portable",
             (1, KernelPath::Avx2) => "avx2",
             (1, _) => "avx512",
+            (m, _) if m >= super::PACKED_GEMM_MIN_ROWS => "panels+matrixmultiply",
             _ => "portable-avx2",
         }
     }
