@@ -48,10 +48,20 @@
 //! `m = 1` (a decode step) with AVX-512 VBMI as well: up to 256 columns per pass, rows in
 //! the lanes, each 64-row group transposed in registers and its weights looked up in a
 //! 16 KiB table of `bf16_rne(q * (1 + mantissa / 128))` (exact: the group scale's power of
-//! two is applied to the group's partial sum). Blocks whose parameters could push an
-//! intermediate out of the normal or `i32` range, partial blocks at the right edge, and
-//! CPUs without the features use the portable path, which is [`matmul_portable`] when
+//! two is applied to the group's partial sum). With AVX2 + FMA only (`arch/avx2.rs`): the
+//! same decode in four 8-lane vectors per block, the bf16 rounding done exactly by two FMAs,
+//! up to 8 rows of `x` per decode, two blocks per pass at `m = 1`. Blocks whose parameters
+//! could push an intermediate out of the normal or `i32` range, partial blocks at the right
+//! edge, and CPUs without AVX2 use the portable path, which is [`matmul_portable`] when
 //! forced.
+//!
+//! wint8 / wint4 at `m = 1` on AVX2 or AVX-512 (`arch/x86_per_channel.rs`): each column one
+//! dot product read straight through its contiguous 64-row tiles. From
+//! [`PACKED_GEMM_MIN_ROWS`] rows of `x` on, every packed format is decoded panel by panel
+//! into f32 and multiplied by the GEMM (`panel_gemm`).
+//!
+//! Every path is selectable ([`KernelPath`], [`matmul_with`], `CCQ_KERNEL`), so tests run the
+//! narrower ones on a machine that has a wider one.
 //!
 //! Determinism: each output element is computed by exactly one task, in an order fixed by
 //! the shape alone, so results do not depend on the thread count.

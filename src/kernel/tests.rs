@@ -536,3 +536,98 @@ fn bf16_product_rounds_each_weight() {
         }
     }
 }
+
+/// Where the CPU has AVX2 + FMA, the AVX2 WINT2 kernel takes encoder output (every column in
+/// the AVX-512 kernels' range and the narrow decode's) and is really run: at `m = 1` (pairs of
+/// blocks and a last single one) and `m = 3` its sums differ from the portable path's in the
+/// last bits somewhere, within the tolerance of the reference.
+#[test]
+fn wint2_avx2_kernel_is_taken_for_encoder_output() {
+    let (k, n) = (256, 96);
+    let Owned::Packed(p) = make("wint2", k, n, 5) else { unreachable!() };
+    let comp = |name: &str| p.components.iter().find(|c| c.name == name).unwrap().bytes.clone();
+    let f32s = |b: Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+    let (cs, zp) = (f32s(comp("code_scale")), f32s(comp("code_zp")));
+    #[cfg(target_arch = "x86_64")]
+    for c in 0..n {
+        assert!(arch::avx2::narrow_ok(cs[c], zp[c] + 0.5), "column {c}");
+    }
+    if !KernelPath::Avx2.supported() {
+        return;
+    }
+    assert_eq!(kernel_run(&Weights::Packed(&p), 1, KernelPath::Avx2).unwrap(), "avx2");
+    assert_eq!(kernel_run(&Weights::Packed(&p), 8, KernelPath::Avx512).unwrap(), "avx2");
+    let w = decoded(&Owned::Packed(p.clone()));
+    for m in [1, 3] {
+        let x = gaussian(m, k, 3);
+        let f = matmul_with(Input::F32(&x), m, &Weights::Packed(&p), KernelPath::Avx2).unwrap();
+        let q = matmul_portable(Input::F32(&x), m, &Weights::Packed(&p)).unwrap();
+        assert_ne!(f, q, "m {m}: the AVX2 kernel sums in another order");
+        assert_within(&f, &q, &x, m, &w, k, n).unwrap_or_else(|e| panic!("m {m}: {e}"));
+    }
+}
+
+/// The AVX2 kernel's weights are exactly the format's for both of its code decodes: random
+/// bytes and local scales with signed, tiny and large super scales, code maps in the narrow
+/// decode's range (but block 1), past it (the wide decode), and at the narrow decode's edge:
+/// a code value `v` of `-2^-24` (narrow: the floor is -1) and of `-2^-28` (a `code_scale` off
+/// the 2^-25 grid, which must take the wide decode). `x = I` (`m = k`: 8 rows per decode) and one-hot
+/// rows at `m = 1` (pairs of blocks and single ones, a partial block at the edge).
+#[test]
+fn wint2_avx2_weights_are_exact() {
+    if !KernelPath::Avx2.supported() {
+        return;
+    }
+    let mut rng = Rng::new(91);
+    for (k, n, wide) in [(256, 96, false), (128, 300, false), (256, 96, true), (128, 140, true)] {
+        let mut qw: Vec<u8> = (0..k / 4 * n).map(|_| rng.next_u64() as u8).collect();
+        let ws: Vec<u8> = (0..k / 128 * n).map(|_| rng.next_u64() as u8).collect();
+        let mut rng2 = Rng::new((k * n) as u64 + u64::from(wide));
+        let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (rng2.next_u64() % 1_000_000) as f32 / 1e6;
+        let sup: Vec<u16> = (0..n).map(|c| bf16::from_f32(f(-1.0, 1.0) * [1e-20, 1.0, 3e4, 1e20][c % 4]).to_bits()).collect();
+        let mut cs = vec![0f32; n];
+        let mut zp = vec![0f32; n];
+        for c in 0..n {
+            (cs[c], zp[c]) = match (c % 13, c) {
+                // v(37) = 37 * 2^-19 + c = -2^-24: narrow decode, floor -1.
+                (3, _) => (2f32.powi(-19), -0.5 - 1185.0 * 2f32.powi(-24)),
+                // v(5) = 5 * 3 * 2^-28 - 2^-24 = -2^-28: off the grid, so block 1 (and the
+                // pair it is in) takes the wide decode.
+                (_, 40) => (3.0 * 2f32.powi(-28), -0.5 - 2f32.powi(-24)),
+                _ if wide => (f(1100.0, 2e5) * [1.0, -1.0][c % 2], f(-20000.0, 20000.0)),
+                _ => (f(-200.0, 200.0), f(-20000.0, 20000.0)),
+            };
+            for p in (0..k / 4).step_by(3) {
+                qw[p * n + c] = match (c % 13, c) {
+                    (3, _) => 37,
+                    (_, 40) => 5,
+                    _ => qw[p * n + c],
+                };
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        for c in 0..n {
+            let code_c = zp[c] + 0.5;
+            assert!(arch::x86::wint2_block_ok(cs[c], code_c, bf16::from_bits(sup[c]).to_f32()), "column {c}");
+            assert_eq!(arch::avx2::narrow_ok(cs[c], code_c), c % 13 == 3 || (!wide && c != 40), "column {c}");
+        }
+        let p = wint2_from_bits(k, n, qw, ws, sup, cs.iter().map(|v| v.to_bits()).collect(), zp.iter().map(|v| v.to_bits()).collect());
+        let w = Weights::Packed(&p);
+        let d = dequantize(&w).unwrap();
+        let mut eye = vec![0f32; k * k];
+        for i in 0..k {
+            eye[i * k + i] = 1.0;
+        }
+        assert_eq!(matmul_with(Input::F32(&eye), k, &w, KernelPath::Avx2).unwrap(), d, "[{k}, {n}] wide {wide} identity");
+        for row in 0..k {
+            let y = matmul_with(Input::F32(&eye[row * k..(row + 1) * k]), 1, &w, KernelPath::Avx2).unwrap();
+            assert_eq!(y, d[row * n..(row + 1) * n], "[{k}, {n}] wide {wide} row {row}");
+        }
+        for m in [2, 4, 5, 8, 11] {
+            let x = gaussian(m, k, m as u64);
+            let f = matmul_with(Input::F32(&x), m, &w, KernelPath::Avx2).unwrap();
+            let r = matmul_reference(Input::F32(&x), m, &w).unwrap();
+            assert_within(&f, &r, &x, m, &d, k, n).unwrap_or_else(|e| panic!("[{k}, {n}] wide {wide} m {m}: {e}"));
+        }
+    }
+}

@@ -14,6 +14,14 @@
 //! bit form of round-to-nearest-even: add `0x7FFF + lsb` to the f32 bits and clear the low
 //! 16 (identical to `half::bf16::from_f32` for every non-NaN input, infinities and overflow
 //! to infinity included; a NaN product can only be `0 * inf`, whose quiet NaN it keeps).
+//!
+//! The instruction-set kernels compute the same weights (bit for bit, but that a zero weight
+//! may come out `+0`) on full 32-column blocks whose parameters keep their arithmetic exact
+//! (`Wint2View::arch_block`); this file picks them per block ([`TileSource::block_arch`], any
+//! `m`) and per run of blocks at `m = 1` ([`TileSource::blocks_m1_arch`]): the AVX-512
+//! kernels (`arch/x86.rs`) when the path allows AVX-512 BF16, else the AVX2 + FMA kernels
+//! (`arch/avx2.rs`) when it allows AVX2. Other blocks, and the portable path, run the code
+//! below.
 
 use super::{KernelPath, KernelView, Tile, TileSource, BLOCK_N};
 use crate::scheme::wint2::decode::{code, group_scale, local_scale, weight, window};
@@ -78,10 +86,11 @@ impl KernelView for Wint2View<'_> {
 
     fn kernel_run(&self, m: usize, path: KernelPath) -> &'static str {
         match path {
+            KernelPath::Portable => "portable",
+            _ if m >= super::PACKED_GEMM_MIN_ROWS => "panels+matrixmultiply",
             KernelPath::Avx512Vbmi if m == 1 => "avx512-vbmi",
             KernelPath::Avx512Bf16 | KernelPath::Avx512Vbmi => "avx512-bf16",
-            KernelPath::Avx2 | KernelPath::Avx512 => "portable-avx2",
-            KernelPath::Portable => "portable",
+            KernelPath::Avx2 | KernelPath::Avx512 => "avx2",
         }
     }
 }
@@ -134,19 +143,26 @@ impl TileSource for Wint2View<'_> {
         Some(acc)
     }
 
-    /// The AVX-512 kernel ([`arch::x86`](super::arch::x86)) for full blocks whose parameters
-    /// keep it exact, when the CPU has AVX-512 F + BW + BF16 (any `m`: it decodes once per
-    /// 8 rows of `x`, which still beats the tile path's unfused 8-lane sums at `m = 64`).
+    /// The instruction-set kernel for full blocks whose parameters keep it exact, any `m`:
+    /// AVX-512 ([`arch::x86`](super::arch::x86)) when the CPU has AVX-512 F + BW + BF16 (it
+    /// decodes once per 8 rows of `x`, which still beats the tile path's unfused 8-lane sums
+    /// at `m = 64`), else AVX2 + FMA ([`arch::avx2`](super::arch::avx2)).
     fn block_arch(&self, x: &[f32], m: usize, n0: usize, path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if m == 0 || path < KernelPath::Avx512Bf16 {
+            if m == 0 || path < KernelPath::Avx2 {
                 return None;
             }
             let b = self.arch_block(n0)?;
-            // SAFETY: the path (clamped to the CPU) has the features; `arch_block` checked the
-            // block's invariants.
-            Some(unsafe { super::arch::x86::wint2_block_avx512(&b, x, m) })
+            if path >= KernelPath::Avx512Bf16 {
+                // SAFETY: the path (clamped to the CPU) has the features; `arch_block` checked
+                // the block's invariants.
+                Some(unsafe { super::arch::x86::wint2_block_avx512(&b, x, m) })
+            } else {
+                // SAFETY: the path (clamped to the CPU) has AVX2 and FMA; `arch_block` checked
+                // the block's invariants.
+                Some(unsafe { super::arch::avx2::wint2_block_avx2(&b, x, m) })
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -163,12 +179,13 @@ impl TileSource for Wint2View<'_> {
 
     /// Runs of adjacent blocks at `m = 1`: the lookup kernel over 8, 4 and 2 blocks (256,
     /// 128, 64 columns) where the CPU has AVX-512 VBMI and the code maps are in its range,
-    /// else the paired AVX-512 kernel, else one block at a time (partial blocks and
-    /// parameters outside the kernels' range take the portable path).
+    /// else the paired AVX-512 kernel, else one block at a time; on CPUs with AVX2 + FMA but
+    /// not AVX-512 BF16, the paired AVX2 kernel, else one block at a time (partial blocks
+    /// and parameters outside the kernels' range take the portable path).
     fn blocks_m1_arch(&self, x: &[f32], n0: usize, count: usize, path: KernelPath) -> Option<Vec<[f32; BLOCK_N]>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if path < KernelPath::Avx512Bf16 {
+            if path < KernelPath::Avx2 {
                 return None;
             }
             let mut out = Vec::with_capacity(count);
@@ -178,8 +195,10 @@ impl TileSource for Wint2View<'_> {
                 let run: Vec<_> = (first..count).map_while(|b| self.arch_block(n0 + b * BLOCK_N)).collect();
                 if run.is_empty() {
                     out.extend(super::block(self, x, 1, n0 + first * BLOCK_N, path));
-                } else {
+                } else if path >= KernelPath::Avx512Bf16 {
                     self.run_m1_avx512(&run, x, path, &mut out);
+                } else {
+                    run_m1_avx2(&run, x, &mut out);
                 }
             }
             Some(out)
@@ -226,10 +245,28 @@ impl Wint2View<'_> {
     }
 }
 
+/// `m = 1` over adjacent blocks that all passed [`Wint2View::arch_block`], on the AVX2 path:
+/// pairs of blocks per pass, a last odd block alone.
+#[cfg(target_arch = "x86_64")]
+fn run_m1_avx2(blocks: &[super::arch::x86::Wint2Block<'_>], x: &[f32], out: &mut Vec<[f32; BLOCK_N]>) {
+    use super::arch::avx2;
+    let mut pairs = blocks.chunks_exact(2);
+    // SAFETY: the path (clamped to the CPU) has AVX2 and FMA (callers check it), `arch_block`
+    // checked each block's invariants; the blocks of a pair are adjacent.
+    unsafe {
+        for pair in pairs.by_ref() {
+            out.extend(avx2::wint2_pair_m1_avx2(&pair[0], &pair[1], x));
+        }
+        for b in pairs.remainder() {
+            out.extend(avx2::wint2_block_avx2(b, x, 1));
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl<'a> Wint2View<'a> {
-    /// Block `[n0, n0 + 32)` for the AVX-512 kernel (callers check the path: AVX-512 F + BW
-    /// + BF16), if the block is full and its parameters keep the kernel exact.
+    /// Block `[n0, n0 + 32)` for the AVX-512 and AVX2 kernels (callers check the path), if
+    /// the block is full and its parameters keep the kernels exact.
     fn arch_block(&self, n0: usize) -> Option<super::arch::x86::Wint2Block<'a>> {
         use super::arch::x86::{wint2_block_ok, wint2_lookup_ok, Wint2Block, WIDTH};
         const _: () = assert!(WIDTH == BLOCK_N);

@@ -3,7 +3,10 @@
 //!
 //! Two WINT2 kernels live here: the decode kernel below (columns in the lanes, any `m`), and
 //! for `m = 1` the lookup kernel [`wint2_lines_m1_vbmi`] (rows in the lanes, weights from
-//! a table; about 1.2x faster, documented on the function).
+//! a table; about 1.2x faster, documented on the function). So does what the WINT2 kernels
+//! of every x86 level share: the block they take ([`Wint2Block`], [`WIDTH`]) and the range of
+//! parameters that keeps their arithmetic exact ([`wint2_block_ok`]); the AVX2 + FMA kernels
+//! for CPUs without AVX-512 BF16 are in [`super::avx2`].
 //!
 //! # WINT2, one block of 32 columns
 //!
@@ -64,9 +67,10 @@ pub(crate) struct Wint2Block<'a> {
     pub lookup_ok: bool,
 }
 
-/// Whether column parameters keep the AVX-512 kernel exact: `super` is 0 or within
+/// Whether column parameters keep the AVX-512 and AVX2 kernels exact: `super` is 0 or within
 /// `[2^-96, 2^96]` in magnitude (group scales and every nonzero `q * s` stay normal and
-/// finite, as do `s * 2^-9`), and `|255 * code_scale| + |c| < 2^30` (codes in `i32` range).
+/// finite, as do `s * 2^-9`, and the AVX2 kernels' `s * 2^-12`), and `|255 * code_scale| +
+/// |c| < 2^30` (codes in `i32` range).
 pub(crate) fn wint2_block_ok(code_scale: f32, code_c: f32, super_scale: f32) -> bool {
     let sup = f64::from(super_scale).abs();
     let sup_ok = sup == 0.0 || (sup >= 2f64.powi(-96) && sup <= 2f64.powi(96));
