@@ -175,7 +175,7 @@ fn code_bits_narrow(b: __m256, cs8: __m256, c8: __m256) -> __m256i {
 /// Round to nearest bf16, ties to even, on the bits (finite inputs): the group scales.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn bf16_round_bits(v: __m256) -> __m256 {
+pub(crate) fn bf16_round_bits(v: __m256) -> __m256 {
     let b = _mm256_castps_si256(v);
     let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
     let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);

@@ -326,7 +326,7 @@ pub(crate) unsafe fn wint2_block_avx512(b: &Wint2Block<'_>, x: &[f32], m: usize)
 /// Round to nearest bf16, ties to even, on the bits (finite inputs).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn bf16_round(v: __m512) -> __m512 {
+pub(crate) fn bf16_round(v: __m512) -> __m512 {
     let b = _mm512_castps_si512(v);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
     let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);

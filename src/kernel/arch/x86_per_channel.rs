@@ -29,6 +29,9 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::bf16_round_bits as bf16_round_256;
+use super::x86::bf16_round as bf16_round_512;
+
 /// One wint8 / wint4 matrix as the kernels read it.
 pub(crate) struct PerChannelM1<'a> {
     /// The whole validated `quant_weight` (`[N * BITS / 8, K]` bytes).
@@ -40,26 +43,6 @@ pub(crate) struct PerChannelM1<'a> {
     /// Activations in stored order (int8), or split per tile into even and odd stored
     /// positions (int4), `K` values.
     pub x: &'a [f32],
-}
-
-/// Round to nearest bf16, ties to even, on the bits (finite inputs), 16 lanes.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn bf16_round_512(v: __m512) -> __m512 {
-    let b = _mm512_castps_si512(v);
-    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-    let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
-    _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(0xFFFF_0000u32 as i32)))
-}
-
-/// The same, 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn bf16_round_256(v: __m256) -> __m256 {
-    let b = _mm256_castps_si256(v);
-    let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-    let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
-    _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(0xFFFF_0000u32 as i32)))
 }
 
 /// The weight the kernels multiply by: `q` (exact reading, scale applied to the sum) or
@@ -75,7 +58,7 @@ fn weight_512<const ROUND: bool>(q: __m512, s: __m512) -> __m512 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn weight_256<const ROUND: bool>(q: __m256, s: __m256) -> __m256 {
     if ROUND {
         bf16_round_256(_mm256_mul_ps(q, s))
